@@ -1,0 +1,6 @@
+//! voicebridge: bridges FreeSWITCH `mod_audio_stream` calls to realtime speech-to-speech AI.
+//!
+//! See `README.md` for the architecture; each module opens with why it exists.
+
+pub mod audio;
+pub mod config;
