@@ -8,10 +8,16 @@ pub mod format;
 pub mod frame;
 pub mod g711;
 pub mod pacer;
+pub mod pcm;
 pub mod resample;
+pub mod signal;
 pub mod transcode;
 
 pub use format::{AudioFormat, Channels, Codec, FRAME_MS};
+pub use frame::Reframer;
+pub use pacer::{Flushed, ItemId, Pacer};
+pub use resample::Resampler;
+pub use transcode::Transcoder;
 
 /// Errors from building an audio pipeline (running one never fails).
 #[derive(Debug, thiserror::Error)]

@@ -1,1 +1,561 @@
-//! TODO
+//! The playback queue towards FreeSWITCH.
+//!
+//! Providers deliver assistant audio much faster than real time, but `mod_audio_stream`
+//! plays whatever it receives into a buffer we cannot inspect. If we forwarded bursts
+//! as they came, a barge-in could only discard what is still here while seconds of
+//! speech kept playing from FreeSWITCH's buffer. So audio is released in 20 ms frames on
+//! a real-time schedule, keeping only `lead` ahead of the playout, and the pacer keeps
+//! exact per-item accounting so an interruption can tell the provider how much of an
+//! answer the caller actually heard.
+//!
+//! Pure: the clock is always a parameter.
+//!
+//! Model: the *playhead* is the instant at which FreeSWITCH will have played everything
+//! released. A playhead in the past means FreeSWITCH ran dry, and it restarts from `now`.
+//! A frame may go when `playhead + 20 ms - now <= lead`, and each release moves the
+//! playhead 20 ms on: from empty, `lead / 20 ms` frames go at once, then one per 20 ms.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{AudioFormat, FRAME_MS};
+
+/// An assistant item / response id.
+pub type ItemId = Arc<str>;
+
+/// Items whose released byte counts are remembered; older ones answer 0.
+const LEDGER_ITEMS: usize = 8;
+const COMPACT_AT: usize = 16 * 1024;
+const FRAME: Duration = Duration::from_millis(FRAME_MS as u64);
+
+/// What a barge-in [`Pacer::flush`] threw away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flushed {
+    /// The item that was cut: the earliest one that lost audio (still queued, or released
+    /// but not yet played out); if nothing was lost, the last item released; `None` if
+    /// nothing was ever released or queued.
+    pub item: Option<ItemId>,
+    /// Ms of `item` the caller heard: released minus what FreeSWITCH still had buffered,
+    /// since that buffer is cleared too. This is the truncation point for the provider.
+    pub released_ms: u64,
+    /// Ms of audio discarded, all items (queued here plus unplayed in FreeSWITCH);
+    /// codec padding not counted.
+    pub dropped_ms: u64,
+}
+
+#[derive(Debug)]
+struct Run {
+    /// `None` for codec padding added by [`Pacer::finish`].
+    item: Option<ItemId>,
+    bytes: usize,
+}
+
+fn same(a: &ItemId, b: &ItemId) -> bool {
+    Arc::ptr_eq(a, b) || **a == **b
+}
+
+fn same_opt(a: &Option<ItemId>, b: &Option<ItemId>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => same(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Append `bytes` of `item` to a run list, merging with the last run when it matches.
+fn append_run(runs: &mut VecDeque<Run>, item: &Option<ItemId>, bytes: usize) {
+    if bytes == 0 {
+        return;
+    }
+    match runs.back_mut() {
+        Some(last) if same_opt(&last.item, item) => last.bytes += bytes,
+        _ => runs.push_back(Run {
+            item: item.clone(),
+            bytes,
+        }),
+    }
+}
+
+/// Real-time release of assistant audio in 20 ms frames, with per-item accounting.
+#[derive(Debug)]
+pub struct Pacer {
+    format: AudioFormat,
+    frame_bytes: usize,
+    lead: Duration,
+    /// Queued audio; bytes before `read` are already released.
+    buf: Vec<u8>,
+    read: usize,
+    /// Which item each queued byte belongs to, in order; sums to `buf.len() - read`.
+    queued: VecDeque<Run>,
+    /// The most recently released bytes (about `lead` plus a frame of them), to know
+    /// whose audio is still unplayed in FreeSWITCH at a flush.
+    recent: VecDeque<Run>,
+    recent_bytes: usize,
+    /// Released bytes per item, for the last few items.
+    ledger: VecDeque<(ItemId, u64)>,
+    playhead: Option<Instant>,
+    playing: Option<ItemId>,
+}
+
+impl Pacer {
+    /// `format` is the playback (call-side) format; `lead` how far ahead of the playout
+    /// audio may be released. A lead under one frame is raised to one frame, since
+    /// nothing could ever be released otherwise.
+    pub fn new(format: AudioFormat, lead: Duration) -> Pacer {
+        let frame_bytes = format.bytes_per_frame();
+        Pacer {
+            format,
+            frame_bytes,
+            lead: lead.max(FRAME),
+            buf: Vec::with_capacity(frame_bytes * 50),
+            read: 0,
+            queued: VecDeque::with_capacity(8),
+            recent: VecDeque::with_capacity(8),
+            recent_bytes: 0,
+            ledger: VecDeque::with_capacity(LEDGER_ITEMS + 1),
+            playhead: None,
+            playing: None,
+        }
+    }
+
+    pub fn format(&self) -> AudioFormat {
+        self.format
+    }
+
+    /// Queues audio of `item` (bytes in [`format`](Self::format)). Consecutive pushes of
+    /// different items may share a frame; each keeps its exact byte count.
+    pub fn push(&mut self, item: &ItemId, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        self.buf.extend_from_slice(data);
+        append_run(&mut self.queued, &Some(item.clone()), data.len());
+    }
+
+    /// The response is complete: pad a trailing partial frame with codec silence so it
+    /// can be released. Padding is not counted as audio of any item.
+    pub fn finish(&mut self) {
+        let rem = self.queued_bytes() % self.frame_bytes;
+        if rem == 0 {
+            return;
+        }
+        let pad = self.frame_bytes - rem;
+        let silence = self.format.codec.silence_byte();
+        self.buf.resize(self.buf.len() + pad, silence);
+        append_run(&mut self.queued, &None, pad);
+    }
+
+    fn queued_bytes(&self) -> usize {
+        self.buf.len() - self.read
+    }
+
+    /// Ms of audio queued and not yet released (padding included).
+    pub fn queued_ms(&self) -> u64 {
+        self.format.ms_of(self.queued_bytes())
+    }
+
+    /// A full frame is queued.
+    pub fn has_frame(&self) -> bool {
+        self.queued_bytes() >= self.frame_bytes
+    }
+
+    fn effective_playhead(&self, now: Instant) -> Instant {
+        match self.playhead {
+            Some(p) if p > now => p,
+            _ => now,
+        }
+    }
+
+    /// When the next frame may be released: `None` if no full frame is queued, otherwise
+    /// an instant `>= now` (equal to `now` when it is due already).
+    pub fn next_release(&self, now: Instant) -> Option<Instant> {
+        if !self.has_frame() {
+            return None;
+        }
+        let head = self.effective_playhead(now);
+        // Due when head + FRAME - t <= lead, i.e. t >= head - (lead - FRAME).
+        let due = head.checked_sub(self.lead - FRAME).unwrap_or(now);
+        Some(due.max(now))
+    }
+
+    /// If a frame is due at `now`, appends exactly one frame to `out` and returns true.
+    pub fn pop_due(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
+        if !self.has_frame() {
+            return false;
+        }
+        let head = self.effective_playhead(now);
+        let end = head + FRAME;
+        if end.saturating_duration_since(now) > self.lead {
+            return false;
+        }
+        self.playhead = Some(end);
+        let f = self.frame_bytes;
+        out.extend_from_slice(&self.buf[self.read..self.read + f]);
+        self.read += f;
+        if self.read == self.buf.len() {
+            self.buf.clear();
+            self.read = 0;
+        } else if self.read >= COMPACT_AT {
+            self.buf.drain(..self.read);
+            self.read = 0;
+        }
+        self.account_release(f);
+        true
+    }
+
+    /// Moves `bytes` from the front of the queued runs to the ledger and the recent log.
+    fn account_release(&mut self, mut bytes: usize) {
+        while bytes > 0 {
+            let Some(front) = self.queued.front_mut() else {
+                break;
+            };
+            let take = front.bytes.min(bytes);
+            front.bytes -= take;
+            bytes -= take;
+            if let Some(item) = &front.item {
+                credit(&mut self.ledger, item, take as u64);
+                if !self.playing.as_ref().is_some_and(|p| same(p, item)) {
+                    self.playing = Some(item.clone());
+                }
+            }
+            append_run(&mut self.recent, &front.item, take);
+            self.recent_bytes += take;
+            if front.bytes == 0 {
+                self.queued.pop_front();
+            }
+        }
+        // Only the last `lead` (plus a frame) of released audio can still be unplayed.
+        let keep = self.bytes_in(self.lead) + self.frame_bytes;
+        while self.recent_bytes > keep {
+            let Some(front) = self.recent.front_mut() else {
+                break;
+            };
+            let excess = self.recent_bytes - keep;
+            if front.bytes <= excess {
+                self.recent_bytes -= front.bytes;
+                self.recent.pop_front();
+            } else {
+                front.bytes -= excess;
+                self.recent_bytes -= excess;
+            }
+        }
+    }
+
+    /// Whole samples worth of bytes in `d`, rounded down.
+    fn bytes_in(&self, d: Duration) -> usize {
+        let samples = d.as_nanos() * u128::from(self.format.rate) / 1_000_000_000;
+        usize::try_from(samples).unwrap_or(usize::MAX / 4) * self.format.bytes_per_sample()
+    }
+
+    /// Barge-in: empties the queue in one step and forgets what FreeSWITCH had buffered
+    /// (it is cleared too), so the playhead restarts at `now`. The unplayed part of
+    /// released audio is taken back from the items' released counts, so
+    /// [`released_ms`](Self::released_ms) afterwards agrees with what was heard.
+    pub fn flush(&mut self, now: Instant) -> Flushed {
+        let mut unplayed = self.bytes_in(self.buffered_ahead(now));
+        let mut first_lost: Option<ItemId> = None;
+        let mut dropped = 0usize;
+        for run in self.recent.iter().rev() {
+            if unplayed == 0 {
+                break;
+            }
+            let take = run.bytes.min(unplayed);
+            unplayed -= take;
+            if let Some(item) = &run.item {
+                debit(&mut self.ledger, item, take as u64);
+                dropped += take;
+                first_lost = Some(item.clone());
+            }
+        }
+        for run in &self.queued {
+            if let Some(item) = &run.item {
+                dropped += run.bytes;
+                if first_lost.is_none() {
+                    first_lost = Some(item.clone());
+                }
+            }
+        }
+        let item = first_lost.or_else(|| self.playing.clone());
+        let released_ms = item.as_ref().map_or(0, |i| self.released_ms(i));
+
+        self.buf.clear();
+        self.read = 0;
+        self.queued.clear();
+        self.recent.clear();
+        self.recent_bytes = 0;
+        self.playhead = Some(now);
+        self.playing = None;
+        Flushed {
+            item,
+            released_ms,
+            dropped_ms: self.format.ms_of(dropped),
+        }
+    }
+
+    /// Ms of `item` released so far (exact bytes, rounded down); 0 if unknown or too old.
+    pub fn released_ms(&self, item: &ItemId) -> u64 {
+        self.ledger
+            .iter()
+            .rev()
+            .find(|(i, _)| same(i, item))
+            .map_or(0, |(_, b)| self.format.ms_of(*b as usize))
+    }
+
+    /// The item whose audio was released last (what the caller hears); `None` after a
+    /// flush until audio is released again.
+    pub fn playing_item(&self) -> Option<&ItemId> {
+        self.playing.as_ref()
+    }
+
+    /// Audio released but not yet played out at `now` (never more than the lead).
+    pub fn buffered_ahead(&self, now: Instant) -> Duration {
+        self.playhead
+            .map_or(Duration::ZERO, |p| p.saturating_duration_since(now))
+    }
+}
+
+fn credit(ledger: &mut VecDeque<(ItemId, u64)>, item: &ItemId, bytes: u64) {
+    if let Some((_, b)) = ledger.iter_mut().rev().find(|(i, _)| same(i, item)) {
+        *b += bytes;
+        return;
+    }
+    ledger.push_back((item.clone(), bytes));
+    if ledger.len() > LEDGER_ITEMS {
+        ledger.pop_front();
+    }
+}
+
+fn debit(ledger: &mut VecDeque<(ItemId, u64)>, item: &ItemId, bytes: u64) {
+    if let Some((_, b)) = ledger.iter_mut().rev().find(|(i, _)| same(i, item)) {
+        *b = b.saturating_sub(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn id(s: &str) -> ItemId {
+        Arc::from(s)
+    }
+
+    /// PCMU: 8 bytes per ms, 160 bytes per frame.
+    fn pacer(lead_ms: u64) -> Pacer {
+        Pacer::new(AudioFormat::pcmu(), Duration::from_millis(lead_ms))
+    }
+
+    fn pop_all_due(p: &mut Pacer, now: Instant) -> usize {
+        let mut n = 0;
+        let mut out = Vec::new();
+        while p.pop_due(now, &mut out) {
+            n += 1;
+            assert_eq!(out.len(), n * 160);
+        }
+        n
+    }
+
+    #[test]
+    fn lead_frames_at_once_then_one_per_frame() {
+        let t0 = Instant::now();
+        let mut p = pacer(60);
+        let a = id("a");
+        p.push(&a, &vec![1u8; 160 * 50]);
+        assert_eq!(p.next_release(t0), Some(t0));
+        assert_eq!(pop_all_due(&mut p, t0), 3);
+        assert_eq!(p.buffered_ahead(t0), 60 * MS);
+        // Next one exactly 20 ms later, not a nanosecond before.
+        assert_eq!(p.next_release(t0), Some(t0 + 20 * MS));
+        assert_eq!(
+            pop_all_due(&mut p, t0 + 20 * MS - Duration::from_nanos(1)),
+            0
+        );
+        for k in 1..=40u32 {
+            let now = t0 + 20 * MS * k;
+            assert_eq!(pop_all_due(&mut p, now), 1, "tick {k}");
+            assert!(p.buffered_ahead(now) <= 60 * MS);
+            assert_eq!(p.buffered_ahead(now), 60 * MS);
+        }
+        assert_eq!(p.released_ms(&a), 43 * 20);
+        assert_eq!(p.queued_ms(), 7 * 20);
+        // A late tick (scheduler hiccup) releases the backlog up to the lead, never more.
+        let late = t0 + 20 * MS * 40 + 45 * MS;
+        assert_eq!(pop_all_due(&mut p, late), 2);
+        assert!(p.buffered_ahead(late) <= 60 * MS);
+    }
+
+    #[test]
+    fn lead_below_a_frame_still_releases() {
+        let t0 = Instant::now();
+        let mut p = pacer(0);
+        p.push(&id("a"), &[0u8; 480]);
+        assert_eq!(pop_all_due(&mut p, t0), 1);
+        assert_eq!(pop_all_due(&mut p, t0 + 10 * MS), 0);
+        assert_eq!(pop_all_due(&mut p, t0 + 20 * MS), 1);
+    }
+
+    #[test]
+    fn playhead_restarts_after_underrun() {
+        let t0 = Instant::now();
+        let mut p = pacer(60);
+        let a = id("a");
+        p.push(&a, &[0u8; 160]);
+        assert_eq!(pop_all_due(&mut p, t0), 1);
+        assert_eq!(p.next_release(t0), None);
+        // FreeSWITCH runs dry at t0+20; new audio at t0+500 goes out as from empty.
+        let t1 = t0 + 500 * MS;
+        assert_eq!(p.buffered_ahead(t1), Duration::ZERO);
+        p.push(&a, &[0u8; 160 * 10]);
+        assert_eq!(p.next_release(t1), Some(t1));
+        assert_eq!(pop_all_due(&mut p, t1), 3);
+        assert_eq!(p.buffered_ahead(t1), 60 * MS);
+    }
+
+    #[test]
+    fn released_ms_is_exact_across_frames_shared_by_two_items() {
+        let t0 = Instant::now();
+        let mut p = pacer(100);
+        let (a, b) = (id("a"), id("b"));
+        // 250 ms + 3 bytes of a, then b: frame 13 holds the end of a and the start of b.
+        p.push(&a, &vec![1u8; 2003]);
+        p.push(&b, &vec![2u8; 1000]);
+        p.push(&b, &vec![2u8; 997]);
+        let mut out = Vec::new();
+        let mut now = t0;
+        while p.has_frame() {
+            while p.pop_due(now, &mut out) {}
+            now += 20 * MS;
+        }
+        assert_eq!(out.len(), 4000);
+        assert_eq!(p.released_ms(&a), 250); // 2003 bytes, rounded down
+        assert_eq!(p.released_ms(&b), 249); // 1997 bytes
+        assert_eq!(p.playing_item(), Some(&b));
+        assert_eq!(p.released_ms(&id("unknown")), 0);
+        // Same id from another allocation is the same item.
+        assert_eq!(p.released_ms(&id("a")), 250);
+    }
+
+    #[test]
+    fn finish_pads_with_silence_not_counted() {
+        let t0 = Instant::now();
+        let mut p = pacer(60);
+        let a = id("a");
+        p.push(&a, &[9u8; 200]);
+        assert!(p.has_frame());
+        let mut out = Vec::new();
+        assert!(p.pop_due(t0, &mut out));
+        assert!(!p.has_frame());
+        assert!(!p.pop_due(t0, &mut out));
+        p.finish();
+        assert!(p.has_frame());
+        assert!(p.pop_due(t0, &mut out));
+        assert_eq!(out.len(), 320);
+        assert!(out[..200].iter().all(|&b| b == 9));
+        assert!(out[200..].iter().all(|&b| b == 0xFF), "μ-law silence");
+        assert_eq!(p.released_ms(&a), 25);
+        p.finish(); // nothing partial: no-op
+        assert!(!p.has_frame());
+        let mut l16 = Pacer::new(AudioFormat::l16(8000), 60 * MS);
+        l16.push(&a, &[7u8; 10]);
+        l16.finish();
+        let mut out = Vec::new();
+        assert!(l16.pop_due(t0, &mut out));
+        assert_eq!(out.len(), 320);
+        assert!(out[10..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn flush_empties_in_one_step_and_reports() {
+        let t0 = Instant::now();
+        let mut p = pacer(60);
+        let (a, b) = (id("a"), id("b"));
+        p.push(&a, &vec![1u8; 8 * 1000]); // 1 s of a
+        p.push(&b, &vec![1u8; 8 * 500]);
+        let mut out = Vec::new();
+        let mut now = t0;
+        // Play 10 ticks: 3 + 9 frames released = 240 ms of a; 180 ms played at t0+180.
+        for _ in 0..10 {
+            while p.pop_due(now, &mut out) {}
+            if now < t0 + 180 * MS {
+                now += 20 * MS;
+            }
+        }
+        assert_eq!(now, t0 + 180 * MS);
+        assert_eq!(p.released_ms(&a), 240);
+        assert_eq!(p.buffered_ahead(now), 60 * MS);
+        let f = p.flush(now);
+        assert_eq!(f.item, Some(a.clone()));
+        assert_eq!(
+            f.released_ms, 180,
+            "heard = released - unplayed in FreeSWITCH"
+        );
+        assert_eq!(f.dropped_ms, 1500 - 180);
+        assert_eq!(p.queued_ms(), 0);
+        assert!(!p.has_frame());
+        assert_eq!(p.next_release(now), None);
+        assert_eq!(p.playing_item(), None);
+        assert_eq!(p.buffered_ahead(now), Duration::ZERO);
+        assert_eq!(p.released_ms(&a), 180);
+        // After the flush, the next answer starts from empty: lead frames at once.
+        let c = id("c");
+        p.push(&c, &[0u8; 160 * 5]);
+        assert_eq!(pop_all_due(&mut p, now), 3);
+        assert_eq!(p.playing_item(), Some(&c));
+    }
+
+    #[test]
+    fn flush_with_nothing_released_names_the_queued_item() {
+        let t0 = Instant::now();
+        let mut p = pacer(60);
+        assert_eq!(
+            p.flush(t0),
+            Flushed {
+                item: None,
+                released_ms: 0,
+                dropped_ms: 0
+            }
+        );
+        let b = id("b");
+        p.push(&b, &[0u8; 800]);
+        let f = p.flush(t0);
+        assert_eq!(
+            f,
+            Flushed {
+                item: Some(b),
+                released_ms: 0,
+                dropped_ms: 100
+            }
+        );
+        // Played out completely: nothing lost, the last item is reported.
+        let a = id("a");
+        p.push(&a, &[0u8; 160]);
+        p.finish();
+        assert_eq!(pop_all_due(&mut p, t0), 1);
+        let f = p.flush(t0 + 100 * MS);
+        assert_eq!(
+            f,
+            Flushed {
+                item: Some(a),
+                released_ms: 20,
+                dropped_ms: 0
+            }
+        );
+    }
+
+    #[test]
+    fn ledger_is_bounded() {
+        let t0 = Instant::now();
+        let mut p = pacer(20);
+        let mut out = Vec::new();
+        for i in 0..100 {
+            p.push(&id(&format!("item{i}")), &[0u8; 160]);
+            assert!(p.pop_due(t0 + 20 * MS * i, &mut out));
+        }
+        assert!(p.ledger.len() <= LEDGER_ITEMS);
+        assert!(p.recent.len() <= 3);
+        assert_eq!(p.released_ms(&id("item99")), 20);
+        assert_eq!(p.released_ms(&id("item0")), 0);
+    }
+}
