@@ -1,1 +1,503 @@
-//! TODO
+//! Typed configuration: a TOML file, overridden by the environment, validated once at
+//! startup.
+//!
+//! ```text
+//!  config file (TOML) ──┐
+//!                       ├─► config crate merge ─► RawConfig ─► compile() ─► Config
+//!  VOICEBRIDGE__A__B ───┘    (env wins)           (serde only,  (parse, validate,
+//!                                                  all Option)   defaults, routes,
+//!  OPENAI_API_KEY, GEMINI_API_KEY, ELEVENLABS_API_KEY,           secrets)
+//!  FREESWITCH_ESL_PASSWORD ──────────────────────────────────────────┘
+//! ```
+//!
+//! - The environment is an argument (`impl IntoIterator<Item = (String, String)>`), never
+//!   read from the process here: `main` passes `std::env::vars()`, tests pass a map.
+//! - `RawConfig` (`raw.rs`) is serde only; `compile()` (`compile.rs`) is the one place
+//!   that knows the rules, so every problem is found at startup, never at first use,
+//!   and reported as one message that names the key ([`ConfigError`]).
+//! - Routes are resolved here too: each [`Route`] is `[call]` + the audio format of
+//!   `[freeswitch]` with its `[[routes]]` overrides applied, so the server and the
+//!   session never merge layers themselves.
+//!
+//! The keys, their defaults and their meaning are the user contract in `CONFIG.md`
+//! (and `config/default.toml`, which ships every key with its default).
+
+mod compile;
+mod error;
+mod load;
+mod raw;
+mod secret;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+pub use crate::audio::{Channels, Codec};
+pub use error::ConfigError;
+pub use secret::Secret;
+
+/// The name of the route used when the URL path does not select another one
+/// (`ws://HOST:PORT/call/<uuid>`); it always exists.
+pub const DEFAULT_ROUTE: &str = "call";
+
+/// The validated configuration. Built only by [`Config::load`] / [`Config::from_toml_str`],
+/// so holding one means every rule below was checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub freeswitch: FreeswitchConfig,
+    pub call: CallConfig,
+    pub providers: ProvidersConfig,
+    /// The `call` route, kept apart so it exists by construction.
+    default_route: Route,
+    /// The other `[[routes]]`, in file order.
+    extra_routes: Vec<Route>,
+    /// Things noticed while loading that are worth a startup warning (see `warnings()`).
+    load_notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Where `mod_audio_stream` connects.
+    pub listen: SocketAddr,
+    /// Accepted bearer tokens; when non-empty every connection must present one.
+    pub auth_tokens: Vec<Secret>,
+    /// Concurrent calls; above it the upgrade gets HTTP 503.
+    pub max_calls: usize,
+    /// Time allowed for the WebSocket upgrade (the module gives up after 1 s).
+    pub handshake_timeout: Duration,
+    /// On SIGTERM, how long live calls keep being served.
+    pub drain_timeout: Duration,
+    /// Allows a non-loopback `listen` with no tokens (warned at every start).
+    pub allow_unauthenticated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Pretty on a TTY, JSON otherwise.
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter directive (`RUST_LOG` syntax); `RUST_LOG` overrides it.
+    pub level: String,
+    /// Log caller/assistant transcripts (privacy switch).
+    pub transcripts: bool,
+}
+
+/// How audio is played back to FreeSWITCH (see the `mod_audio_stream` protocol doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaybackMode {
+    /// Raw binary frames on the WebSocket.
+    Binary,
+    /// `streamAudio` JSON messages.
+    StreamAudio,
+    /// Files played through ESL (`uuid_broadcast`); needs `[freeswitch.esl]`.
+    EslFiles,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreeswitchConfig {
+    /// Rate given to `uuid_audio_stream ... start`; default for routes and URLs.
+    pub sample_rate: u32,
+    pub channels: Channels,
+    pub codec: Codec,
+    pub playback: PlaybackMode,
+    /// How far ahead of real time FreeSWITCH may buffer (the floor of barge-in latency).
+    pub playback_lead: Duration,
+    /// Event Socket; `None` when `[freeswitch.esl]` is absent.
+    pub esl: Option<EslConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EslConfig {
+    pub host: String,
+    pub port: u16,
+    /// From the file, else env `FREESWITCH_ESL_PASSWORD`.
+    pub password: Secret,
+}
+
+/// Which realtime provider answers a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    /// Built in, no API key: plays the caller back.
+    Echo,
+    OpenAi,
+    Gemini,
+    ElevenLabs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallConfig {
+    pub provider: ProviderKind,
+    pub instructions: String,
+    /// What the assistant says first; empty: wait for the caller.
+    pub greeting: String,
+    pub max_duration: Duration,
+    /// No audio from FreeSWITCH for this long ends the call; `Duration::ZERO` disables it.
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProvidersConfig {
+    pub echo: EchoConfig,
+    pub openai: OpenAiConfig,
+    pub gemini: GeminiConfig,
+    pub elevenlabs: ElevenLabsConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EchoMode {
+    /// Repeat each caller utterance after a pause (barge-in works).
+    Utterance,
+    /// Send every sample back, `delay` later.
+    Stream,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EchoConfig {
+    pub mode: EchoMode,
+    /// Stream mode only.
+    pub delay: Duration,
+    /// The rate the echo provider works at internally, as an AI provider would, so the
+    /// resampling path is exercised; 0 = the call's own rate.
+    pub sample_rate: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenAiAudioFormat {
+    /// `audio/pcmu`: G.711 μ-law passed through.
+    Pcmu,
+    /// `audio/pcma`: G.711 A-law passed through.
+    Pcma,
+    /// `audio/pcm`, 24 kHz PCM16.
+    Pcm24,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenAiConfig {
+    pub url: String,
+    pub model: String,
+    pub api_key: Secret,
+    pub voice: String,
+    pub audio_format: OpenAiAudioFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeminiConfig {
+    pub url: String,
+    pub model: String,
+    pub api_key: Secret,
+    pub voice: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElevenLabsConfig {
+    pub url: String,
+    pub agent_id: String,
+    /// When set, a signed URL is fetched from `signed_url_endpoint` per call.
+    pub api_key: Secret,
+    pub signed_url_endpoint: String,
+}
+
+/// A fully resolved route: `[call]` + `[freeswitch]` defaults with the route's
+/// overrides applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub name: String,
+    pub call: CallConfig,
+    pub sample_rate: u32,
+    pub channels: Channels,
+    pub codec: Codec,
+    pub playback: PlaybackMode,
+    pub playback_lead: Duration,
+}
+
+impl Config {
+    /// Loads `path` (TOML) with overrides from `env` (`std::env::vars()` in `main`, a
+    /// map in tests).
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        load::load(&text, &path.display().to_string(), env)
+    }
+
+    /// Like [`Config::load`], from TOML text (an empty string gives the defaults).
+    pub fn from_toml_str(
+        toml: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        load::load(toml, "config", env)
+    }
+
+    /// The route called `name`; `"call"` ([`DEFAULT_ROUTE`]) always exists.
+    pub fn route(&self, name: &str) -> Option<&Route> {
+        self.routes().find(|r| r.name == name)
+    }
+
+    /// The `call` route, used when the URL path names none.
+    pub fn default_route(&self) -> &Route {
+        &self.default_route
+    }
+
+    /// All routes, `call` first, then the other `[[routes]]` in file order.
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        std::iter::once(&self.default_route).chain(&self.extra_routes)
+    }
+
+    /// The distinct providers used by any route, in route order.
+    pub fn providers_in_use(&self) -> Vec<ProviderKind> {
+        let mut out = Vec::new();
+        for route in self.routes() {
+            if !out.contains(&route.call.provider) {
+                out.push(route.call.provider);
+            }
+        }
+        out
+    }
+
+    /// Things that are allowed but deserve a line in the startup log.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = self.load_notes.clone();
+        let s = &self.server;
+        if !s.listen.ip().is_loopback() && s.auth_tokens.is_empty() && s.allow_unauthenticated {
+            out.push(format!(
+                "server.allow_unauthenticated = true: anyone who can reach {} can open calls \
+                 (and spend provider credit); set server.auth_tokens unless a firewall \
+                 protects the port",
+                s.listen
+            ));
+        }
+        if s.allow_unauthenticated && !s.auth_tokens.is_empty() {
+            out.push(
+                "server.allow_unauthenticated has no effect: auth_tokens is set, so every \
+                 connection must present a token"
+                    .to_string(),
+            );
+        }
+        if s.auth_tokens.iter().any(|t| t.expose().len() < 16) {
+            out.push(
+                "server.auth_tokens: a token shorter than 16 characters is easy to guess"
+                    .to_string(),
+            );
+        }
+        if let Some(esl) = &self.freeswitch.esl {
+            if esl.password.is_empty() {
+                out.push(
+                    "freeswitch.esl.password is empty: FreeSWITCH will refuse the Event \
+                     Socket login; set FREESWITCH_ESL_PASSWORD"
+                        .to_string(),
+                );
+            }
+        }
+        out
+    }
+}
+
+impl ProviderKind {
+    pub const ALL: [ProviderKind; 4] = [
+        ProviderKind::Echo,
+        ProviderKind::OpenAi,
+        ProviderKind::Gemini,
+        ProviderKind::ElevenLabs,
+    ];
+
+    /// The name used in the config (`[call] provider = "..."`) and in logs/metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Echo => "echo",
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::ElevenLabs => "elevenlabs",
+        }
+    }
+
+    /// Case-insensitive inverse of [`ProviderKind::name`].
+    pub fn parse(s: &str) -> Option<ProviderKind> {
+        let s = s.to_ascii_lowercase();
+        ProviderKind::ALL.into_iter().find(|p| p.name() == s)
+    }
+
+    /// The conventional environment variable holding this provider's API key.
+    pub const fn api_key_env(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::Echo => None,
+            ProviderKind::OpenAi => Some("OPENAI_API_KEY"),
+            ProviderKind::Gemini => Some("GEMINI_API_KEY"),
+            ProviderKind::ElevenLabs => Some("ELEVENLABS_API_KEY"),
+        }
+    }
+}
+
+impl std::fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Parse/print for the string-valued enums: one table per enum, so the names accepted
+/// and the names listed in error messages cannot drift apart.
+macro_rules! named_enum {
+    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every accepted name, in documentation order.
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+
+            pub const fn name(self) -> &'static str {
+                match self { $($ty::$variant => $name),+ }
+            }
+
+            /// Case-insensitive inverse of `name()`.
+            pub fn parse(s: &str) -> Option<$ty> {
+                let s = s.to_ascii_lowercase();
+                match s.as_str() { $($name => Some($ty::$variant),)+ _ => None }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+
+named_enum!(LogFormat { Auto => "auto", Json => "json", Pretty => "pretty" });
+named_enum!(PlaybackMode {
+    Binary => "binary",
+    StreamAudio => "stream_audio",
+    EslFiles => "esl_files",
+});
+named_enum!(EchoMode { Utterance => "utterance", Stream => "stream" });
+named_enum!(OpenAiAudioFormat { Pcmu => "pcmu", Pcma => "pcma", Pcm24 => "pcm24" });
+
+// The defaults of CONFIG.md, in one place. compile() starts from these and applies
+// what the file and the environment set.
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9090)),
+            auth_tokens: Vec::new(),
+            max_calls: 500,
+            handshake_timeout: Duration::from_millis(800),
+            drain_timeout: Duration::from_secs(30),
+            allow_unauthenticated: false,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9091)),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Auto,
+            level: "info".to_string(),
+            transcripts: true,
+        }
+    }
+}
+
+impl Default for FreeswitchConfig {
+    fn default() -> Self {
+        FreeswitchConfig {
+            sample_rate: 8000,
+            channels: Channels::Mono,
+            codec: Codec::L16,
+            playback: PlaybackMode::Binary,
+            playback_lead: Duration::from_millis(60),
+            esl: None,
+        }
+    }
+}
+
+impl Default for EslConfig {
+    fn default() -> Self {
+        EslConfig {
+            host: "127.0.0.1".to_string(),
+            port: 8021,
+            password: Secret::default(),
+        }
+    }
+}
+
+impl Default for CallConfig {
+    fn default() -> Self {
+        CallConfig {
+            provider: ProviderKind::Echo,
+            instructions: "You are a helpful phone assistant. Keep answers short.".to_string(),
+            greeting: String::new(),
+            max_duration: Duration::from_secs(1800),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for EchoConfig {
+    fn default() -> Self {
+        EchoConfig {
+            mode: EchoMode::Utterance,
+            delay: Duration::from_millis(200),
+            sample_rate: 24000,
+        }
+    }
+}
+
+impl Default for OpenAiConfig {
+    fn default() -> Self {
+        OpenAiConfig {
+            url: "wss://api.openai.com/v1/realtime".to_string(),
+            model: "gpt-realtime".to_string(),
+            api_key: Secret::default(),
+            voice: "marin".to_string(),
+            audio_format: OpenAiAudioFormat::Pcmu,
+        }
+    }
+}
+
+impl Default for GeminiConfig {
+    fn default() -> Self {
+        GeminiConfig {
+            url: "wss://generativelanguage.googleapis.com/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent".to_string(),
+            model: "models/gemini-2.5-flash-native-audio-preview-12-2025".to_string(),
+            api_key: Secret::default(),
+            voice: "Kore".to_string(),
+        }
+    }
+}
+
+impl Default for ElevenLabsConfig {
+    fn default() -> Self {
+        ElevenLabsConfig {
+            url: "wss://api.elevenlabs.io/v1/convai/conversation".to_string(),
+            agent_id: String::new(),
+            api_key: Secret::default(),
+            signed_url_endpoint: "https://api.elevenlabs.io/v1/convai/conversation/get-signed-url"
+                .to_string(),
+        }
+    }
+}
