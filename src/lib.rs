@@ -3,4 +3,11 @@
 //! See `README.md` for the architecture; each module opens with why it exists.
 
 pub mod audio;
+pub mod call_client;
 pub mod config;
+pub mod freeswitch;
+pub mod providers;
+pub mod registry;
+pub mod server;
+pub mod session;
+pub mod telemetry;

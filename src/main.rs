@@ -1,1 +1,211 @@
-fn main() {}
+//! The `voicebridge` command: `serve` (the daemon, default), `call` (a FreeSWITCH
+//! stand-in for testing a running daemon) and `check` (validate the config).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+use voicebridge::call_client::{self, CallArgs};
+use voicebridge::config::{Config, PlaybackMode, ProviderKind};
+use voicebridge::registry::Registry;
+use voicebridge::server::{self, Shutdown};
+use voicebridge::telemetry;
+
+/// Bridges FreeSWITCH mod_audio_stream calls to realtime speech-to-speech AI
+/// (OpenAI Realtime, Gemini Live, ElevenLabs) or to the built-in echo provider.
+#[derive(Parser, Debug)]
+#[command(name = "voicebridge", version, about, long_about = None)]
+struct Cli {
+    /// Configuration file (TOML). Every key can be overridden by an environment
+    /// variable VOICEBRIDGE__SECTION__KEY, e.g. VOICEBRIDGE__SERVER__LISTEN=0.0.0.0:9090.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "VOICEBRIDGE_CONFIG",
+        default_value = "config/default.toml"
+    )]
+    config: PathBuf,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon (the default when no command is given).
+    Serve,
+    /// Validate the configuration and report on each provider in use.
+    Check,
+    /// Stream a WAV file to a running voicebridge exactly like mod_audio_stream does,
+    /// record what comes back, and print a summary.
+    Call(CallArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("voicebridge: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Some(Command::Call(args)) => runtime.block_on(call(args)),
+        Some(Command::Check) => check(&cli.config),
+        Some(Command::Serve) | None => runtime.block_on(serve(&cli.config)),
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path, std::env::vars()).map_err(|e| {
+        eprintln!("voicebridge: configuration error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+async fn serve(path: &std::path::Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(e) = telemetry::init(&config.log) {
+        eprintln!("voicebridge: {e}");
+        return ExitCode::from(2);
+    }
+    // tokio-tungstenite's rustls needs exactly one process-wide crypto provider, or
+    // every wss:// connect panics at run time.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    for w in config.warnings() {
+        warn!(warning = %w, "configuration");
+    }
+    if config
+        .routes()
+        .any(|r| r.playback == PlaybackMode::EslFiles)
+    {
+        error!("playback = \"esl_files\" is not available yet; use binary or stream_audio");
+        return ExitCode::from(2);
+    }
+    let listener = match TcpListener::bind(config.server.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!(listen = %config.server.listen, error = %e, "cannot listen (is another instance running? is the port free?)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let config = Arc::new(config);
+    let registry = Registry::new();
+    let shutdown = Shutdown::default();
+    info!(
+        listen = %addr,
+        version = env!("CARGO_PKG_VERSION"),
+        routes = config.routes().map(|r| r.name.as_str()).collect::<Vec<_>>().join(","),
+        "listening"
+    );
+    tokio::spawn(watch_signals(
+        Arc::clone(&registry),
+        shutdown.clone(),
+        config.server.drain_timeout,
+    ));
+    server::serve(listener, config, registry, shutdown).await;
+    info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// SIGTERM / first SIGINT: drain (refuse new calls, let live ones finish for up to
+/// `drain_timeout`), then close what is left. A second SIGINT exits at once.
+async fn watch_signals(registry: Arc<Registry>, shutdown: Shutdown, drain_timeout: Duration) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!(live_calls = registry.len(), drain_secs = drain_timeout.as_secs(), "SIGTERM: draining"),
+        _ = int.recv() => info!(live_calls = registry.len(), drain_secs = drain_timeout.as_secs(), "SIGINT: draining (again to exit at once)"),
+    }
+    shutdown.draining.cancel();
+    let drained = async {
+        while !registry.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        _ = drained => info!("all calls ended"),
+        _ = tokio::time::sleep(drain_timeout) => warn!(live_calls = registry.len(), "drain timeout: closing the remaining calls"),
+        _ = int.recv() => {
+            warn!(live_calls = registry.len(), "second SIGINT: exiting now");
+            std::process::exit(130);
+        }
+    }
+    shutdown.stop.cancel();
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    println!("config {}: OK", path.display());
+    for w in config.warnings() {
+        println!("warning: {w}");
+    }
+    for route in config.routes() {
+        println!(
+            "route {:<12} provider {:<10} {} Hz {} {} playback {:?}",
+            route.name,
+            route.call.provider.name(),
+            route.sample_rate,
+            route.channels,
+            route.codec,
+            route.playback
+        );
+    }
+    let mut failed = false;
+    for kind in config.providers_in_use() {
+        match kind {
+            ProviderKind::Echo => println!("provider echo: OK (built in, no network)"),
+            other => {
+                failed = true;
+                println!(
+                    "provider {}: FAILED: not available in this build yet",
+                    other.name()
+                );
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn call(args: CallArgs) -> ExitCode {
+    match call_client::run(&args).await {
+        Ok(summary) => {
+            call_client::print_summary(&summary, args.json);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("voicebridge call: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The FreeSWITCH side: what `mod_audio_stream` sends us and how we play audio back.
+//!
+//! Split like a carrier serializer: `request` reads the upgrade URL (call identity and
+//! inbound format), `metadata` the optional first text frame, `playback` turns paced
+//! 20 ms frames into the messages the configured module build understands. The socket
+//! itself is driven by the session.
+
+pub mod metadata;
+pub mod playback;
+pub mod request;
+
+pub use metadata::Metadata;
+pub use playback::Playback;
+pub use request::{RequestError, StreamRequest};

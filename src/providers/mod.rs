@@ -1,0 +1,182 @@
+//! The one interface every AI provider sits behind.
+//!
+//! A provider runs in its own task and talks to the session only through two bounded
+//! channels: [`ProviderCommand`]s in, normalised [`ProviderEvent`]s out. The session never
+//! sees a provider's JSON and a provider never sees FreeSWITCH, so a slow provider cannot
+//! stall the caller's audio and adding a provider touches one file.
+
+pub mod echo;
+pub mod template;
+pub mod ws;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::audio::{AudioFormat, ItemId};
+use crate::config::{Config, ProviderKind, Route};
+
+/// Commands queued to a provider. Audio is the only high-rate one.
+const COMMAND_CAPACITY: usize = 64;
+/// Events queued from a provider; audio bursts arrive faster than real time, so this is
+/// larger than the command side (each event is one provider message).
+const EVENT_CAPACITY: usize = 256;
+
+/// Who said something, in a transcript.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Speaker {
+    Caller,
+    Assistant,
+}
+
+impl Speaker {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Speaker::Caller => "caller",
+            Speaker::Assistant => "assistant",
+        }
+    }
+}
+
+/// Token counts reported by a provider (summed into the call summary).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// What a provider tells the session, in provider-neutral terms.
+#[derive(Debug)]
+pub enum ProviderEvent {
+    /// Setup is complete; audio may flow. `input` is what the provider wants from the
+    /// caller, `output` what it will send back (known only now for some providers).
+    Ready {
+        input: AudioFormat,
+        output: AudioFormat,
+    },
+    /// Assistant audio of one item (response), in the `output` format of `Ready`.
+    Audio {
+        item: ItemId,
+        data: Bytes,
+    },
+    /// The caller started talking: barge-in if the assistant is playing.
+    SpeechStarted,
+    /// The provider finished generating the current response.
+    ResponseDone,
+    Transcript {
+        who: Speaker,
+        text: String,
+        is_final: bool,
+    },
+    Usage(Usage),
+    /// Something worth a log line that does not end the call.
+    Warning(String),
+    Error {
+        recoverable: bool,
+        code: String,
+        message: String,
+    },
+    /// The provider side is gone; the session ends the call with this reason.
+    Closed {
+        reason: String,
+    },
+}
+
+/// What the session asks of a provider.
+#[derive(Debug)]
+pub enum ProviderCommand {
+    /// One 20 ms frame of caller audio in the `input` format of `Ready`.
+    Audio(Bytes),
+    /// The caller heard only `played_ms` of `item` (barge-in).
+    Truncate { item: ItemId, played_ms: u64 },
+    /// Stop the response being generated.
+    Cancel,
+    /// Call metadata arrived (or it was decided none will come); template variables.
+    Context(Arc<CallContext>),
+    /// Close the provider connection politely.
+    Close,
+}
+
+/// What a provider may know about the call.
+#[derive(Clone, Debug, Default)]
+pub struct CallContext {
+    pub call_id: String,
+    pub route: String,
+    /// Metadata keys and values (recognised and not), for templating instructions.
+    pub vars: BTreeMap<String, String>,
+}
+
+/// The session's end of a running provider.
+pub struct ProviderHandle {
+    pub name: &'static str,
+    pub commands: mpsc::Sender<ProviderCommand>,
+    pub events: mpsc::Receiver<ProviderEvent>,
+    pub task: JoinHandle<()>,
+}
+
+/// The provider's end: where it reads commands and sends events.
+pub struct ProviderChannels {
+    pub commands: mpsc::Receiver<ProviderCommand>,
+    pub events: mpsc::Sender<ProviderEvent>,
+}
+
+fn channels() -> (
+    mpsc::Sender<ProviderCommand>,
+    mpsc::Receiver<ProviderEvent>,
+    ProviderChannels,
+) {
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CAPACITY);
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_CAPACITY);
+    (
+        cmd_tx,
+        ev_rx,
+        ProviderChannels {
+            commands: cmd_rx,
+            events: ev_tx,
+        },
+    )
+}
+
+/// Starts the provider chosen by `route` for one call. `call_format` is the call's own
+/// (mono) format, which the echo provider may choose to work in.
+///
+/// Returns at once: connecting happens inside the provider's task, which reports
+/// `Ready` or `Closed`.
+pub fn spawn(
+    config: &Config,
+    route: &Route,
+    call_format: AudioFormat,
+    call_id: &str,
+) -> ProviderHandle {
+    let (commands, events, ends) = channels();
+    let (name, task) = match route.call.provider {
+        ProviderKind::Echo => (
+            "echo",
+            tokio::spawn(
+                echo::run(config.providers.echo.clone(), call_format, ends).in_current_span(),
+            ),
+        ),
+        other => {
+            let name = other.name();
+            let call_id = call_id.to_owned();
+            (
+                name,
+                tokio::spawn(async move {
+                    let reason =
+                        format!("provider {name} is not available in this build (call {call_id})");
+                    let _ = ends.events.send(ProviderEvent::Closed { reason }).await;
+                }),
+            )
+        }
+    };
+    ProviderHandle {
+        name,
+        commands,
+        events,
+        task,
+    }
+}

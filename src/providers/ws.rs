@@ -1,0 +1,201 @@
+//! The outbound WebSocket every AI provider uses: `wss://` with rustls and the system's
+//! root certificates, custom auth headers, a connect timeout, and upgrade failures
+//! turned into one readable error (status + the provider's message, never the key).
+
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type ProviderWs = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Connect + TLS + upgrade must finish within this, or the call is ended.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Provider messages carry up to a few hundred ms of base64 audio; 16 MiB is tungstenite's
+/// own frame default and bounds a misbehaving server.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Longest provider error body kept for the log line.
+const MAX_BODY: usize = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("invalid provider URL {url}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("connecting to {url} timed out after {} s", CONNECT_TIMEOUT.as_secs())]
+    Timeout { url: String },
+    #[error("{url} refused the upgrade: HTTP {status}: {body}")]
+    Refused {
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error("cannot connect to {url}: {reason}")]
+    Failed { url: String, reason: String },
+}
+
+impl ConnectError {
+    /// The HTTP status of a refused upgrade.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ConnectError::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Opens the provider socket. `secrets` are values that must never appear in errors
+/// (they are replaced by `[redacted]` if the server echoes them).
+pub async fn connect(
+    url: &str,
+    headers: &[(&'static str, String)],
+    secrets: &[&str],
+) -> Result<ProviderWs, ConnectError> {
+    let shown = redact_url(url);
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| ConnectError::BadUrl {
+            url: shown.clone(),
+            reason: e.to_string(),
+        })?;
+    for (name, value) in headers {
+        let value = HeaderValue::from_str(value).map_err(|_| ConnectError::BadUrl {
+            url: shown.clone(),
+            reason: format!("header {name} has characters not allowed in HTTP"),
+        })?;
+        request.headers_mut().insert(*name, value);
+    }
+    let config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES));
+    let attempt = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Err(_) => Err(ConnectError::Timeout { url: shown }),
+        Ok(Ok((ws, _response))) => Ok(ws),
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+            let status = response.status().as_u16();
+            let body = response
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            Err(ConnectError::Refused {
+                url: shown,
+                status,
+                body: redact(&clip(body.trim(), MAX_BODY), secrets),
+            })
+        }
+        Ok(Err(e)) => Err(ConnectError::Failed {
+            url: shown,
+            reason: redact(&e.to_string(), secrets),
+        }),
+    }
+}
+
+/// A URL fit for a log line: query values that can carry credentials are blanked
+/// (`?key=` for Gemini, signed-URL tokens for ElevenLabs).
+pub fn redact_url(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let parts: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if is_secret_param(k) => format!("{k}=[redacted]"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", parts.join("&"))
+}
+
+fn is_secret_param(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "key",
+        "token",
+        "signature",
+        "sig",
+        "secret",
+        "auth",
+        "conversation_signature",
+    ]
+    .iter()
+    .any(|s| k == *s || k.ends_with(&format!("_{s}")) || k.contains("token"))
+}
+
+/// Replaces every occurrence of each non-empty secret.
+pub fn redact(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_owned();
+    for s in secrets.iter().filter(|s| s.len() >= 4) {
+        out = out.replace(s, "[redacted]");
+    }
+    out
+}
+
+fn clip(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(
+            redact_url("wss://h/ws?key=AIzaSECRET&alt=x"),
+            "wss://h/ws?key=[redacted]&alt=x"
+        );
+        assert_eq!(
+            redact_url("wss://h/c?agent_id=a1&conversation_signature=s&token=t"),
+            "wss://h/c?agent_id=a1&conversation_signature=[redacted]&token=[redacted]"
+        );
+        assert_eq!(redact_url("wss://h/v1/realtime"), "wss://h/v1/realtime");
+    }
+
+    #[test]
+    fn secrets_are_redacted_from_text() {
+        assert_eq!(
+            redact("bad key sk-abcdef given", &["sk-abcdef", ""]),
+            "bad key [redacted] given"
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_upgrade_reports_status_and_body() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf).await;
+            let body = r#"{"error":{"message":"Incorrect API key provided: sk-test-123"}}"#;
+            let resp = format!(
+                "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+                body.len(),
+                body
+            );
+            s.write_all(resp.as_bytes()).await.unwrap();
+        });
+        let url = format!("ws://{addr}/v1/realtime?model=x");
+        let err = connect(
+            &url,
+            &[("authorization", "Bearer sk-test-123".into())],
+            &["sk-test-123"],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.status(), Some(401));
+        let text = err.to_string();
+        assert!(text.contains("Incorrect API key"), "{text}");
+        assert!(!text.contains("sk-test-123"), "{text}");
+    }
+}

@@ -1,0 +1,251 @@
+//! The listener: accepts TCP connections from `mod_audio_stream`, answers the WebSocket
+//! upgrade (routing, auth, limits) and hands each accepted call to its own session task.
+//!
+//! The module gives up for good if TCP connect + handshake take more than 1 s, so
+//! nothing slow happens before the 101: the provider is connected by the session, after
+//! the upgrade. Rejections are plain HTTP statuses with a short body and one log line.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{header, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn, Instrument};
+
+use crate::config::{Config, Route};
+use crate::freeswitch::StreamRequest;
+use crate::registry::{CallEntry, CallGuard, Registry};
+use crate::session::{self, CallSetup};
+
+/// Largest WebSocket message we accept. Audio messages are a few KiB (48 kHz stereo at
+/// 100 ms is 19 200 bytes) and the metadata at most 8 KiB, so anything near this is
+/// garbage; the cap keeps a hostile frame from growing memory.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// Eagerly allocated per connection by tungstenite: keep it small, frames are small.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// A peer that stops reading gets an error instead of an unbounded write buffer.
+const MAX_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
+/// Pause after a failed accept (e.g. out of file descriptors) so we do not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How the daemon is told to stop: first stop taking calls (drain), then end the rest.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    /// New upgrades are refused with 503 once this is cancelled.
+    pub draining: CancellationToken,
+    /// Live calls are closed and the listener stops once this is cancelled.
+    pub stop: CancellationToken,
+}
+
+/// Everything a connection handler needs, shared by all of them.
+struct Shared {
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+    shutdown: Shutdown,
+}
+
+/// Serves until `shutdown.stop` is cancelled and every session has ended.
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+    shutdown: Shutdown,
+) {
+    let shared = Arc::new(Shared {
+        config,
+        registry,
+        shutdown: shutdown.clone(),
+    });
+    let tracker = TaskTracker::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let shared = Arc::clone(&shared);
+                    tracker.spawn(handle_connection(shared, stream, peer));
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed; retrying");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// Why an upgrade was refused.
+struct Rejection {
+    status: StatusCode,
+    body: &'static str,
+    reason: String,
+}
+
+/// What the upgrade callback decided for an accepted call.
+struct Accepted {
+    request: StreamRequest,
+    route: Route,
+    call_id: String,
+    guard: CallGuard,
+}
+
+async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    // Audio frames are small and latency-bound: never let Nagle hold them back.
+    let _ = stream.set_nodelay(true);
+    let started = Instant::now();
+    let mut decision: Option<Result<Accepted, Rejection>> = None;
+    // The signature is tungstenite's `Callback`; its error type is not ours to shrink.
+    #[allow(clippy::result_large_err)]
+    let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        match decide(&shared, req) {
+            Ok(accepted) => {
+                decision = Some(Ok(accepted));
+                Ok(resp)
+            }
+            Err(rejection) => {
+                let mut error = ErrorResponse::new(Some(format!("{}\n", rejection.body)));
+                *error.status_mut() = rejection.status;
+                if rejection.status == StatusCode::SERVICE_UNAVAILABLE {
+                    error
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+                }
+                decision = Some(Err(rejection));
+                Err(error)
+            }
+        }
+    };
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES));
+    let timeout = shared.config.server.handshake_timeout;
+    let handshake = tokio::time::timeout(
+        timeout,
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config)),
+    )
+    .await;
+    let ws = match handshake {
+        Err(_) => {
+            warn!(%peer, timeout_ms = timeout.as_millis() as u64, "handshake timed out: connection dropped");
+            return;
+        }
+        Ok(Err(e)) => {
+            match decision {
+                Some(Err(r)) => {
+                    warn!(%peer, status = r.status.as_u16(), reason = %r.reason, "upgrade rejected")
+                }
+                _ => warn!(%peer, error = %e, "handshake failed: not a valid WebSocket upgrade"),
+            }
+            return;
+        }
+        Ok(Ok(ws)) => ws,
+    };
+    let Some(Ok(accepted)) = decision else {
+        warn!(%peer, "handshake completed without a routing decision; dropped");
+        return;
+    };
+    let handshake_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let span =
+        tracing::info_span!("call", call_id = %accepted.call_id, route = %accepted.route.name);
+    let setup = CallSetup {
+        call_id: accepted.call_id,
+        route: accepted.route,
+        request: accepted.request,
+        config: Arc::clone(&shared.config),
+        peer,
+        guard: accepted.guard,
+        stop: shared.shutdown.stop.clone(),
+    };
+    async move {
+        info!(%peer, handshake_ms = format!("{handshake_ms:.2}"), "call accepted");
+        session::run(ws, setup).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+/// The upgrade decision: route, auth, capacity. Runs inside the handshake, so it must
+/// be quick and must not await anything.
+fn decide(shared: &Arc<Shared>, req: &Request) -> Result<Accepted, Rejection> {
+    let config = &shared.config;
+    let uri = req.uri();
+    let reject = |status, body, reason: String| Rejection {
+        status,
+        body,
+        reason,
+    };
+    if shared.shutdown.draining.is_cancelled() {
+        return Err(reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "daemon is draining for shutdown".to_owned(),
+        ));
+    }
+    let request = StreamRequest::parse(uri.path(), uri.query())
+        .map_err(|e| reject(StatusCode::BAD_REQUEST, "bad request", e.to_string()))?;
+    let Some(route) = config.route(&request.route) else {
+        return Err(reject(
+            StatusCode::NOT_FOUND,
+            "unknown route",
+            format!("unknown route {:?} (path {})", request.route, uri.path()),
+        ));
+    };
+    if !config.server.auth_tokens.is_empty() {
+        let bearer = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let presented = bearer.or(request.token.as_deref());
+        let ok = presented.is_some_and(|p| config.server.auth_tokens.iter().any(|t| t.matches(p)));
+        if !ok {
+            let why = if presented.is_some() {
+                "wrong token"
+            } else {
+                "no token (Authorization: Bearer or ?token=)"
+            };
+            return Err(reject(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                format!("{why} for route {:?}", route.name),
+            ));
+        }
+    }
+    let call_id = request
+        .call_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let entry = CallEntry {
+        call_id: call_id.clone(),
+        route: route.name.clone(),
+        provider: route.call.provider.name(),
+        started: Instant::now(),
+    };
+    let Some(guard) = shared.registry.try_register(entry, config.server.max_calls) else {
+        return Err(reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "at capacity",
+            format!(
+                "max_calls ({}) reached; call {call_id} refused",
+                config.server.max_calls
+            ),
+        ));
+    };
+    Ok(Accepted {
+        request,
+        route: route.clone(),
+        call_id,
+        guard,
+    })
+}

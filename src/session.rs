@@ -1,0 +1,858 @@
+//! One task per call: it owns the FreeSWITCH socket, the provider handle, the audio
+//! state of both directions and the call's timers, and `select!`s over them. No locks on
+//! the audio path; whichever side ends first, both are closed cleanly and the task ends.
+//!
+//! Caller audio: WebSocket message → `Reframer` (exact 20 ms, left channel) →
+//! `Transcoder` (call format → provider input) → provider. Until the provider is ready,
+//! frames wait in a bounded queue.
+//! Assistant audio: provider → `Transcoder` (provider output → call format) → `Pacer`
+//! (real-time release with a small lead) → `Playback` (binary or streamAudio).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::audio::{AudioFormat, Channels, Codec, ItemId, Pacer, Reframer, Transcoder};
+use crate::config::{Config, Route};
+use crate::freeswitch::{metadata, Playback, StreamRequest};
+use crate::providers::{self, CallContext, ProviderCommand, ProviderEvent, ProviderHandle, Usage};
+use crate::registry::CallGuard;
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Caller audio kept while the provider connects (then dropped oldest-first).
+const MAX_PENDING: Duration = Duration::from_secs(5);
+/// A FreeSWITCH socket that accepts nothing for this long is considered dead.
+const WRITE_STALL: Duration = Duration::from_secs(5);
+/// How long we wait for the other side's Close, and for the provider task to finish.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// How long the provider's setup waits for the metadata frame before going ahead
+/// without it (it normally comes within milliseconds, but in a known race never).
+const METADATA_WAIT: Duration = Duration::from_millis(500);
+/// Late audio is remembered for this many interrupted items.
+const MAX_INTERRUPTED: usize = 8;
+
+/// Everything the server learned while accepting the call.
+pub struct CallSetup {
+    pub call_id: String,
+    pub route: Route,
+    pub request: StreamRequest,
+    pub config: Arc<Config>,
+    pub peer: SocketAddr,
+    pub guard: CallGuard,
+    pub stop: CancellationToken,
+}
+
+/// Why a call ended (the summary's `end_reason`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// FreeSWITCH sent a Close (hang-up or `uuid_audio_stream stop`).
+    FreeswitchClosed(Option<u16>),
+    /// The TCP connection dropped without a Close.
+    FreeswitchGone,
+    FreeswitchError(String),
+    ProviderClosed(String),
+    ProviderError(String),
+    MaxDuration,
+    IdleTimeout,
+    Shutdown,
+    Internal(String),
+}
+
+impl EndReason {
+    /// Short stable tag, for the summary and (later) metrics.
+    pub fn tag(&self) -> &'static str {
+        match self {
+            EndReason::FreeswitchClosed(_) => "freeswitch_closed",
+            EndReason::FreeswitchGone => "freeswitch_gone",
+            EndReason::FreeswitchError(_) => "freeswitch_error",
+            EndReason::ProviderClosed(_) => "provider_closed",
+            EndReason::ProviderError(_) => "provider_error",
+            EndReason::MaxDuration => "max_duration",
+            EndReason::IdleTimeout => "idle_timeout",
+            EndReason::Shutdown => "shutdown",
+            EndReason::Internal(_) => "internal_error",
+        }
+    }
+
+    /// Text for the Close frame we send FreeSWITCH (it shows in `::disconnect`).
+    fn close_reason(&self) -> String {
+        let mut s = self.to_string();
+        // A Close reason is at most 123 bytes.
+        while s.len() > 120 {
+            s.pop();
+        }
+        s
+    }
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndReason::FreeswitchClosed(Some(code)) => {
+                write!(f, "FreeSWITCH closed the stream (code {code})")
+            }
+            EndReason::FreeswitchClosed(None) => write!(f, "FreeSWITCH closed the stream"),
+            EndReason::FreeswitchGone => write!(f, "FreeSWITCH connection dropped without a Close"),
+            EndReason::FreeswitchError(e) => write!(f, "FreeSWITCH socket error: {e}"),
+            EndReason::ProviderClosed(r) => write!(f, "provider ended: {r}"),
+            EndReason::ProviderError(r) => write!(f, "provider error: {r}"),
+            EndReason::MaxDuration => write!(f, "max_duration_secs reached"),
+            EndReason::IdleTimeout => {
+                write!(f, "idle_timeout_secs reached: no audio from FreeSWITCH")
+            }
+            EndReason::Shutdown => write!(f, "voicebridge is shutting down"),
+            EndReason::Internal(e) => write!(f, "internal error: {e}"),
+        }
+    }
+}
+
+/// Counters for the end-of-call summary line.
+#[derive(Default, Debug)]
+struct Stats {
+    fs_messages_in: u64,
+    fs_bytes_in: u64,
+    frames_to_provider: u64,
+    bytes_to_provider: u64,
+    frames_dropped: u64,
+    provider_audio_events: u64,
+    provider_bytes_in: u64,
+    late_audio_dropped: u64,
+    frames_to_fs: u64,
+    bytes_to_fs: u64,
+    text_in: u64,
+    barge_ins: u64,
+    first_response: Option<Duration>,
+    usage: Usage,
+}
+
+/// The inbound format and which parts of it the URL fixed (metadata may set the rest,
+/// if it arrives before the first audio).
+struct InboundFormat {
+    codec: Codec,
+    rate: u32,
+    channels: Channels,
+    pinned_codec: bool,
+    pinned_rate: bool,
+    pinned_channels: bool,
+}
+
+impl InboundFormat {
+    fn mono(&self) -> AudioFormat {
+        AudioFormat::new(self.codec, self.rate)
+    }
+}
+
+/// The caller→provider direction.
+struct Upstream {
+    reframer: Option<Reframer>,
+    transcoder: Option<Transcoder>,
+    /// Frames (call format) waiting for the provider to be ready.
+    pending: VecDeque<Bytes>,
+    frame: Vec<u8>,
+    out: Vec<u8>,
+}
+
+/// The provider→caller direction.
+struct Downstream {
+    transcoder: Option<Transcoder>,
+    pacer: Pacer,
+    playback: Playback,
+    converted: Vec<u8>,
+    frame: Vec<u8>,
+    /// Items interrupted by barge-in: their late audio is dropped.
+    interrupted: VecDeque<ItemId>,
+    /// Audio received from the provider per item, in ms of its output format, so a
+    /// truncate never claims more than was generated.
+    generated: VecDeque<(ItemId, u64)>,
+    output_format: Option<AudioFormat>,
+}
+
+struct Session {
+    call_id: String,
+    route: Route,
+    config: Arc<Config>,
+    started: Instant,
+    inbound: InboundFormat,
+    up: Upstream,
+    down: Downstream,
+    provider: ProviderHandle,
+    provider_input: Option<AudioFormat>,
+    metadata_seen: bool,
+    context_sent: bool,
+    last_audio: Instant,
+    stats: Stats,
+    sink: SplitSink<Ws, Message>,
+    drop_warned: bool,
+}
+
+/// Runs the call to its end. Never panics on input; always closes both sides.
+pub async fn run(ws: Ws, setup: CallSetup) {
+    let CallSetup {
+        call_id,
+        route,
+        request,
+        config,
+        peer: _,
+        guard,
+        stop,
+    } = setup;
+    let inbound = InboundFormat {
+        codec: request.codec.unwrap_or(route.codec),
+        rate: request.rate.unwrap_or(route.sample_rate),
+        channels: request.channels.unwrap_or(route.channels),
+        pinned_codec: request.codec.is_some(),
+        pinned_rate: request.rate.is_some(),
+        pinned_channels: request.channels.is_some(),
+    };
+    let call_format = inbound.mono();
+    if call_format.codec != Codec::L16 && call_format.rate != 8000 {
+        let (mut sink, stream) = ws.split();
+        let reason = EndReason::Internal(format!(
+            "{} requires rate 8000, not {}",
+            call_format.codec, call_format.rate
+        ));
+        error!(reason = %reason, "call refused");
+        close_freeswitch(&mut sink, stream, &reason, false).await;
+        return;
+    }
+    let playback = match Playback::new(route.playback, call_format) {
+        Ok(p) => p,
+        Err(e) => {
+            let (mut sink, stream) = ws.split();
+            let reason = EndReason::Internal(e.to_string());
+            error!(reason = %reason, "call refused");
+            close_freeswitch(&mut sink, stream, &reason, false).await;
+            return;
+        }
+    };
+    // Connect the provider now, in parallel with the first audio, to save first-turn latency.
+    let provider = providers::spawn(&config, &route, call_format, &call_id);
+    guard.update(|e| e.provider = provider.name);
+    let (sink, mut stream) = ws.split();
+    let now = Instant::now();
+    let mut s = Session {
+        down: Downstream {
+            transcoder: None,
+            pacer: Pacer::new(call_format, route.playback_lead),
+            playback,
+            converted: Vec::new(),
+            frame: Vec::new(),
+            interrupted: VecDeque::new(),
+            generated: VecDeque::new(),
+            output_format: None,
+        },
+        up: Upstream {
+            reframer: None,
+            transcoder: None,
+            pending: VecDeque::new(),
+            frame: Vec::new(),
+            out: Vec::new(),
+        },
+        call_id,
+        route,
+        config,
+        started: now,
+        inbound,
+        provider,
+        provider_input: None,
+        metadata_seen: false,
+        context_sent: false,
+        last_audio: now,
+        stats: Stats::default(),
+        sink,
+        drop_warned: false,
+    };
+    info!(
+        provider = s.provider.name,
+        format = %call_format,
+        channels = %s.inbound.channels,
+        playback = ?s.route.playback,
+        "call started"
+    );
+
+    let reason = s.run_loop(&mut stream, &stop).await;
+    s.finish(stream, reason).await;
+    drop(guard);
+}
+
+impl Session {
+    async fn run_loop(
+        &mut self,
+        stream: &mut SplitStream<Ws>,
+        stop: &CancellationToken,
+    ) -> EndReason {
+        let max_deadline = self.started + self.route.call.max_duration;
+        let idle = self.route.call.idle_timeout;
+        let idle_enabled = !idle.is_zero();
+        let far_future = self.started + Duration::from_secs(86_400 * 365);
+        let idle_timer = sleep_until(if idle_enabled {
+            self.started + idle
+        } else {
+            far_future
+        });
+        let max_timer = sleep_until(max_deadline);
+        let tick = sleep_until(far_future);
+        let metadata_timer = sleep_until(self.started + METADATA_WAIT);
+        tokio::pin!(idle_timer, max_timer, tick, metadata_timer);
+        let mut tick_armed_for: Option<Instant> = None;
+
+        loop {
+            let next = self
+                .down
+                .pacer
+                .next_release(Instant::now().into_std())
+                .map(Instant::from_std);
+            if next != tick_armed_for {
+                if let Some(at) = next {
+                    tick.as_mut().reset(at);
+                }
+                tick_armed_for = next;
+            }
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return EndReason::Shutdown,
+                _ = &mut max_timer => return EndReason::MaxDuration,
+                _ = &mut tick, if tick_armed_for.is_some() => {
+                    tick_armed_for = None;
+                    if let Err(r) = self.release_due().await {
+                        return r;
+                    }
+                }
+                event = self.provider.events.recv() => {
+                    let Some(event) = event else {
+                        return EndReason::ProviderClosed("provider task ended".to_owned());
+                    };
+                    if let Err(r) = self.on_provider_event(event).await {
+                        return r;
+                    }
+                }
+                msg = stream.next() => {
+                    if let Err(r) = self.on_freeswitch(msg).await {
+                        return r;
+                    }
+                }
+                _ = &mut metadata_timer, if !self.context_sent => {
+                    info!("no metadata yet: provider set up from the URL alone");
+                    self.send_context(BTreeMap::new()).await;
+                }
+                _ = &mut idle_timer, if idle_enabled => {
+                    let deadline = self.last_audio + idle;
+                    if Instant::now() >= deadline {
+                        return EndReason::IdleTimeout;
+                    }
+                    idle_timer.as_mut().reset(deadline);
+                }
+            }
+        }
+    }
+
+    // ---- FreeSWITCH → provider ------------------------------------------------------
+
+    async fn on_freeswitch(
+        &mut self,
+        msg: Option<Result<Message, tungstenite::Error>>,
+    ) -> Result<(), EndReason> {
+        let msg = match msg {
+            None => return Err(EndReason::FreeswitchGone),
+            Some(Err(e)) => return Err(freeswitch_error(e)),
+            Some(Ok(m)) => m,
+        };
+        match msg {
+            Message::Binary(data) => {
+                self.stats.fs_messages_in += 1;
+                self.stats.fs_bytes_in += data.len() as u64;
+                self.last_audio = Instant::now();
+                self.on_audio(&data);
+                Ok(())
+            }
+            Message::Text(text) => {
+                self.stats.text_in += 1;
+                if !self.metadata_seen {
+                    self.metadata_seen = true;
+                    self.on_metadata(text.as_str()).await;
+                } else {
+                    info!(bytes = text.len(), text = %preview(text.as_str()), "text from FreeSWITCH (send_text)");
+                }
+                Ok(())
+            }
+            // tungstenite queues the Pong itself; it goes out with the next read or write.
+            Message::Ping(_) | Message::Pong(_) => Ok(()),
+            Message::Close(frame) => Err(EndReason::FreeswitchClosed(
+                frame.map(|f| u16::from(f.code)),
+            )),
+            Message::Frame(_) => Ok(()),
+        }
+    }
+
+    fn on_audio(&mut self, data: &[u8]) {
+        if self.up.reframer.is_none() {
+            // First audio: the inbound format is final from here on.
+            self.up.reframer = Some(Reframer::new(self.inbound.mono(), self.inbound.channels));
+            self.ensure_upstream_transcoder();
+        }
+        let mut frame = std::mem::take(&mut self.up.frame);
+        if let Some(reframer) = self.up.reframer.as_mut() {
+            reframer.push(data);
+        }
+        loop {
+            frame.clear();
+            let Some(reframer) = self.up.reframer.as_mut() else {
+                break;
+            };
+            if !reframer.pop_frame(&mut frame) {
+                break;
+            }
+            self.forward_frame(&frame);
+        }
+        self.up.frame = frame;
+    }
+
+    /// Builds the caller→provider transcoder once both ends are known: the provider's
+    /// input (at `Ready`) and the call's final format (at the first audio).
+    fn ensure_upstream_transcoder(&mut self) {
+        if self.up.transcoder.is_some() || self.up.reframer.is_none() {
+            return;
+        }
+        let Some(input) = self.provider_input else {
+            return;
+        };
+        match Transcoder::new(self.inbound.mono(), input) {
+            Ok(t) => self.up.transcoder = Some(t),
+            Err(e) => error!(error = %e, "cannot convert caller audio for the provider"),
+        }
+    }
+
+    fn forward_frame(&mut self, frame: &[u8]) {
+        let Some(transcoder) = self.up.transcoder.as_mut() else {
+            // Provider not ready yet: keep a bounded backlog.
+            let max = (MAX_PENDING.as_millis() / 20) as usize;
+            if self.up.pending.len() >= max {
+                self.up.pending.pop_front();
+                self.stats.frames_dropped += 1;
+            }
+            self.up.pending.push_back(Bytes::copy_from_slice(frame));
+            return;
+        };
+        self.up.out.clear();
+        transcoder.process(frame, &mut self.up.out);
+        if self.up.out.is_empty() {
+            return;
+        }
+        let payload = Bytes::copy_from_slice(&self.up.out);
+        let len = payload.len() as u64;
+        match self
+            .provider
+            .commands
+            .try_send(ProviderCommand::Audio(payload))
+        {
+            Ok(()) => {
+                self.stats.frames_to_provider += 1;
+                self.stats.bytes_to_provider += len;
+            }
+            Err(TrySendError::Full(_)) => {
+                self.stats.frames_dropped += 1;
+                if !self.drop_warned {
+                    self.drop_warned = true;
+                    warn!("provider is not keeping up: caller audio frames dropped (counted in the summary)");
+                }
+            }
+            // The provider's Closed event (or the end of its channel) ends the call.
+            Err(TrySendError::Closed(_)) => {}
+        }
+    }
+
+    async fn on_metadata(&mut self, text: &str) {
+        let (meta, warnings) = metadata::parse(text);
+        for w in &warnings {
+            warn!(warning = %w, "metadata");
+        }
+        if self.up.reframer.is_none() {
+            let i = &mut self.inbound;
+            if let (Some(c), false) = (meta.codec, i.pinned_codec) {
+                i.codec = c;
+            }
+            if let (Some(r), false) = (meta.sample_rate, i.pinned_rate) {
+                i.rate = r;
+            }
+            if let (Some(c), false) = (meta.channels, i.pinned_channels) {
+                i.channels = c;
+            }
+            let f = self.inbound.mono();
+            if f.codec != Codec::L16 && f.rate != 8000 {
+                warn!(format = %f, "metadata format is impossible (G.711 is 8000 Hz); using L16");
+                self.inbound.codec = Codec::L16;
+            }
+        } else if meta.codec.is_some_and(|c| c != self.inbound.codec)
+            || meta.sample_rate.is_some_and(|r| r != self.inbound.rate)
+            || meta.channels.is_some_and(|c| c != self.inbound.channels)
+        {
+            warn!(
+                format = %self.inbound.mono(),
+                "metadata names a different audio format but arrived after the audio: keeping the URL/route format"
+            );
+        }
+        if meta.call_id.as_deref().is_some_and(|id| id != self.call_id) {
+            info!(
+                metadata_call_id = meta.call_id.as_deref().unwrap_or(""),
+                "metadata carries another call id; the URL's is kept"
+            );
+        }
+        info!(
+            caller_id = meta.caller_id.as_deref().unwrap_or(""),
+            called = meta.called.as_deref().unwrap_or(""),
+            keys = meta.vars.len(),
+            raw = meta.raw.is_some(),
+            "metadata received"
+        );
+        let mut vars = meta.vars;
+        if let Some(raw) = meta.raw {
+            vars.insert("metadata".to_owned(), raw);
+        }
+        if self.context_sent {
+            info!("metadata arrived after the provider was set up: not used for its instructions");
+            return;
+        }
+        self.send_context(vars).await;
+    }
+
+    /// Gives the provider the template variables it sets itself up with (once).
+    async fn send_context(&mut self, mut vars: BTreeMap<String, String>) {
+        self.context_sent = true;
+        vars.insert("call_id".to_owned(), self.call_id.clone());
+        vars.entry("route".to_owned())
+            .or_insert_with(|| self.route.name.clone());
+        let context = CallContext {
+            call_id: self.call_id.clone(),
+            route: self.route.name.clone(),
+            vars,
+        };
+        let _ = self
+            .provider
+            .commands
+            .send(ProviderCommand::Context(Arc::new(context)))
+            .await;
+    }
+
+    // ---- provider → FreeSWITCH ------------------------------------------------------
+
+    async fn on_provider_event(&mut self, event: ProviderEvent) -> Result<(), EndReason> {
+        match event {
+            ProviderEvent::Ready { input, output } => {
+                info!(input = %input, output = %output, "provider ready");
+                self.provider_input = Some(input);
+                self.down.output_format = Some(output);
+                let call = self.inbound.mono();
+                self.down.transcoder = Some(Transcoder::new(output, call).map_err(|e| {
+                    EndReason::Internal(format!(
+                        "assistant audio {output} cannot be played to a {call} call: {e}"
+                    ))
+                })?);
+                if self.up.reframer.is_some() {
+                    self.ensure_upstream_transcoder();
+                    if self.up.transcoder.is_none() {
+                        return Err(EndReason::Internal(format!(
+                            "caller audio {call} cannot be sent as {input}"
+                        )));
+                    }
+                }
+                let pending = std::mem::take(&mut self.up.pending);
+                if self.up.transcoder.is_some() {
+                    for frame in &pending {
+                        self.forward_frame(frame);
+                    }
+                } else {
+                    self.up.pending = pending;
+                }
+            }
+            ProviderEvent::Audio { item, data } => self.on_assistant_audio(item, &data),
+            ProviderEvent::SpeechStarted => self.barge_in().await?,
+            ProviderEvent::ResponseDone => {
+                self.down.pacer.finish();
+            }
+            ProviderEvent::Transcript {
+                who,
+                text,
+                is_final,
+            } => {
+                if self.config.log.transcripts && is_final {
+                    info!(who = who.name(), text = %text, "transcript");
+                } else if self.config.log.transcripts {
+                    debug!(who = who.name(), text = %text, "partial transcript");
+                }
+            }
+            ProviderEvent::Usage(u) => {
+                self.stats.usage.input_tokens += u.input_tokens;
+                self.stats.usage.output_tokens += u.output_tokens;
+            }
+            ProviderEvent::Warning(w) => warn!(warning = %w, "provider warning"),
+            ProviderEvent::Error {
+                recoverable: true,
+                code,
+                message,
+            } => {
+                warn!(code = %code, message = %message, "provider error (call continues)");
+            }
+            ProviderEvent::Error {
+                recoverable: false,
+                code,
+                message,
+            } => {
+                return Err(EndReason::ProviderError(format!("{code}: {message}")));
+            }
+            ProviderEvent::Closed { reason } => return Err(EndReason::ProviderClosed(reason)),
+        }
+        Ok(())
+    }
+
+    fn on_assistant_audio(&mut self, item: ItemId, data: &[u8]) {
+        self.stats.provider_audio_events += 1;
+        self.stats.provider_bytes_in += data.len() as u64;
+        if self.down.interrupted.contains(&item) {
+            self.stats.late_audio_dropped += 1;
+            return;
+        }
+        let Some(transcoder) = self.down.transcoder.as_mut() else {
+            warn!("provider sent audio before it was ready: dropped");
+            return;
+        };
+        if let Some(format) = self.down.output_format {
+            let ms = (data.len() as u64 * 1000) / format.bytes_per_sec() as u64;
+            match self.down.generated.iter_mut().find(|(i, _)| *i == item) {
+                Some((_, total)) => *total += ms,
+                None => {
+                    if self.down.generated.len() >= MAX_INTERRUPTED {
+                        self.down.generated.pop_front();
+                    }
+                    self.down.generated.push_back((item.clone(), ms));
+                }
+            }
+        }
+        self.down.converted.clear();
+        transcoder.process(data, &mut self.down.converted);
+        self.down.pacer.push(&item, &self.down.converted);
+    }
+
+    /// Releases every frame that is due, in one write batch.
+    async fn release_due(&mut self) -> Result<(), EndReason> {
+        let now = Instant::now().into_std();
+        let mut sent = 0;
+        let mut frame = std::mem::take(&mut self.down.frame);
+        loop {
+            frame.clear();
+            if !self.down.pacer.pop_due(now, &mut frame) {
+                break;
+            }
+            let msg = self.down.playback.frame(&frame);
+            self.stats.frames_to_fs += 1;
+            self.stats.bytes_to_fs += frame.len() as u64;
+            sent += 1;
+            if let Err(e) = self.sink.feed(msg).await {
+                self.down.frame = frame;
+                return Err(freeswitch_error(e));
+            }
+        }
+        self.down.frame = frame;
+        if sent > 0 {
+            if self.stats.first_response.is_none() {
+                self.stats.first_response = Some(self.started.elapsed());
+            }
+            self.flush_sink().await?;
+        }
+        Ok(())
+    }
+
+    /// Barge-in: in this same tick, empty our queue, stop FreeSWITCH's buffer and tell
+    /// the provider how much of the item the caller actually got.
+    async fn barge_in(&mut self) -> Result<(), EndReason> {
+        let now = Instant::now().into_std();
+        let playing =
+            self.down.pacer.queued_ms() > 0 || !self.down.pacer.buffered_ahead(now).is_zero();
+        if !playing {
+            debug!("caller speech started while nothing was playing");
+            return Ok(());
+        }
+        let flushed = self.down.pacer.flush(now);
+        self.stats.barge_ins += 1;
+        let clear = self.down.playback.clear();
+        if let Err(e) = self.sink.feed(clear).await {
+            return Err(freeswitch_error(e));
+        }
+        self.flush_sink().await?;
+        if let Some(item) = flushed.item.clone() {
+            let generated = self
+                .down
+                .generated
+                .iter()
+                .find(|(i, _)| *i == item)
+                .map_or(flushed.released_ms, |(_, ms)| *ms);
+            let played_ms = flushed.released_ms.min(generated);
+            if self.down.interrupted.len() >= MAX_INTERRUPTED {
+                self.down.interrupted.pop_front();
+            }
+            self.down.interrupted.push_back(item.clone());
+            info!(item = %item, played_ms, dropped_ms = flushed.dropped_ms, "barge-in: playback flushed");
+            let _ = self
+                .provider
+                .commands
+                .try_send(ProviderCommand::Truncate { item, played_ms });
+        } else {
+            info!(
+                dropped_ms = flushed.dropped_ms,
+                "barge-in: playback flushed"
+            );
+        }
+        Ok(())
+    }
+
+    async fn flush_sink(&mut self) -> Result<(), EndReason> {
+        match tokio::time::timeout(WRITE_STALL, self.sink.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(freeswitch_error(e)),
+            Err(_) => Err(EndReason::FreeswitchError(format!(
+                "socket accepted nothing for {} s",
+                WRITE_STALL.as_secs()
+            ))),
+        }
+    }
+
+    // ---- the end --------------------------------------------------------------------
+
+    async fn finish(mut self, stream: SplitStream<Ws>, reason: EndReason) {
+        let fs_initiated = matches!(reason, EndReason::FreeswitchClosed(_));
+        let fs_alive = !matches!(
+            reason,
+            EndReason::FreeswitchGone | EndReason::FreeswitchError(_)
+        );
+        // The provider first: it must stop billing even if FreeSWITCH is slow to close.
+        let _ = self.provider.commands.try_send(ProviderCommand::Close);
+        if fs_alive {
+            close_freeswitch(&mut self.sink, stream, &reason, fs_initiated).await;
+        }
+        let mut task = self.provider.task;
+        if tokio::time::timeout(CLOSE_WAIT, &mut task).await.is_err() {
+            task.abort();
+            warn!("provider did not close within 1 s: aborted");
+        }
+        let s = &self.stats;
+        let level_is_error = matches!(
+            reason,
+            EndReason::ProviderError(_) | EndReason::Internal(_) | EndReason::FreeswitchError(_)
+        );
+        let duration_ms = self.started.elapsed().as_millis() as u64;
+        let first_response_ms = s.first_response.map(|d| d.as_millis() as u64);
+        macro_rules! summary {
+            ($level:ident) => {
+                $level!(
+                    route = %self.route.name,
+                    provider = self.provider.name,
+                    duration_ms,
+                    fs_messages_in = s.fs_messages_in,
+                    fs_bytes_in = s.fs_bytes_in,
+                    frames_to_provider = s.frames_to_provider,
+                    bytes_to_provider = s.bytes_to_provider,
+                    frames_dropped = s.frames_dropped,
+                    provider_audio_events = s.provider_audio_events,
+                    provider_bytes_in = s.provider_bytes_in,
+                    late_audio_dropped = s.late_audio_dropped,
+                    frames_to_fs = s.frames_to_fs,
+                    bytes_to_fs = s.bytes_to_fs,
+                    text_in = s.text_in,
+                    first_response_ms,
+                    barge_ins = s.barge_ins,
+                    input_tokens = s.usage.input_tokens,
+                    output_tokens = s.usage.output_tokens,
+                    end_reason = reason.tag(),
+                    end_detail = %reason,
+                    "call ended"
+                )
+            };
+        }
+        if level_is_error {
+            summary!(error);
+        } else {
+            summary!(info);
+        }
+    }
+}
+
+/// Closes the FreeSWITCH side properly: our Close (or the echo of theirs, which
+/// tungstenite queued), flushed at once because the module waits only 1 s, then the
+/// rest of their side until the TCP stream ends.
+async fn close_freeswitch(
+    sink: &mut SplitSink<Ws, Message>,
+    mut stream: SplitStream<Ws>,
+    reason: &EndReason,
+    fs_initiated: bool,
+) {
+    let result = tokio::time::timeout(CLOSE_WAIT, async {
+        if fs_initiated {
+            // The echo is queued; any read or write flushes it.
+            let _ = sink.flush().await;
+        } else {
+            let code = match reason {
+                EndReason::Shutdown => CloseCode::Away,
+                EndReason::Internal(_) | EndReason::ProviderError(_) => CloseCode::Error,
+                _ => CloseCode::Normal,
+            };
+            let frame = CloseFrame {
+                code,
+                reason: reason.close_reason().into(),
+            };
+            let _ = sink.send(Message::Close(Some(frame))).await;
+        }
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+    if result.is_err() {
+        debug!("FreeSWITCH did not finish the close handshake within 1 s");
+    }
+}
+
+fn freeswitch_error(e: tungstenite::Error) -> EndReason {
+    use tungstenite::error::{CapacityError, Error, ProtocolError};
+    match e {
+        Error::ConnectionClosed | Error::AlreadyClosed => EndReason::FreeswitchClosed(None),
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => EndReason::FreeswitchGone,
+        Error::Io(ref io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            EndReason::FreeswitchGone
+        }
+        Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+            EndReason::FreeswitchError(format!(
+                "message of {size} bytes is larger than the {max_size}-byte limit"
+            ))
+        }
+        other => EndReason::FreeswitchError(other.to_string()),
+    }
+}
+
+/// The start of a text for a log line (never the whole of an arbitrary-size frame).
+fn preview(text: &str) -> &str {
+    let mut end = text.len().min(200);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}

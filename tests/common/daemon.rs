@@ -1,0 +1,158 @@
+//! Runs the real `voicebridge` binary for a test: a temp config, loopback port 0, JSON
+//! logs on stdout collected so tests can await a log line (an event, not a sleep).
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::Notify;
+
+/// Upper bound for anything a test awaits: a hang guard, not a performance threshold.
+pub const HANG_GUARD: Duration = Duration::from_secs(30);
+
+pub struct Daemon {
+    child: Child,
+    pub addr: SocketAddr,
+    logs: Arc<Mutex<Vec<Value>>>,
+    raw: Arc<Mutex<Vec<String>>>,
+    notify: Arc<Notify>,
+    _dir: tempfile::TempDir,
+}
+
+/// The `message` of a JSON log line.
+pub fn message(line: &Value) -> &str {
+    line["fields"]["message"].as_str().unwrap_or("")
+}
+
+/// A field of a JSON log line (`fields.<name>`).
+pub fn field<'a>(line: &'a Value, name: &str) -> &'a Value {
+    &line["fields"][name]
+}
+
+/// The call id a log line belongs to (from the call span).
+pub fn call_id(line: &Value) -> Option<&str> {
+    line["span"]["call_id"].as_str()
+}
+
+impl Daemon {
+    /// Starts the daemon with `toml` as its config file plus `env` overrides.
+    pub async fn start(toml: &str, env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("voicebridge.toml");
+        std::fs::write(&path, toml).expect("write config");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_voicebridge"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .env("VOICEBRIDGE__SERVER__LISTEN", "127.0.0.1:0")
+            .env("VOICEBRIDGE__LOG__FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn voicebridge");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let raw = Arc::new(Mutex::new(Vec::new()));
+        let notify = Arc::new(Notify::new());
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        {
+            let (logs, raw, notify) = (logs.clone(), raw.clone(), notify.clone());
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    raw.lock().unwrap().push(line.clone());
+                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                        logs.lock().unwrap().push(v);
+                    }
+                    notify.notify_waiters();
+                }
+                notify.notify_waiters();
+            });
+        }
+        {
+            let raw = raw.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    raw.lock().unwrap().push(format!("stderr: {line}"));
+                }
+            });
+        }
+        let mut d = Daemon {
+            child,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            logs,
+            raw,
+            notify,
+            _dir: dir,
+        };
+        let listening = d.wait_log(|l| message(l) == "listening").await;
+        d.addr = field(&listening, "listen")
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("listen address in the log");
+        d
+    }
+
+    /// Waits for the first log line (old or new) matching `pred`.
+    pub async fn wait_log(&self, pred: impl Fn(&Value) -> bool) -> Value {
+        let wait = async {
+            loop {
+                let notified = self.notify.notified();
+                if let Some(v) = self.logs.lock().unwrap().iter().find(|l| pred(l)) {
+                    return v.clone();
+                }
+                notified.await;
+            }
+        };
+        match tokio::time::timeout(HANG_GUARD, wait).await {
+            Ok(v) => v,
+            Err(_) => panic!("log line not seen; output so far:\n{}", self.output()),
+        }
+    }
+
+    /// Waits for the summary line of call `id`.
+    pub async fn wait_call_end(&self, id: &str) -> Value {
+        self.wait_log(|l| message(l) == "call ended" && call_id(l) == Some(id))
+            .await
+    }
+
+    pub fn logs(&self) -> Vec<Value> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Everything the daemon printed, for failure messages and secret scans.
+    pub fn output(&self) -> String {
+        self.raw.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM, then wait for the process to exit; returns its exit status code.
+    pub async fn stop(mut self) -> Option<i32> {
+        if let Some(pid) = self.child.id() {
+            // SAFETY-free: `kill` is a plain command, no libc dependency needed.
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+        match tokio::time::timeout(HANG_GUARD, self.child.wait()).await {
+            Ok(Ok(status)) => status.code(),
+            _ => {
+                let _ = self.child.kill().await;
+                panic!("daemon did not exit after SIGTERM:\n{}", self.output());
+            }
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}

@@ -1,0 +1,7 @@
+//! Shared test support. Each integration-test binary compiles this module and
+//! uses only part of it, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+pub mod call;
+pub mod daemon;
+pub mod fake_freeswitch;
