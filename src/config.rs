@@ -148,6 +148,13 @@ pub struct CallConfig {
     pub max_duration: Duration,
     /// No audio from FreeSWITCH for this long ends the call; `Duration::ZERO` disables it.
     pub idle_timeout: Duration,
+    /// Voice for this call; empty: the provider section's `voice`.
+    pub voice: String,
+    /// Conversation language (BCP-47, e.g. `it-IT`); empty: the provider decides.
+    pub language: String,
+    /// The caller finished a turn and the provider has not answered for this long: the
+    /// watchdog logs it. `Duration::ZERO` disables it.
+    pub response_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -453,6 +460,9 @@ impl Default for CallConfig {
             greeting: String::new(),
             max_duration: Duration::from_secs(1800),
             idle_timeout: Duration::from_secs(60),
+            voice: String::new(),
+            language: String::new(),
+            response_timeout: Duration::from_secs(15),
         }
     }
 }

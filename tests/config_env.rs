@@ -309,8 +309,8 @@ fn unknown_toml_key_in_a_section() {
 
 #[test]
 fn unknown_toml_key_in_a_route() {
-    let e = fail("[[routes]]\nname = \"a\"\nvoice = \"x\"\n", &[]);
-    assert_names(&e, "routes[0].voice", &["unknown key", "provider"]);
+    let e = fail("[[routes]]\nname = \"a\"\nvoyce = \"x\"\n", &[]);
+    assert_names(&e, "routes[0].voyce", &["unknown key", "provider"]);
     let e = fail(
         "[[routes]]\nname = \"a\"\n[[routes]]\nname = \"b\"\nmodel = \"x\"\n",
         &[],

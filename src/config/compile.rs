@@ -228,6 +228,15 @@ fn call(raw: RawCall) -> Result<CallConfig> {
             MAX_CALL_SECS,
             d.idle_timeout,
         )?,
+        voice: raw.voice.unwrap_or(d.voice),
+        language: raw.language.unwrap_or(d.language),
+        response_timeout: secs_or(
+            "call.response_timeout_secs",
+            raw.response_timeout_secs,
+            0,
+            MAX_CALL_SECS,
+            d.response_timeout,
+        )?,
     })
 }
 
@@ -390,6 +399,15 @@ fn resolve(
                 0,
                 MAX_CALL_SECS,
                 call.idle_timeout,
+            )?,
+            voice: r.voice.clone().unwrap_or_else(|| call.voice.clone()),
+            language: r.language.clone().unwrap_or_else(|| call.language.clone()),
+            response_timeout: secs_or(
+                &key("response_timeout_secs"),
+                r.response_timeout_secs,
+                0,
+                MAX_CALL_SECS,
+                call.response_timeout,
             )?,
         },
         sample_rate: match r.sample_rate {

@@ -85,6 +85,10 @@ pub(crate) struct RawCall {
     pub max_duration_secs: Option<i64>,
     #[serde(deserialize_with = "int")]
     pub idle_timeout_secs: Option<i64>,
+    pub voice: Option<String>,
+    pub language: Option<String>,
+    #[serde(deserialize_with = "int")]
+    pub response_timeout_secs: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -148,6 +152,10 @@ pub(crate) struct RawRoute {
     pub max_duration_secs: Option<i64>,
     #[serde(deserialize_with = "int")]
     pub idle_timeout_secs: Option<i64>,
+    pub voice: Option<String>,
+    pub language: Option<String>,
+    #[serde(deserialize_with = "int")]
+    pub response_timeout_secs: Option<i64>,
     #[serde(deserialize_with = "int")]
     pub sample_rate: Option<i64>,
     pub channels: Option<String>,
