@@ -66,6 +66,8 @@ pub enum EndReason {
     /// The TCP connection dropped without a Close.
     FreeswitchGone,
     FreeswitchError(String),
+    /// A message over the size limit (a 1 MiB text frame, ...): the socket still works.
+    FreeswitchTooBig(String),
     ProviderClosed(String),
     ProviderError(String),
     MaxDuration,
@@ -81,6 +83,7 @@ impl EndReason {
             EndReason::FreeswitchClosed(_) => "freeswitch_closed",
             EndReason::FreeswitchGone => "freeswitch_gone",
             EndReason::FreeswitchError(_) => "freeswitch_error",
+            EndReason::FreeswitchTooBig(_) => "freeswitch_message_too_big",
             EndReason::ProviderClosed(_) => "provider_closed",
             EndReason::ProviderError(_) => "provider_error",
             EndReason::MaxDuration => "max_duration",
@@ -110,6 +113,7 @@ impl fmt::Display for EndReason {
             EndReason::FreeswitchClosed(None) => write!(f, "FreeSWITCH closed the stream"),
             EndReason::FreeswitchGone => write!(f, "FreeSWITCH connection dropped without a Close"),
             EndReason::FreeswitchError(e) => write!(f, "FreeSWITCH socket error: {e}"),
+            EndReason::FreeswitchTooBig(e) => write!(f, "FreeSWITCH sent a {e}"),
             EndReason::ProviderClosed(r) => write!(f, "provider ended: {r}"),
             EndReason::ProviderError(r) => write!(f, "provider error: {r}"),
             EndReason::MaxDuration => write!(f, "max_duration_secs reached"),
@@ -752,7 +756,10 @@ impl Session {
         let s = &self.stats;
         let level_is_error = matches!(
             reason,
-            EndReason::ProviderError(_) | EndReason::Internal(_) | EndReason::FreeswitchError(_)
+            EndReason::ProviderError(_)
+                | EndReason::Internal(_)
+                | EndReason::FreeswitchError(_)
+                | EndReason::FreeswitchTooBig(_)
         );
         let duration_ms = self.started.elapsed().as_millis() as u64;
         let first_response_ms = s.first_response.map(|d| d.as_millis() as u64);
@@ -808,6 +815,7 @@ async fn close_freeswitch(
             let code = match reason {
                 EndReason::Shutdown => CloseCode::Away,
                 EndReason::Internal(_) | EndReason::ProviderError(_) => CloseCode::Error,
+                EndReason::FreeswitchTooBig(_) => CloseCode::Size,
                 _ => CloseCode::Normal,
             };
             let frame = CloseFrame {
@@ -840,8 +848,8 @@ fn freeswitch_error(e: tungstenite::Error) -> EndReason {
             EndReason::FreeswitchGone
         }
         Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-            EndReason::FreeswitchError(format!(
-                "message of {size} bytes is larger than the {max_size}-byte limit"
+            EndReason::FreeswitchTooBig(format!(
+                "message of {size} bytes, larger than the {max_size}-byte limit"
             ))
         }
         other => EndReason::FreeswitchError(other.to_string()),

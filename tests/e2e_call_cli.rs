@@ -1,0 +1,76 @@
+//! `voicebridge call` (the FreeSWITCH stand-in for admins) against the real daemon.
+
+mod common;
+
+use common::daemon::{field, Daemon};
+use voicebridge::audio::signal::{snr_db_within, speech_like, sweep};
+use voicebridge::call_client::CallSummary;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_command_streams_a_wav_and_records_the_echo() {
+    let daemon = Daemon::start(
+        "[call]\nprovider = \"echo\"\n[providers.echo]\nmode = \"stream\"\ndelay_ms = 200\n",
+        &[],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.wav");
+    let output = dir.path().join("heard.wav");
+    let mut caller = sweep(8000, 300.0, 3400.0, -12.0, 4000);
+    caller.extend(speech_like(8000, 1.5, 5));
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&input, spec).unwrap();
+    for s in &caller {
+        w.write_sample(*s).unwrap();
+    }
+    w.finalize().unwrap();
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_voicebridge"))
+        .arg("call")
+        .arg(format!("ws://{}/call/cli-1", daemon.addr))
+        .arg("--wav")
+        .arg(&input)
+        .arg("--out")
+        .arg(&output)
+        .arg("--tail-secs")
+        .arg("1")
+        .arg("--json")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: CallSummary = serde_json::from_slice(&out.stdout).expect("JSON summary");
+    assert_eq!(
+        summary.frames_sent,
+        100 + 50,
+        "2 s of WAV + 1 s of tail in 20 ms frames"
+    );
+    assert!(summary.frames_received >= 100, "{summary:?}");
+    assert!(summary.first_audio_latency_ms.is_some());
+    assert_eq!(summary.raw_rate_mismatches, 0);
+    assert_eq!(summary.close.echoed, Some(true));
+
+    // What the caller heard is the WAV, 200 ms (+ the lead) later.
+    let heard: Vec<i16> = hound::WavReader::open(&output)
+        .unwrap()
+        .into_samples::<i16>()
+        .map(Result::unwrap)
+        .collect();
+    let snr = snr_db_within(&caller, &heard[1600..], 1200);
+    println!("voicebridge call: SNR of what was heard {snr:.1} dB");
+    assert!(snr > 30.0, "SNR {snr:.1}");
+
+    let s = daemon.wait_call_end("cli-1").await;
+    assert_eq!(field(&s, "end_reason"), "freeswitch_closed");
+    assert_eq!(field(&s, "fs_messages_in"), 150);
+    daemon.stop().await;
+}
