@@ -5,10 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::call::{l16, send_paced, Call, Playback};
+use common::call::{l16, send_paced, test_signal, Call, Playback};
 use common::daemon::{call_id, field, message, Daemon};
 use common::fake_freeswitch::{opcode, AbortMode, ConnectOptions, FakeFreeSwitch, ServerFrame};
-use voicebridge::audio::signal::{snr_db_within, speech_like, sweep};
+use voicebridge::audio::signal::snr_db_within;
 
 fn config(extra_call: &str) -> String {
     format!(
@@ -24,16 +24,10 @@ delay_ms = 200
     )
 }
 
-fn signal(rate: u32, secs: f64) -> Vec<i16> {
-    let mut s = sweep(rate, 300.0, 3400.0, -12.0, rate as usize / 2);
-    s.extend(speech_like(rate, secs - 0.5, 11));
-    s
-}
-
 /// A healthy call on the same daemon, to prove other calls are unaffected.
 async fn healthy_call(daemon: &Daemon, id: &str) {
     let call = Call::connect(daemon, "call", id, "rate=8000").await;
-    let caller = signal(8000, 1.5);
+    let caller = test_signal(8000, 1.5, 11);
     let mut sent = caller.clone();
     sent.extend(vec![0i16; 4000]);
     send_paced(&call.writer, &sent, 8000, 1).await;
@@ -42,7 +36,7 @@ async fn healthy_call(daemon: &Daemon, id: &str) {
     let audio = got.audio();
     assert!(audio.len() > 1600 + caller.len() / 2, "{id}: no audio back");
     let snr = snr_db_within(&caller, &audio[1600..], 80);
-    assert!(snr > 30.0, "{id}: SNR {snr:.1} dB");
+    assert!(snr > 60.0, "{id}: SNR {snr:.1} dB");
     let summary = daemon.wait_call_end(id).await;
     assert_eq!(field(&summary, "end_reason"), "freeswitch_closed");
 }
@@ -51,7 +45,7 @@ async fn healthy_call(daemon: &Daemon, id: &str) {
 async fn odd_message_sizes_are_reframed_without_loss() {
     let daemon = Daemon::start(&config(""), &[]).await;
     let call = Call::connect(&daemon, "call", "odd-1", "rate=8000").await;
-    let caller = signal(8000, 2.0);
+    let caller = test_signal(8000, 2.0, 11);
     let mut bytes = l16(&caller);
     bytes.extend(vec![0u8; 8000]); // 0.5 s of tail
                                    // Sizes no FreeSWITCH build sends, including odd byte counts that split samples.
@@ -80,7 +74,7 @@ async fn odd_message_sizes_are_reframed_without_loss() {
     let snr = snr_db_within(&caller, &audio[1600..], 80);
     println!("odd sizes: {} messages, SNR {snr:.1} dB", i);
     assert!(
-        snr > 30.0,
+        snr > 60.0,
         "a split sample was rejoined wrongly: SNR {snr:.1} dB"
     );
     daemon.stop().await;
@@ -123,7 +117,7 @@ async fn garbage_metadata_is_kept_with_a_warning() {
     let daemon = Daemon::start(&config(""), &[]).await;
     let call = Call::connect(&daemon, "call", "garbage-1", "rate=8000").await;
     call.writer.send_text("caller=123 {not json").await.unwrap();
-    let mut audio = signal(8000, 1.0);
+    let mut audio = test_signal(8000, 1.0, 11);
     audio.extend(vec![0i16; 4000]);
     send_paced(&call.writer, &audio, 8000, 1).await;
     let (_, got) = call.close().await;

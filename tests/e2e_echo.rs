@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::call::{max_lead_ms, send_paced, stereo, Call, Playback};
+use common::call::{max_lead_ms, send_paced, stereo, test_signal, Call, Playback};
 use common::daemon::{field, message, Daemon};
 use voicebridge::audio::signal::{sine, snr_db_within, speech_like, sweep};
 
@@ -30,13 +30,6 @@ sample_rate = 24000
     )
 }
 
-/// A test signal that starts at once (for alignment) and covers the telephone band.
-fn test_signal(rate: u32, secs: f64) -> Vec<i16> {
-    let mut s = sweep(rate, 300.0, 3400.0, -12.0, rate as usize / 2);
-    s.extend(speech_like(rate, secs - 0.5, 7));
-    s
-}
-
 /// Stream mode: every frame comes back `delay_ms` later, through 8k/16k → 24k → back.
 async fn stream_roundtrip(rate: u32, stereo_in: bool, playback: &str) {
     let daemon = Daemon::start(&config("stream", playback), &[]).await;
@@ -50,7 +43,7 @@ async fn stream_roundtrip(rate: u32, stereo_in: bool, playback: &str) {
     )
     .await;
 
-    let caller = test_signal(rate, 3.0);
+    let caller = test_signal(rate, 3.0, 7);
     let tail = vec![0i16; rate as usize / 2]; // lets the last 200 ms + lead come back
     let mut mono = caller.clone();
     mono.extend(&tail);
@@ -102,7 +95,9 @@ async fn stream_roundtrip(rate: u32, stereo_in: bool, playback: &str) {
     let back = &audio[delay..];
     let snr = snr_db_within(&caller, back, rate as usize / 100);
     println!("SNR {rate} Hz {channels} {playback}: {snr:.1} dB");
-    assert!(snr > 35.0, "SNR {snr:.1} dB is below the resampler's level");
+    // Measured 74 dB at 8 kHz, 82 dB at 16 kHz (two sinc resamplers in series);
+    // linear interpolation or a click at frame borders would be far below 60.
+    assert!(snr > 65.0, "SNR {snr:.1} dB is below the resampler's level");
 
     let summary = daemon.wait_call_end(&id).await;
     assert_eq!(field(&summary, "end_reason"), "freeswitch_closed");

@@ -228,3 +228,23 @@ pub fn max_lead_ms(frames: &[(Instant, usize)], rate: u32) -> f64 {
     }
     max
 }
+
+/// A test signal that starts at once (so alignment can be found) and covers the
+/// telephone band: a 0.5 s sweep 300–3400 Hz faded out over 50 ms (an abrupt stop
+/// would be a broadband click that no band-limited path can reproduce), then speech.
+pub fn test_signal(rate: u32, secs: f64, seed: u64) -> Vec<i16> {
+    let n = rate as usize / 2;
+    let mut s = voicebridge::audio::signal::sweep(rate, 300.0, 3400.0, -12.0, n);
+    let fade = rate as usize / 20;
+    for i in 0..fade {
+        let g = 0.5 + 0.5 * (std::f64::consts::PI * (i + 1) as f64 / fade as f64).cos();
+        let k = n - fade + i;
+        s[k] = (f64::from(s[k]) * g).round() as i16;
+    }
+    s.extend(voicebridge::audio::signal::speech_like(
+        rate,
+        secs - 0.5,
+        seed,
+    ));
+    s
+}
