@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::call::{max_lead_ms, send_paced, stereo, test_signal, Call, Playback};
 use common::daemon::{field, message, Daemon};
-use voicebridge::audio::signal::{sine, snr_db_within, speech_like, sweep};
+use voicebridge::audio::signal::{sine, snr_db_within, speech_like};
 
 const LEAD_MS: u64 = 60;
 
