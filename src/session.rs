@@ -427,6 +427,26 @@ impl Session {
         self.up.frame = frame;
     }
 
+    /// The metadata changed the call's format before any audio flowed: the playback
+    /// side (pacer, encoder, assistant→caller transcoder) follows it.
+    fn rebuild_playback(&mut self) {
+        let call = self.inbound.mono();
+        info!(format = %call, channels = %self.inbound.channels, "call format set by the metadata");
+        self.down.pacer = Pacer::new(call, self.route.playback_lead);
+        match Playback::new(self.route.playback, call) {
+            Ok(p) => self.down.playback = p,
+            Err(e) => error!(error = %e, "cannot play to the metadata's format"),
+        }
+        if let Some(output) = self.down.output_format {
+            match Transcoder::new(output, call) {
+                Ok(t) => self.down.transcoder = Some(t),
+                Err(e) => {
+                    error!(error = %e, "cannot convert assistant audio to the metadata's format")
+                }
+            }
+        }
+    }
+
     /// Builds the caller→provider transcoder once both ends are known: the provider's
     /// input (at `Ready`) and the call's final format (at the first audio).
     fn ensure_upstream_transcoder(&mut self) {
@@ -486,7 +506,9 @@ impl Session {
         for w in &warnings {
             warn!(warning = %w, "metadata");
         }
-        if self.up.reframer.is_none() {
+        let nothing_played = self.stats.frames_to_fs == 0 && self.down.pacer.queued_ms() == 0;
+        if self.up.reframer.is_none() && nothing_played {
+            let before = (self.inbound.mono(), self.inbound.channels);
             let i = &mut self.inbound;
             if let (Some(c), false) = (meta.codec, i.pinned_codec) {
                 i.codec = c;
@@ -501,6 +523,9 @@ impl Session {
             if f.codec != Codec::L16 && f.rate != 8000 {
                 warn!(format = %f, "metadata format is impossible (G.711 is 8000 Hz); using L16");
                 self.inbound.codec = Codec::L16;
+            }
+            if (self.inbound.mono(), self.inbound.channels) != before {
+                self.rebuild_playback();
             }
         } else if meta.codec.is_some_and(|c| c != self.inbound.codec)
             || meta.sample_rate.is_some_and(|r| r != self.inbound.rate)

@@ -21,7 +21,10 @@ pub enum Playback {
     /// streamAudio `audioDataType`/`sampleRate` when it came as JSON.
     Audio {
         at: Instant,
+        /// The payload decoded as the label says (binary frames as L16).
         samples: Vec<i16>,
+        /// The payload as received (binary) or base64-decoded (streamAudio).
+        bytes: Vec<u8>,
         label: Option<(String, u64)>,
     },
     Clear {
@@ -43,6 +46,19 @@ impl Collected {
             .iter()
             .filter_map(|e| match e {
                 Playback::Audio { samples, .. } => Some(samples.as_slice()),
+                _ => None,
+            })
+            .flatten()
+            .copied()
+            .collect()
+    }
+
+    /// Payload bytes of every audio message, concatenated.
+    pub fn audio_bytes(&self) -> Vec<u8> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Playback::Audio { bytes, .. } => Some(bytes.as_slice()),
                 _ => None,
             })
             .flatten()
@@ -98,6 +114,7 @@ fn classify(frame: ServerFrame, counter: &AtomicUsize) -> Playback {
             Playback::Audio {
                 at,
                 samples: decode_l16(&b),
+                bytes: b,
                 label: None,
             }
         }
@@ -115,11 +132,18 @@ fn classify(frame: ServerFrame, counter: &AtomicUsize) -> Playback {
                     let bytes = base64::engine::general_purpose::STANDARD
                         .decode(data["audioData"].as_str().unwrap_or(""))
                         .expect("streamAudio audioData is valid base64");
-                    assert_eq!(kind, "raw", "L16 calls get raw audio: {t:.200}");
+                    let mut samples = Vec::new();
+                    match kind.as_str() {
+                        "raw" => samples = decode_l16(&bytes),
+                        "pcmu" => voicebridge::audio::g711::ulaw_decode(&bytes, &mut samples),
+                        "pcma" => voicebridge::audio::g711::alaw_decode(&bytes, &mut samples),
+                        other => panic!("unexpected audioDataType {other}: {t:.200}"),
+                    }
                     counter.fetch_add(1, Ordering::SeqCst);
                     Playback::Audio {
                         at,
-                        samples: decode_l16(&bytes),
+                        samples,
+                        bytes,
                         label: Some((kind, rate)),
                     }
                 }
