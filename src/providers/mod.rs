@@ -164,8 +164,7 @@ pub fn spawn(
         ProviderKind::OpenAi => (
             "openai",
             tokio::spawn(
-                openai::run(config.providers.openai.clone(), route.clone(), ends)
-                    .in_current_span(),
+                openai::run(config.providers.openai.clone(), route.clone(), ends).in_current_span(),
             ),
         ),
         other => {

@@ -412,10 +412,7 @@ impl Turns {
     }
 
     fn on_error(&mut self, e: ErrorObject, out: &mut Vec<ProviderEvent>) -> Step {
-        let code = e
-            .code
-            .or(e.kind)
-            .unwrap_or_else(|| "unknown".to_owned());
+        let code = e.code.or(e.kind).unwrap_or_else(|| "unknown".to_owned());
         let message = e.message.unwrap_or_default();
         if code == "session_expired" {
             self.expired = true;
@@ -787,7 +784,10 @@ impl Connection {
                 };
                 let format = setup.format.audio();
                 let greeting = setup.greeting_event();
-                info!(setup_ms = self.opened.elapsed().as_millis() as u64, "OpenAI session ready");
+                info!(
+                    setup_ms = self.opened.elapsed().as_millis() as u64,
+                    "OpenAI session ready"
+                );
                 self.emit(ProviderEvent::Ready {
                     input: format,
                     output: format,
@@ -1032,21 +1032,28 @@ audio_format = "pcm24"
     fn late_deltas_of_an_interrupted_response_are_dropped() {
         let mut t = Turns::new();
         let mut out = Vec::new();
-        assert_eq!(t.on_event(ev(json!({"type":"session.updated"})), &mut out), Step::Ready);
+        assert_eq!(
+            t.on_event(ev(json!({"type":"session.updated"})), &mut out),
+            Step::Ready
+        );
         t.on_event(
             ev(json!({"type":"response.created","response":{"id":"r1","status":"in_progress"}})),
             &mut out,
         );
         let delta = |r: &str, i: &str| {
-            ev(json!({"type":"response.output_audio.delta","response_id":r,"item_id":i,
-                       "output_index":0,"content_index":0,"delta":"//8="}))
+            ev(
+                json!({"type":"response.output_audio.delta","response_id":r,"item_id":i,
+                       "output_index":0,"content_index":0,"delta":"//8="}),
+            )
         };
         t.on_event(delta("r1", "i1"), &mut out);
         t.on_event(ev(json!({"type":"input_audio_buffer.speech_started","audio_start_ms":10,"item_id":"u2"})), &mut out);
         t.on_event(delta("r1", "i1"), &mut out);
         t.on_event(
-            ev(json!({"type":"response.done","response":{"id":"r1","status":"cancelled",
-                       "usage":{"input_tokens":7,"output_tokens":3}}})),
+            ev(
+                json!({"type":"response.done","response":{"id":"r1","status":"cancelled",
+                       "usage":{"input_tokens":7,"output_tokens":3}}}),
+            ),
             &mut out,
         );
         t.on_event(
@@ -1083,7 +1090,9 @@ audio_format = "pcm24"
                        "message":"bad voice","param":"session.audio.output.voice","event_id":SETUP_EVENT_ID}})),
             &mut out,
         );
-        assert!(matches!(&out[0], ProviderEvent::Error { recoverable: false, code, .. } if code == "invalid_value"));
+        assert!(
+            matches!(&out[0], ProviderEvent::Error { recoverable: false, code, .. } if code == "invalid_value")
+        );
         t.ready = true;
         out.clear();
         t.on_event(
@@ -1091,7 +1100,13 @@ audio_format = "pcm24"
                        "message":"x","param":null,"event_id":null}})),
             &mut out,
         );
-        assert!(matches!(&out[0], ProviderEvent::Error { recoverable: true, .. }));
+        assert!(matches!(
+            &out[0],
+            ProviderEvent::Error {
+                recoverable: true,
+                ..
+            }
+        ));
         out.clear();
         let step = t.on_event(
             ev(json!({"type":"error","error":{"type":"invalid_request_error","code":"session_expired",
@@ -1106,7 +1121,10 @@ audio_format = "pcm24"
     fn unknown_events_are_ignored() {
         let mut t = Turns::new();
         let mut out = Vec::new();
-        t.on_event(ev(json!({"type":"rate_limits.updated","rate_limits":[]})), &mut out);
+        t.on_event(
+            ev(json!({"type":"rate_limits.updated","rate_limits":[]})),
+            &mut out,
+        );
         t.on_event(ev(json!({"type":"something.new","x":1})), &mut out);
         assert!(out.is_empty());
     }
