@@ -590,3 +590,47 @@ fn tls_setup() -> (String, Arc<rustls::ServerConfig>) {
     .unwrap();
     (ca_cert.pem(), Arc::new(config))
 }
+
+/// `voicebridge check`'s probe: a real session setup against the mock, and the exact
+/// failure on a refused key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_opens_a_session_and_reports_failures() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mock = MockOpenAi::start(MockOptions::new(MockFormat::Pcma, KEY)).await;
+    let load = |url: String| {
+        voicebridge::config::Config::from_toml_str(
+            &config("pcma", ""),
+            [
+                ("VOICEBRIDGE__PROVIDERS__OPENAI__URL".to_owned(), url),
+                ("OPENAI_API_KEY".to_owned(), KEY.to_owned()),
+            ],
+        )
+        .unwrap()
+    };
+    let config_ok = load(mock.url());
+    let ok = voicebridge::providers::openai::check(&config_ok, config_ok.default_route())
+        .await
+        .expect("check passes against the mock");
+    println!("check: {ok}");
+    assert!(ok.starts_with("OK"), "{ok}");
+    assert!(ok.contains("PCMA/8000"), "{ok}");
+    mock.wait("client close", |s| s.connection_ended).await;
+    assert_no_problems(&mock);
+
+    let mut options = MockOptions::new(MockFormat::Pcma, KEY);
+    options.refuse = Some((
+        401,
+        r#"{"error":{"message":"Incorrect API key provided.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#.into(),
+    ));
+    let refusing = MockOpenAi::start(options).await;
+    let config_bad = load(refusing.url());
+    let err = voicebridge::providers::openai::check(&config_bad, config_bad.default_route())
+        .await
+        .unwrap_err();
+    println!("check: {err}");
+    assert!(
+        err.contains("HTTP 401") && err.contains("Incorrect API key"),
+        "{err}"
+    );
+    assert!(!err.contains(KEY));
+}
