@@ -261,6 +261,8 @@ enum Step {
 /// out. Kept apart from the I/O so it can be tested directly.
 #[derive(Debug)]
 struct Turns {
+    /// Our `session.update` went out: its `session.updated` makes us ready.
+    setup_sent: bool,
     ready: bool,
     /// `response.created` seen, `response.done` not yet.
     current_response: Option<String>,
@@ -280,6 +282,7 @@ struct Turns {
 impl Turns {
     fn new() -> Self {
         Turns {
+            setup_sent: false,
             ready: false,
             current_response: None,
             interrupted_response: None,
@@ -297,11 +300,14 @@ impl Turns {
         match ev.kind.as_str() {
             "session.created" => debug!("session.created"),
             "session.updated" => {
-                if !self.ready {
+                if !self.setup_sent {
+                    debug!("session.updated before our session.update: ignored");
+                } else if !self.ready {
                     self.ready = true;
                     return Step::Ready;
+                } else {
+                    debug!("session.updated (again)");
                 }
-                debug!("session.updated (again)");
             }
             "input_audio_buffer.speech_started" => {
                 self.awaiting_answer = false;
@@ -537,6 +543,9 @@ impl Connection {
             Exit::Ended(event) => {
                 if matches!(event, ProviderEvent::Error { .. }) {
                     self.close(&mut stream).await;
+                } else {
+                    // A server Close: tungstenite queued the echo; let it out.
+                    let _ = tokio::time::timeout(CLOSE_WAIT, self.sink.flush()).await;
                 }
                 let _ = self.ends.events.send(event).await;
             }
@@ -684,6 +693,7 @@ impl Connection {
         );
         let update = setup.session_update();
         self.setup = Some(setup);
+        self.turns.setup_sent = true;
         self.send_json(&update).await
     }
 
@@ -1032,6 +1042,12 @@ audio_format = "pcm24"
     fn late_deltas_of_an_interrupted_response_are_dropped() {
         let mut t = Turns::new();
         let mut out = Vec::new();
+        assert_eq!(
+            t.on_event(ev(json!({"type":"session.updated"})), &mut out),
+            Step::Continue,
+            "not ours: no session.update was sent yet"
+        );
+        t.setup_sent = true;
         assert_eq!(
             t.on_event(ev(json!({"type":"session.updated"})), &mut out),
             Step::Ready
