@@ -6,6 +6,7 @@
 //! stall the caller's audio and adding a provider touches one file.
 
 pub mod echo;
+pub mod openai;
 pub mod template;
 pub mod ws;
 
@@ -158,6 +159,12 @@ pub fn spawn(
             "echo",
             tokio::spawn(
                 echo::run(config.providers.echo.clone(), call_format, ends).in_current_span(),
+            ),
+        ),
+        ProviderKind::OpenAi => (
+            "openai",
+            tokio::spawn(
+                openai::run(config.providers.openai.clone(), route.clone(), ends).in_current_span(),
             ),
         ),
         other => {
