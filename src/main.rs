@@ -11,7 +11,8 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use voicebridge::call_client::{self, CallArgs};
-use voicebridge::config::{Config, PlaybackMode, ProviderKind};
+use voicebridge::config::{Config, PlaybackMode};
+use voicebridge::providers;
 use voicebridge::registry::Registry;
 use voicebridge::server::{self, Shutdown};
 use voicebridge::telemetry;
@@ -61,7 +62,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Call(args)) => runtime.block_on(call(args)),
-        Some(Command::Check) => check(&cli.config),
+        Some(Command::Check) => runtime.block_on(check(&cli.config)),
         Some(Command::Serve) | None => runtime.block_on(serve(&cli.config)),
     }
 }
@@ -157,11 +158,12 @@ async fn watch_signals(registry: Arc<Registry>, shutdown: Shutdown, drain_timeou
     shutdown.stop.cancel();
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+async fn check(path: &std::path::Path) -> ExitCode {
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let _ = rustls::crypto::ring::default_provider().install_default();
     println!("config {}: OK", path.display());
     for w in config.warnings() {
         println!("warning: {w}");
@@ -179,14 +181,15 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
     let mut failed = false;
     for kind in config.providers_in_use() {
-        match kind {
-            ProviderKind::Echo => println!("provider echo: OK (built in, no network)"),
-            other => {
+        // Check each provider with the first route that uses it (its voice, language...).
+        let Some(route) = config.routes().find(|r| r.call.provider == kind) else {
+            continue;
+        };
+        match providers::check(&config, route).await {
+            Ok(line) => println!("provider {}: OK: {line}", kind.name()),
+            Err(e) => {
                 failed = true;
-                println!(
-                    "provider {}: FAILED: not available in this build yet",
-                    other.name()
-                );
+                println!("provider {}: FAILED: {e}", kind.name());
             }
         }
     }

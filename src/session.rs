@@ -635,7 +635,7 @@ impl Session {
                 code,
                 message,
             } => {
-                warn!(code = %code, message = %message, "provider error (call continues)");
+                warn!(code = %code, detail = %message, "provider error (call continues)");
             }
             ProviderEvent::Error {
                 recoverable: false,

@@ -187,3 +187,16 @@ pub fn spawn(
         task,
     }
 }
+
+/// `voicebridge check`: opens a real session with the provider `route` uses (connect,
+/// setup, wait for the setup ack, close) and describes it in one line, or the failure.
+pub async fn check(config: &Config, route: &Route) -> Result<String, String> {
+    match route.call.provider {
+        ProviderKind::Echo => Ok("built in, no network".to_owned()),
+        ProviderKind::OpenAi => openai::check(config, route).await,
+        other => Err(format!(
+            "provider {} is not available in this build",
+            other.name()
+        )),
+    }
+}
