@@ -6,6 +6,7 @@
 //! stall the caller's audio and adding a provider touches one file.
 
 pub mod echo;
+pub mod elevenlabs;
 pub mod template;
 pub mod ws;
 
@@ -158,6 +159,13 @@ pub fn spawn(
             "echo",
             tokio::spawn(
                 echo::run(config.providers.echo.clone(), call_format, ends).in_current_span(),
+            ),
+        ),
+        ProviderKind::ElevenLabs => (
+            "elevenlabs",
+            tokio::spawn(
+                elevenlabs::run(config.providers.elevenlabs.clone(), route.clone(), ends)
+                    .in_current_span(),
             ),
         ),
         other => {
