@@ -570,7 +570,7 @@ impl Live {
                 } else {
                     error_type
                 };
-                warn!(code = %code, error_type = %tag, message = %message, "elevenlabs: error event");
+                warn!(code = %code, error_type = %tag, detail = %message, "elevenlabs: error event");
                 self.last_error = Some(format!("{tag}: {message}"));
                 self.outbox.push_back(ProviderEvent::Error {
                     recoverable: true,
