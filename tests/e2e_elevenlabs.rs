@@ -543,3 +543,69 @@ async fn agent_closes_mid_call() {
     assert_mock_clean(&mock);
     daemon.stop().await;
 }
+
+/// An agent whose audio format voicebridge cannot use ends the call naming the format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_agent_format_ends_the_call() {
+    let mut opts = MockOptions::new(AGENT);
+    opts.output_format = "pcm_11025";
+    let mock = MockEleven::start(opts).await;
+    let daemon = daemon(&mock, "", "").await;
+    let call = Call::connect(&daemon, "call", "el-fmt", "rate=8000").await;
+    ended_by_daemon(call).await;
+    let summary = daemon.wait_call_end("el-fmt").await;
+    assert_eq!(field(&summary, "end_reason"), "provider_error");
+    let detail = field(&summary, "end_detail").as_str().unwrap().to_owned();
+    assert!(detail.contains("\"pcm_11025\""), "{detail}");
+    assert!(detail.contains("agent_output_audio_format"), "{detail}");
+    daemon.stop().await;
+}
+
+/// `voicebridge check`'s probe: a real setup against the agent, then a polite close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_probes_the_agent() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut opts = MockOptions::new(AGENT);
+    opts.api_key = Some(KEY.into());
+    opts.require_signature = true;
+    opts.input_format = "ulaw_8000";
+    opts.output_format = "ulaw_8000";
+    let mock = MockEleven::start(opts).await;
+    let load = |key: &str| {
+        voicebridge::config::Config::from_toml_str(
+            &config(""),
+            [
+                (
+                    "VOICEBRIDGE__PROVIDERS__ELEVENLABS__URL".to_owned(),
+                    mock.ws_url(),
+                ),
+                (
+                    "VOICEBRIDGE__PROVIDERS__ELEVENLABS__SIGNED_URL_ENDPOINT".to_owned(),
+                    mock.signed_url_endpoint(),
+                ),
+                ("ELEVENLABS_API_KEY".to_owned(), key.to_owned()),
+            ],
+        )
+        .unwrap()
+    };
+    let good = load(KEY);
+    let ok = voicebridge::providers::elevenlabs::check(&good, good.default_route())
+        .await
+        .expect("check passes");
+    println!("check: {ok}");
+    assert!(ok.contains("ulaw_8000") && ok.contains(AGENT), "{ok}");
+    mock.wait("polite close", |s| s.client_closed.is_some())
+        .await;
+
+    let bad = load("xi-wrong-key-123456");
+    let err = voicebridge::providers::elevenlabs::check(&bad, bad.default_route())
+        .await
+        .expect_err("a bad key fails");
+    println!("check with a bad key: {err}");
+    assert!(
+        err.contains("http_401") && err.contains("Invalid API key"),
+        "{err}"
+    );
+    assert!(!err.contains("xi-wrong-key-123456"), "{err}");
+    assert_mock_clean(&mock);
+}

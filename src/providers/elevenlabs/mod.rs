@@ -235,10 +235,10 @@ fn clip(s: &str, max: usize) -> &str {
 /// Meaning of ElevenLabs' close codes, for the log line.
 fn close_meaning(code: u16) -> &'static str {
     match code {
-        1000 => "normal end, or max conversation duration reached",
-        1002 => "operational: inactivity timeout or LLM too slow",
-        1008 => "contract/auth: a rejected override, a bad or expired signed URL",
-        1011 => "internal server error",
+        1000 => "normal end or max duration",
+        1002 => "operational: inactivity or LLM timeout",
+        1008 => "contract/auth: rejected override or bad signed URL",
+        1011 => "ElevenLabs internal error",
         _ => "unexpected",
     }
 }
@@ -253,7 +253,7 @@ struct Live {
     /// Parsed events not yet taken by the session (see [`MAX_OUTBOX`]).
     outbox: VecDeque<ProviderEvent>,
     /// The last `error` event, to explain the close that usually follows it.
-    last_error: Option<String>,
+    last_error: Option<(String, String)>,
     pings: u64,
     late_dropped: u64,
 }
@@ -300,6 +300,18 @@ impl Live {
                         .await;
             }
             End::Provider(event) => {
+                if !matches!(event, ProviderEvent::Closed { .. }) {
+                    // We give up (e.g. an audio format we cannot use): say so politely.
+                    let frame = CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: "client cannot continue".into(),
+                    };
+                    let _ = tokio::time::timeout(
+                        CLOSE_WAIT,
+                        self.sink.send(Message::Close(Some(frame))),
+                    )
+                    .await;
+                }
                 self.outbox.push_back(event);
                 // Whatever was parsed before the end still reaches the session, in order.
                 while let Some(e) = self.outbox.pop_front() {
@@ -377,8 +389,8 @@ impl Live {
 
     fn lost(&self, e: tungstenite::Error) -> End {
         let mut reason = format!("elevenlabs connection lost: {e}");
-        if let Some(err) = &self.last_error {
-            reason.push_str(&format!(" (after error: {err})"));
+        if let Some((tag, message)) = &self.last_error {
+            reason.push_str(&format!(" (after error event: {tag}: {message})"));
         }
         End::Provider(ProviderEvent::Closed { reason })
     }
@@ -402,13 +414,16 @@ impl Live {
                 let (code, why) = frame
                     .map(|f| (u16::from(f.code), f.reason.to_string()))
                     .unwrap_or((1005, String::new()));
+                // The provider's own words first: the Close to FreeSWITCH keeps 120 bytes.
                 let mut reason = format!(
-                    "elevenlabs closed the conversation: close code {code} ({}): {why}",
+                    "elevenlabs close code {code}: {why} [{}]",
                     close_meaning(code)
                 );
-                if let Some(err) = &self.last_error {
-                    if !why.contains(err.as_str()) {
-                        reason.push_str(&format!(" (error event: {err})"));
+                if let Some((tag, message)) = &self.last_error {
+                    if why.contains(message.as_str()) {
+                        reason.push_str(&format!(" (error event: {tag})"));
+                    } else {
+                        reason.push_str(&format!(" (error event: {tag}: {message})"));
                     }
                 }
                 info!(code, reason = %why, "elevenlabs: close received");
@@ -571,7 +586,7 @@ impl Live {
                     error_type
                 };
                 warn!(code = %code, error_type = %tag, detail = %message, "elevenlabs: error event");
-                self.last_error = Some(format!("{tag}: {message}"));
+                self.last_error = Some((tag.clone(), message.clone()));
                 self.outbox.push_back(ProviderEvent::Error {
                     recoverable: true,
                     code: tag,
