@@ -300,8 +300,16 @@ impl Live {
                         .await;
             }
             End::Provider(event) => {
-                if !matches!(event, ProviderEvent::Closed { .. }) {
-                    // We give up (e.g. an audio format we cannot use): say so politely.
+                let polite = !matches!(event, ProviderEvent::Closed { .. });
+                self.outbox.push_back(event);
+                // Whatever was parsed before the end still reaches the session, in order.
+                while let Some(e) = self.outbox.pop_front() {
+                    if ends.events.send(e).await.is_err() {
+                        break;
+                    }
+                }
+                if polite {
+                    // We gave up (e.g. an audio format we cannot use): say so politely.
                     let frame = CloseFrame {
                         code: CloseCode::Normal,
                         reason: "client cannot continue".into(),
@@ -311,13 +319,6 @@ impl Live {
                         self.sink.send(Message::Close(Some(frame))),
                     )
                     .await;
-                }
-                self.outbox.push_back(event);
-                // Whatever was parsed before the end still reaches the session, in order.
-                while let Some(e) = self.outbox.pop_front() {
-                    if ends.events.send(e).await.is_err() {
-                        break;
-                    }
                 }
             }
         }
