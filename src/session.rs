@@ -718,6 +718,13 @@ impl Session {
         }
         let flushed = self.down.pacer.flush(now);
         self.stats.barge_ins += 1;
+        // The resampler still holds the tail of the interrupted reply: start the next
+        // reply from a clean filter instead of playing that tail first.
+        if let Some(t) = self.down.transcoder.as_ref() {
+            if let Ok(fresh) = Transcoder::new(t.from(), t.to()) {
+                self.down.transcoder = Some(fresh);
+            }
+        }
         let clear = self.down.playback.clear();
         if let Err(e) = self.sink.feed(clear).await {
             return Err(freeswitch_error(e));

@@ -6,6 +6,7 @@
 //! stall the caller's audio and adding a provider touches one file.
 
 pub mod echo;
+pub mod elevenlabs;
 pub mod openai;
 pub mod template;
 pub mod ws;
@@ -167,6 +168,13 @@ pub fn spawn(
                 openai::run(config.providers.openai.clone(), route.clone(), ends).in_current_span(),
             ),
         ),
+        ProviderKind::ElevenLabs => (
+            "elevenlabs",
+            tokio::spawn(
+                elevenlabs::run(config.providers.elevenlabs.clone(), route.clone(), ends)
+                    .in_current_span(),
+            ),
+        ),
         other => {
             let name = other.name();
             let call_id = call_id.to_owned();
@@ -194,6 +202,7 @@ pub async fn check(config: &Config, route: &Route) -> Result<String, String> {
     match route.call.provider {
         ProviderKind::Echo => Ok("built in, no network".to_owned()),
         ProviderKind::OpenAi => openai::check(config, route).await,
+        ProviderKind::ElevenLabs => elevenlabs::check(config, route).await,
         other => Err(format!(
             "provider {} is not available in this build",
             other.name()

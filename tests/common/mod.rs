@@ -5,4 +5,5 @@
 pub mod call;
 pub mod daemon;
 pub mod fake_freeswitch;
+pub mod mock_elevenlabs;
 pub mod mock_openai;
