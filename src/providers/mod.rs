@@ -6,6 +6,7 @@
 //! stall the caller's audio and adding a provider touches one file.
 
 pub mod echo;
+pub mod gemini;
 pub mod template;
 pub mod ws;
 
@@ -159,6 +160,10 @@ pub fn spawn(
             tokio::spawn(
                 echo::run(config.providers.echo.clone(), call_format, ends).in_current_span(),
             ),
+        ),
+        ProviderKind::Gemini => (
+            "gemini",
+            tokio::spawn(gemini::task(config, route, ends).in_current_span()),
         ),
         other => {
             let name = other.name();
