@@ -5,3 +5,4 @@
 pub mod call;
 pub mod daemon;
 pub mod fake_freeswitch;
+pub mod mock_gemini;

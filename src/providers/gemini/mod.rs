@@ -935,6 +935,153 @@ impl Gemini {
 mod tests {
     use super::*;
 
+    fn gemini(events: mpsc::Sender<ProviderEvent>, timeout: Duration) -> Gemini {
+        Gemini {
+            s: Settings {
+                url: "ws://127.0.0.1:1/x".into(),
+                api_key: Secret::new("AIzaTEST"),
+                model: "models/gemini-2.5-flash".into(),
+                voice: "Kore".into(),
+                language: String::new(),
+                response_timeout: timeout,
+                instructions: String::new(),
+                greeting: String::new(),
+            },
+            instructions: String::new(),
+            greeting: String::new(),
+            events,
+            active: None,
+            retiring: None,
+            retire_deadline: Instant::now(),
+            resume: None,
+            lost: None,
+            unresumable: None,
+            handle: None,
+            connections: 1,
+            drop_resumes: 0,
+            ready: false,
+            setup_deadline: Instant::now(),
+            switch_buffer: VecDeque::new(),
+            switch_dropped: 0,
+            turn: Turn::default(),
+            watchdog: None,
+            watchdog_warned: false,
+            rate_warned: false,
+            tools_warned: false,
+        }
+    }
+
+    fn audio(samples: usize) -> String {
+        let data = base64::engine::general_purpose::STANDARD.encode(vec![1u8; samples * 2]);
+        format!(
+            r#"{{"serverContent":{{"modelTurn":{{"parts":[{{"inlineData":{{"mimeType":"audio/pcm;rate=24000","data":"{data}"}}}},{{"text":"x"}},{{"inlineData":{{"mimeType":"audio/pcm;rate=24000","data":"{data}"}}}}]}}}}}}"#
+        )
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<ProviderEvent>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            out.push(match e {
+                ProviderEvent::Ready { input, output } => format!("ready {input} {output}"),
+                ProviderEvent::Audio { item, data } => format!("audio {item} {}", data.len()),
+                ProviderEvent::SpeechStarted => "speech".into(),
+                ProviderEvent::ResponseDone => "done".into(),
+                ProviderEvent::Transcript {
+                    who,
+                    text,
+                    is_final,
+                } => format!("{} {text} {is_final}", who.name()),
+                ProviderEvent::Usage(u) => format!("usage {} {}", u.input_tokens, u.output_tokens),
+                ProviderEvent::Warning(w) => format!("warning {w}"),
+                other => format!("{other:?}"),
+            });
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn turns_interruptions_transcripts_and_usage() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut g = gemini(tx, Duration::ZERO);
+        let msgs = [
+            r#"{"setupComplete":{}}"#.to_owned(),
+            r#"{"serverContent":{"inputTranscription":{"text":"Hi "}}}"#.to_owned(),
+            r#"{"serverContent":{"inputTranscription":{"text":"there"}}}"#.to_owned(),
+            audio(480),
+            r#"{"serverContent":{"outputTranscription":{"text":"Hello"}}}"#.to_owned(),
+            r#"{"usageMetadata":{"promptTokenCount":5,"responseTokenCount":1}}"#.to_owned(),
+            r#"{"serverContent":{"generationComplete":true}}"#.to_owned(),
+            r#"{"serverContent":{"turnComplete":true},"usageMetadata":{"promptTokenCount":10,"responseTokenCount":4}}"#.to_owned(),
+            audio(240),
+            r#"{"serverContent":{"interrupted":true}}"#.to_owned(),
+            audio(240),
+            r#"{"serverContent":{"turnComplete":true}}"#.to_owned(),
+            audio(240),
+        ];
+        for m in &msgs {
+            assert!(g.on_message(m, false).await.is_ok());
+        }
+        assert_eq!(
+            drain(&mut rx),
+            vec![
+                "ready L16/16000 L16/24000",
+                "caller Hi  false",
+                "caller there false",
+                "audio turn-1 960",
+                "audio turn-1 960",
+                "assistant Hello false",
+                "caller Hi there true",
+                "assistant Hello true",
+                "usage 10 4",
+                "done",
+                "audio turn-2 480",
+                "audio turn-2 480",
+                "speech",
+                // the late parts of turn-2 are gone
+                "done",
+                "audio turn-3 480",
+                "audio turn-3 480",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn watchdog_arms_on_caller_transcription_only_between_turns() {
+        let (tx, _rx) = mpsc::channel(64);
+        let mut g = gemini(tx, Duration::from_secs(5));
+        g.ready = true;
+        let caller = r#"{"serverContent":{"inputTranscription":{"text":"hello"}}}"#;
+        assert!(g.on_message(caller, false).await.is_ok());
+        assert!(g.watchdog.is_some(), "caller spoke, nothing answered yet");
+        assert!(g.on_message(&audio(10), false).await.is_ok());
+        assert!(g.watchdog.is_none(), "model audio disarms it");
+        assert!(g.on_message(caller, false).await.is_ok());
+        assert!(g.watchdog.is_none(), "not while the model turn is open");
+        let done = r#"{"serverContent":{"turnComplete":true}}"#;
+        assert!(g.on_message(done, false).await.is_ok());
+        assert!(g.on_message(caller, false).await.is_ok());
+        assert!(g.watchdog.is_some());
+    }
+
+    #[tokio::test]
+    async fn resumption_handles_only_when_resumable() {
+        let (tx, _rx) = mpsc::channel(64);
+        let mut g = gemini(tx, Duration::ZERO);
+        let upd = |h: &str, r: bool| {
+            format!(r#"{{"sessionResumptionUpdate":{{"newHandle":"{h}","resumable":{r}}}}}"#)
+        };
+        assert!(g.on_message(&upd("a", true), false).await.is_ok());
+        assert!(g.on_message(&upd("", false), false).await.is_ok());
+        assert!(g.on_message(&upd("b", true), true).await.is_ok());
+        assert_eq!(
+            g.handle.as_deref(),
+            Some("a"),
+            "retired connection's handle ignored"
+        );
+        assert!(g.on_message(&upd("c", true), false).await.is_ok());
+        assert_eq!(g.handle.as_deref(), Some("c"));
+    }
+
     #[test]
     fn close_descriptions() {
         let frame = CloseFrame {
