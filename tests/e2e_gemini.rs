@@ -579,3 +579,37 @@ async fn gemini_3_models_greet_with_realtime_text() {
     );
     d.stop().await;
 }
+
+/// `voicebridge check`'s probe: a real setup handshake, or the exact failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_opens_a_session_or_says_why_not() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ok = MockGemini::start(options()).await;
+    let mut refusing = options();
+    refusing.refuse = Some((
+        403,
+        r#"{"error":{"message":"Permission denied"}}"#.to_owned(),
+    ));
+    let refusing = MockGemini::start(refusing).await;
+    for (mock, expect_ok) in [(&ok, true), (&refusing, false)] {
+        let env = [
+            ("VOICEBRIDGE__PROVIDERS__GEMINI__URL".to_owned(), mock.url()),
+            ("GEMINI_API_KEY".to_owned(), KEY.to_owned()),
+        ];
+        let config = voicebridge::config::Config::from_toml_str(&config("", "", 0), env).unwrap();
+        let route = config.default_route().clone();
+        let result = voicebridge::providers::gemini::check(&config, &route).await;
+        println!("check: {result:?}");
+        assert_eq!(result.is_ok(), expect_ok, "{result:?}");
+        let text = result.unwrap_or_else(|e| e);
+        assert!(!text.contains(KEY));
+        if !expect_ok {
+            assert!(
+                text.contains("403") && text.contains("Permission denied"),
+                "{text}"
+            );
+        }
+    }
+    assert_eq!(ok.conns().len(), 1);
+    assert_eq!(ok.violations(), Vec::<String>::new());
+}
