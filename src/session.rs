@@ -246,7 +246,7 @@ pub async fn run(ws: Ws, setup: CallSetup) {
         }
     };
     // Connect the provider now, in parallel with the first audio, to save first-turn latency.
-    let provider = providers::spawn(&config, &route, call_format, &call_id);
+    let provider = providers::spawn(&config, &route, call_format);
     guard.update(|e| e.provider = provider.name);
     let (sink, mut stream) = ws.split();
     let now = Instant::now();

@@ -7,6 +7,7 @@
 
 pub mod echo;
 pub mod elevenlabs;
+pub mod gemini;
 pub mod openai;
 pub mod template;
 pub mod ws;
@@ -148,12 +149,7 @@ fn channels() -> (
 ///
 /// Returns at once: connecting happens inside the provider's task, which reports
 /// `Ready` or `Closed`.
-pub fn spawn(
-    config: &Config,
-    route: &Route,
-    call_format: AudioFormat,
-    call_id: &str,
-) -> ProviderHandle {
+pub fn spawn(config: &Config, route: &Route, call_format: AudioFormat) -> ProviderHandle {
     let (commands, events, ends) = channels();
     let (name, task) = match route.call.provider {
         ProviderKind::Echo => (
@@ -175,18 +171,10 @@ pub fn spawn(
                     .in_current_span(),
             ),
         ),
-        other => {
-            let name = other.name();
-            let call_id = call_id.to_owned();
-            (
-                name,
-                tokio::spawn(async move {
-                    let reason =
-                        format!("provider {name} is not available in this build (call {call_id})");
-                    let _ = ends.events.send(ProviderEvent::Closed { reason }).await;
-                }),
-            )
-        }
+        ProviderKind::Gemini => (
+            "gemini",
+            tokio::spawn(gemini::task(config, route, ends).in_current_span()),
+        ),
     };
     ProviderHandle {
         name,
@@ -203,9 +191,6 @@ pub async fn check(config: &Config, route: &Route) -> Result<String, String> {
         ProviderKind::Echo => Ok("built in, no network".to_owned()),
         ProviderKind::OpenAi => openai::check(config, route).await,
         ProviderKind::ElevenLabs => elevenlabs::check(config, route).await,
-        other => Err(format!(
-            "provider {} is not available in this build",
-            other.name()
-        )),
+        ProviderKind::Gemini => gemini::check(config, route).await,
     }
 }

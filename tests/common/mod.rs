@@ -6,4 +6,5 @@ pub mod call;
 pub mod daemon;
 pub mod fake_freeswitch;
 pub mod mock_elevenlabs;
+pub mod mock_gemini;
 pub mod mock_openai;

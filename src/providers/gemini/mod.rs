@@ -1,0 +1,1098 @@
+//! Google Gemini Live (`BidiGenerateContent`) over its WebSocket API.
+//!
+//! One call = one Live *session*, which may span several WebSocket *connections*: the
+//! server ends a connection after about ten minutes (announced by `goAway`), and the
+//! session continues on a new connection whose `setup` carries the latest
+//! `sessionResumptionUpdate` handle. The switch happens in the background so the caller
+//! hears nothing of it:
+//!
+//! ```text
+//!  goAway ─► new connection (setup + handle) ─► setupComplete ─► switch
+//!            │ old connection still read: its queued audio plays on     │
+//!            │ caller audio buffered (≤ 5 s), flushed in order to the new one
+//!            └──────────────────────────────────────────────────────────┘
+//!                                         old connection: Close, read until it ends
+//! ```
+//! A connection that drops without `goAway` is resumed the same way (once per drop, at
+//! most [`MAX_DROP_RESUMES`] per call) unless its close code says the request itself was
+//! refused (1007 invalid argument, 1008 policy/auth, ...), which a retry cannot fix.
+//!
+//! Audio: caller PCM16 16 kHz in (`realtimeInput.audio`), assistant PCM16 24 kHz out
+//! (`serverContent.modelTurn.parts[].inlineData`). Each model turn is one item,
+//! `turn-<n>`; after `interrupted` the rest of that turn's audio is dropped here until
+//! `turnComplete`. Gemini has no truncate message: the server already stopped at the
+//! interruption, so `Truncate` is only logged.
+//!
+//! The wire shapes are in [`wire`]; `docs/providers/gemini.md` explains the choices.
+
+mod wire;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tracing::{debug, info, warn, Instrument};
+
+use super::template::render;
+use super::ws::{self, ProviderWs};
+use super::{ProviderChannels, ProviderCommand, ProviderEvent, Speaker, Usage};
+use crate::audio::{AudioFormat, ItemId};
+use crate::config::{Config, Route, Secret};
+
+/// How long a connection may take from upgrade to `setupComplete`.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// No application-level ping exists: WebSocket pings keep NATs and proxies open.
+const PING_EVERY: Duration = Duration::from_secs(15);
+/// Caller audio kept while the session moves to a new connection (20 ms frames).
+const MAX_SWITCH_FRAMES: usize = 5_000 / 20;
+/// After a switch, the old connection is read (for audio already on its way) this long.
+const RETIRE_WAIT: Duration = Duration::from_secs(2);
+/// On Close, how long we wait for the server's echo.
+const CLOSE_WAIT: Duration = Duration::from_millis(500);
+/// Resumptions after a connection dropped without `goAway`, per call.
+const MAX_DROP_RESUMES: u32 = 3;
+
+type Sink = SplitSink<ProviderWs, Message>;
+type Source = SplitStream<ProviderWs>;
+type WsResult = Option<Result<Message, tungstenite::Error>>;
+
+/// Everything the provider needs from the config, resolved for one route.
+#[derive(Clone)]
+struct Settings {
+    url: String,
+    api_key: Secret,
+    model: String,
+    voice: String,
+    language: String,
+    response_timeout: Duration,
+    instructions: String,
+    greeting: String,
+}
+
+impl Settings {
+    fn new(config: &Config, route: &Route) -> Settings {
+        let g = &config.providers.gemini;
+        let call = &route.call;
+        Settings {
+            url: g.url.clone(),
+            api_key: g.api_key.clone(),
+            model: wire::model_path(&g.model),
+            voice: if call.voice.is_empty() {
+                g.voice.clone()
+            } else {
+                call.voice.clone()
+            },
+            language: call.language.clone(),
+            response_timeout: call.response_timeout,
+            instructions: call.instructions.clone(),
+            greeting: call.greeting.clone(),
+        }
+    }
+
+    fn headers(&self) -> Vec<(&'static str, String)> {
+        if self.api_key.is_empty() {
+            // A `?key=` in the URL is the other documented way.
+            Vec::new()
+        } else {
+            vec![("x-goog-api-key", self.api_key.expose().to_owned())]
+        }
+    }
+
+    fn setup(&self, instructions: &str, handle: Option<&str>) -> String {
+        wire::setup(&wire::SetupParams {
+            model: &self.model,
+            voice: &self.voice,
+            language: &self.language,
+            instructions,
+            handle,
+        })
+    }
+}
+
+/// The provider task for one call (see [`super::spawn`]).
+pub fn task(
+    config: &Config,
+    route: &Route,
+    ends: ProviderChannels,
+) -> impl Future<Output = ()> + Send + 'static {
+    run(Settings::new(config, route), ends)
+}
+
+/// `voicebridge check`: one real session (connect, setup, `setupComplete`), then Close.
+pub async fn check(config: &Config, route: &Route) -> Result<String, String> {
+    let s = Settings::new(config, route);
+    let instructions = render(&s.instructions, &BTreeMap::new());
+    let started = Instant::now();
+    let mut ws = open(&s, &s.setup(&instructions, None)).await?;
+    let ms = started.elapsed().as_millis();
+    let _ = timeout(CLOSE_WAIT, ws.close(None)).await;
+    Ok(format!(
+        "gemini: {} accepted model {} with voice {} (setupComplete in {ms} ms)",
+        ws::redact_url(&s.url),
+        s.model,
+        s.voice
+    ))
+}
+
+/// Connects and completes the setup handshake of a new connection (used for
+/// resumption and by `check`). Errors are log-ready and carry no secret.
+async fn open(s: &Settings, setup: &str) -> Result<ProviderWs, String> {
+    let secrets = [s.api_key.expose()];
+    let mut ws = ws::connect(&s.url, &s.headers(), &secrets)
+        .await
+        .map_err(|e| e.to_string())?;
+    ws.send(Message::Text(setup.to_owned().into()))
+        .await
+        .map_err(|e| format!("sending setup: {e}"))?;
+    let wait = async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if is_setup_complete(t.as_bytes()) => return Ok(()),
+                Some(Ok(Message::Binary(b))) if is_setup_complete(&b) => return Ok(()),
+                Some(Ok(Message::Close(frame))) => {
+                    let (desc, _) = describe_close(frame, &secrets);
+                    return Err(format!("gemini closed the connection during setup: {desc}"));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(format!("connection error during setup: {e}")),
+                None => return Err("connection ended before setupComplete".to_owned()),
+            }
+        }
+    };
+    match timeout(SETUP_TIMEOUT, wait).await {
+        Ok(Ok(())) => Ok(ws),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!(
+            "no setupComplete within {} s",
+            SETUP_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+fn is_setup_complete(frame: &[u8]) -> bool {
+    std::str::from_utf8(frame)
+        .ok()
+        .and_then(|t| wire::parse(t).ok())
+        .is_some_and(|m| m.setup_complete.is_some())
+}
+
+/// `code N: reason`, with any secret the server might echo removed.
+fn describe_close(frame: Option<CloseFrame>, secrets: &[&str]) -> (String, Option<u16>) {
+    match frame {
+        Some(f) => {
+            let code = u16::from(f.code);
+            let reason = ws::redact(f.reason.as_str(), secrets);
+            if reason.is_empty() {
+                (format!("code {code}"), Some(code))
+            } else {
+                (format!("code {code}: {reason}"), Some(code))
+            }
+        }
+        None => ("no close code".to_owned(), None),
+    }
+}
+
+/// Close codes that say the request itself was refused: a resumption would fail too.
+fn is_final_close(code: u16) -> bool {
+    matches!(code, 1002 | 1003 | 1007 | 1008 | 1009 | 1010)
+}
+
+/// Connect at once; send the setup when both the socket and the call context are there.
+async fn run(s: Settings, ends: ProviderChannels) {
+    let ProviderChannels {
+        mut commands,
+        events,
+    } = ends;
+    let mut connecting = {
+        let (url, headers, key) = (s.url.clone(), s.headers(), s.api_key.clone());
+        tokio::spawn(
+            async move { ws::connect(&url, &headers, &[key.expose()]).await }.in_current_span(),
+        )
+    };
+    let mut context = None;
+    let mut socket: Option<ProviderWs> = None;
+    while context.is_none() || socket.is_none() {
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                Some(ProviderCommand::Context(c)) => context = Some(c),
+                Some(ProviderCommand::Close) | None => {
+                    connecting.abort();
+                    if let Some(mut ws) = socket {
+                        let _ = timeout(CLOSE_WAIT, ws.close(None)).await;
+                    }
+                    return;
+                }
+                Some(_) => debug!("gemini: command before setup ignored"),
+            },
+            res = &mut connecting, if socket.is_none() => match res {
+                Ok(Ok(ws)) => {
+                    info!(url = %ws::redact_url(&s.url), "gemini: connected");
+                    socket = Some(ws);
+                }
+                Ok(Err(e)) => {
+                    let code = e.status().map_or_else(|| "connect".to_owned(), |st| format!("http_{st}"));
+                    warn!(code = %code, error = %e, "gemini: connection refused");
+                    let _ = events.send(ProviderEvent::Error { recoverable: false, code, message: e.to_string() }).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = events.send(ProviderEvent::Error { recoverable: false, code: "connect".to_owned(), message: e.to_string() }).await;
+                    return;
+                }
+            },
+        }
+    }
+    let (Some(context), Some(ws)) = (context, socket) else {
+        return;
+    };
+    let instructions = render(&s.instructions, &context.vars);
+    let greeting = render(&s.greeting, &context.vars).trim().to_owned();
+    let (sink, stream) = ws.split();
+    let mut g = Gemini {
+        events,
+        active: Some(Conn {
+            sink,
+            stream,
+            number: 1,
+        }),
+        retiring: None,
+        retire_deadline: Instant::now(),
+        resume: None,
+        lost: None,
+        unresumable: None,
+        handle: None,
+        connections: 1,
+        drop_resumes: 0,
+        ready: false,
+        setup_deadline: Instant::now() + SETUP_TIMEOUT,
+        greeting,
+        switch_buffer: VecDeque::new(),
+        switch_dropped: 0,
+        turn: Turn::default(),
+        watchdog: None,
+        watchdog_warned: false,
+        rate_warned: false,
+        tools_warned: false,
+        instructions,
+        s,
+    };
+    let setup = g.s.setup(&g.instructions, None);
+    debug!(model = %g.s.model, voice = %g.s.voice, "gemini: sending setup");
+    if g.send_active(Message::Text(setup.into())).await {
+        g.run(commands).await;
+    } else {
+        let _ = g
+            .events
+            .send(ProviderEvent::Closed {
+                reason: "gemini connection failed while sending setup".to_owned(),
+            })
+            .await;
+    }
+}
+
+struct Conn {
+    sink: Sink,
+    stream: Source,
+    /// 1 for the first connection of the call, then 2, 3... per resumption.
+    number: u32,
+}
+
+/// A new connection being opened in the background to continue the session.
+struct Resume {
+    task: JoinHandle<Result<ProviderWs, String>>,
+    cause: &'static str,
+    started: Instant,
+}
+
+/// The model turn in progress.
+#[derive(Default)]
+struct Turn {
+    count: u64,
+    item: Option<ItemId>,
+    /// `interrupted` came: drop this turn's audio until `turnComplete`.
+    dropping: bool,
+    late_parts: u64,
+    caller: String,
+    assistant: String,
+    usage: Option<wire::UsageMetadata>,
+}
+
+/// The task ends (the session has been told why, or it asked us to close).
+struct Stop;
+type Step = Result<(), Stop>;
+
+struct Gemini {
+    s: Settings,
+    instructions: String,
+    greeting: String,
+    events: mpsc::Sender<ProviderEvent>,
+    /// The connection caller audio goes to; `None` only while a dropped connection is
+    /// being resumed.
+    active: Option<Conn>,
+    /// The previous connection after a switch: Close sent, still read for late audio.
+    retiring: Option<Conn>,
+    retire_deadline: Instant,
+    resume: Option<Resume>,
+    /// Why the active connection went away while a resumption is under way.
+    lost: Option<String>,
+    /// Why the session cannot continue when the active connection closes.
+    unresumable: Option<String>,
+    handle: Option<String>,
+    connections: u32,
+    drop_resumes: u32,
+    /// The first `setupComplete` came (and `Ready` was sent).
+    ready: bool,
+    setup_deadline: Instant,
+    switch_buffer: VecDeque<Bytes>,
+    switch_dropped: u64,
+    turn: Turn,
+    watchdog: Option<Instant>,
+    watchdog_warned: bool,
+    rate_warned: bool,
+    tools_warned: bool,
+}
+
+async fn next_message(conn: &mut Option<Conn>) -> WsResult {
+    match conn {
+        Some(c) => c.stream.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn resumed(
+    resume: &mut Option<Resume>,
+) -> Result<Result<ProviderWs, String>, tokio::task::JoinError> {
+    match resume {
+        Some(r) => (&mut r.task).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Gemini {
+    async fn run(mut self, mut commands: mpsc::Receiver<ProviderCommand>) {
+        let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        loop {
+            let watchdog_at = self.watchdog.unwrap_or(far);
+            let setup_at = if self.ready { far } else { self.setup_deadline };
+            let retire_at = if self.retiring.is_some() {
+                self.retire_deadline
+            } else {
+                far
+            };
+            let step = tokio::select! {
+                cmd = commands.recv() => self.on_command(cmd).await,
+                msg = next_message(&mut self.active) => self.on_active(msg).await,
+                msg = next_message(&mut self.retiring) => self.on_retiring(msg).await,
+                res = resumed(&mut self.resume) => self.on_resumed(res).await,
+                _ = ping.tick() => self.ping().await,
+                _ = sleep_until(watchdog_at), if self.watchdog.is_some() => self.on_watchdog().await,
+                _ = sleep_until(setup_at), if !self.ready => {
+                    let message = format!("no setupComplete from gemini within {} s", SETUP_TIMEOUT.as_secs());
+                    let _ = self.emit(ProviderEvent::Error { recoverable: false, code: "setup_timeout".to_owned(), message }).await;
+                    Err(Stop)
+                }
+                _ = sleep_until(retire_at), if self.retiring.is_some() => {
+                    debug!("gemini: old connection did not finish closing: dropped");
+                    self.retiring = None;
+                    Ok(())
+                }
+            };
+            if step.is_err() {
+                break;
+            }
+        }
+        self.shutdown().await;
+    }
+
+    async fn emit(&self, event: ProviderEvent) -> Step {
+        self.events.send(event).await.map_err(|_| Stop)
+    }
+
+    /// Sends on the active connection; false if there is none or it failed (its read
+    /// side then reports why).
+    async fn send_active(&mut self, msg: Message) -> bool {
+        let Some(conn) = self.active.as_mut() else {
+            return false;
+        };
+        match conn.sink.send(msg).await {
+            Ok(()) => true,
+            Err(e) => {
+                debug!(error = %e, "gemini: send failed");
+                false
+            }
+        }
+    }
+
+    // ---- session → Gemini -----------------------------------------------------------
+
+    async fn on_command(&mut self, cmd: Option<ProviderCommand>) -> Step {
+        match cmd {
+            None | Some(ProviderCommand::Close) => return Err(Stop),
+            Some(ProviderCommand::Audio(frame)) => self.on_caller_audio(frame).await,
+            Some(ProviderCommand::Truncate { item, played_ms }) => {
+                debug!(%item, played_ms, "gemini: no truncate in this protocol (the server stopped at the interruption)");
+            }
+            Some(ProviderCommand::Cancel) => debug!("gemini: cancel ignored"),
+            Some(ProviderCommand::Context(_)) => debug!("gemini: second context ignored"),
+        }
+        Ok(())
+    }
+
+    async fn on_caller_audio(&mut self, frame: Bytes) {
+        if !self.ready {
+            return;
+        }
+        if self.resume.is_some() || self.active.is_none() {
+            if self.switch_buffer.len() >= MAX_SWITCH_FRAMES {
+                self.switch_buffer.pop_front();
+                self.switch_dropped += 1;
+            }
+            self.switch_buffer.push_back(frame);
+            return;
+        }
+        let msg = wire::audio(&frame);
+        self.send_active(Message::Text(msg.into())).await;
+    }
+
+    async fn ping(&mut self) -> Step {
+        self.send_active(Message::Ping(Bytes::new())).await;
+        Ok(())
+    }
+
+    async fn on_watchdog(&mut self) -> Step {
+        self.watchdog = None;
+        self.watchdog_warned = true;
+        let secs = self.s.response_timeout.as_secs_f64();
+        self.emit(ProviderEvent::Warning(format!(
+            "provider silent: no response {secs} s after the caller finished"
+        )))
+        .await
+    }
+
+    // ---- Gemini → session -----------------------------------------------------------
+
+    async fn on_active(&mut self, msg: WsResult) -> Step {
+        let secrets = [self.s.api_key.expose()];
+        match msg {
+            Some(Ok(Message::Text(t))) => self.on_message(t.as_str(), false).await,
+            Some(Ok(Message::Binary(b))) => match std::str::from_utf8(&b) {
+                Ok(t) => self.on_message(t, false).await,
+                Err(_) => {
+                    debug!(bytes = b.len(), "gemini: non-UTF-8 binary frame ignored");
+                    Ok(())
+                }
+            },
+            Some(Ok(Message::Close(frame))) => {
+                let (desc, code) = describe_close(frame, &secrets);
+                self.on_active_lost(desc, code).await
+            }
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => {
+                let desc = ws::redact(&format!("connection error: {e}"), &secrets);
+                self.on_active_lost(desc, None).await
+            }
+            None => {
+                self.on_active_lost("connection ended without a close frame".to_owned(), None)
+                    .await
+            }
+        }
+    }
+
+    async fn on_retiring(&mut self, msg: WsResult) -> Step {
+        match msg {
+            Some(Ok(Message::Text(t))) => self.on_message(t.as_str(), true).await,
+            Some(Ok(Message::Binary(b))) => match std::str::from_utf8(&b) {
+                Ok(t) => self.on_message(t, true).await,
+                Err(_) => Ok(()),
+            },
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                debug!("gemini: old connection closed");
+                self.retiring = None;
+                Ok(())
+            }
+            Some(Ok(_)) => Ok(()),
+        }
+    }
+
+    /// One server message. `retired`: it came on the connection we switched away from
+    /// (its audio and transcripts still count; its control messages do not).
+    async fn on_message(&mut self, text: &str, retired: bool) -> Step {
+        let msg = match wire::parse(text) {
+            Ok(m) => m,
+            Err(e) => {
+                debug!(error = %e, "gemini: unparseable message ignored");
+                return Ok(());
+            }
+        };
+        if msg.setup_complete.is_some() && !retired && !self.ready {
+            self.ready = true;
+            info!("gemini: setupComplete");
+            self.emit(ProviderEvent::Ready {
+                input: AudioFormat::l16(wire::INPUT_RATE),
+                output: AudioFormat::l16(wire::OUTPUT_RATE),
+            })
+            .await?;
+            if !self.greeting.is_empty() {
+                // Exactly once per call: a resumed session never greets again.
+                let greeting = std::mem::take(&mut self.greeting);
+                let msg = wire::greeting(&self.s.model, &greeting);
+                self.send_active(Message::Text(msg.into())).await;
+            }
+        }
+        if let Some(u) = msg.usage_metadata {
+            // Snapshots can repeat within a turn: keep the latest, count it at turnComplete.
+            self.turn.usage = Some(u);
+        }
+        if let Some(content) = msg.server_content {
+            self.on_content(content).await?;
+        }
+        if retired {
+            return Ok(());
+        }
+        if let Some(u) = msg.session_resumption_update {
+            if u.resumable && !u.new_handle.is_empty() {
+                debug!("gemini: new session resumption handle");
+                self.handle = Some(u.new_handle);
+            }
+        }
+        if let Some(go) = msg.go_away {
+            self.on_go_away(go.time_left.as_deref()).await?;
+        }
+        if msg.tool_call.is_some() && !self.tools_warned {
+            self.tools_warned = true;
+            warn!("gemini: toolCall received but no tools are configured: ignored");
+        }
+        if msg.tool_call_cancellation.is_some() {
+            debug!("gemini: toolCallCancellation ignored");
+        }
+        Ok(())
+    }
+
+    async fn on_content(&mut self, sc: wire::ServerContent<'_>) -> Step {
+        if let Some(t) = sc.input_transcription.filter(|t| !t.text.is_empty()) {
+            self.turn.caller.push_str(&t.text);
+            self.arm_watchdog();
+            self.emit(ProviderEvent::Transcript {
+                who: Speaker::Caller,
+                text: t.text,
+                is_final: false,
+            })
+            .await?;
+        }
+        if sc.interrupted {
+            self.turn.dropping = true;
+            debug!(item = ?self.turn.item, "gemini: interrupted");
+            self.emit(ProviderEvent::SpeechStarted).await?;
+        }
+        if let Some(turn) = sc.model_turn {
+            for part in turn.parts {
+                if let Some(blob) = part.inline_data {
+                    self.on_audio_part(&blob.mime_type, &blob.data).await?;
+                }
+            }
+        }
+        if let Some(t) = sc.output_transcription.filter(|t| !t.text.is_empty()) {
+            self.turn.assistant.push_str(&t.text);
+            self.emit(ProviderEvent::Transcript {
+                who: Speaker::Assistant,
+                text: t.text,
+                is_final: false,
+            })
+            .await?;
+        }
+        if sc.generation_complete {
+            debug!("gemini: generationComplete");
+        }
+        if sc.turn_complete {
+            self.on_turn_complete().await?;
+        }
+        Ok(())
+    }
+
+    async fn on_audio_part(&mut self, mime: &str, data: &str) -> Step {
+        let Some(rate) = wire::pcm_rate(mime) else {
+            debug!(mime, "gemini: non-audio inline data ignored");
+            return Ok(());
+        };
+        if rate != wire::OUTPUT_RATE && !self.rate_warned {
+            self.rate_warned = true;
+            warn!(
+                mime,
+                "gemini: assistant audio is not 24 kHz as documented: it will play at the wrong speed"
+            );
+        }
+        if self.turn.dropping {
+            self.turn.late_parts += 1;
+            return Ok(());
+        }
+        let mut pcm = match base64::engine::general_purpose::STANDARD.decode(data) {
+            Ok(p) => p,
+            Err(e) => {
+                debug!(error = %e, "gemini: audio part with bad base64 ignored");
+                return Ok(());
+            }
+        };
+        if pcm.len() % 2 == 1 {
+            pcm.pop();
+        }
+        if pcm.is_empty() {
+            return Ok(());
+        }
+        let turn = &mut self.turn;
+        let item = match &turn.item {
+            Some(item) => item.clone(),
+            None => {
+                turn.count += 1;
+                let item: ItemId = format!("turn-{}", turn.count).into();
+                turn.item = Some(item.clone());
+                item
+            }
+        };
+        self.watchdog = None;
+        self.watchdog_warned = false;
+        self.emit(ProviderEvent::Audio {
+            item,
+            data: Bytes::from(pcm),
+        })
+        .await
+    }
+
+    async fn on_turn_complete(&mut self) -> Step {
+        let caller = std::mem::take(&mut self.turn.caller);
+        let assistant = std::mem::take(&mut self.turn.assistant);
+        let usage = self.turn.usage.take();
+        let late = std::mem::take(&mut self.turn.late_parts);
+        if late > 0 {
+            debug!(
+                parts = late,
+                "gemini: late audio of the interrupted turn dropped"
+            );
+        }
+        self.turn.item = None;
+        self.turn.dropping = false;
+        if !caller.is_empty() {
+            self.emit(ProviderEvent::Transcript {
+                who: Speaker::Caller,
+                text: caller,
+                is_final: true,
+            })
+            .await?;
+        }
+        if !assistant.is_empty() {
+            self.emit(ProviderEvent::Transcript {
+                who: Speaker::Assistant,
+                text: assistant,
+                is_final: true,
+            })
+            .await?;
+        }
+        if let Some(u) = usage {
+            self.emit(ProviderEvent::Usage(Usage {
+                input_tokens: u.prompt_token_count,
+                output_tokens: u.response_token_count,
+            }))
+            .await?;
+        }
+        self.emit(ProviderEvent::ResponseDone).await
+    }
+
+    /// No explicit end-of-user-turn event exists: the caller's transcription arriving
+    /// while no model turn is under way stands for it, and model audio disarms it.
+    fn arm_watchdog(&mut self) {
+        if self.s.response_timeout.is_zero() || self.turn.item.is_some() || self.watchdog_warned {
+            return;
+        }
+        self.watchdog = Some(Instant::now() + self.s.response_timeout);
+    }
+
+    // ---- connections: goAway, resumption, loss --------------------------------------
+
+    async fn on_go_away(&mut self, time_left: Option<&str>) -> Step {
+        let left = time_left.and_then(wire::parse_duration);
+        let left_ms = left.map(|d| d.as_millis() as u64);
+        if self.resume.is_some() {
+            debug!(time_left_ms = ?left_ms, "gemini: goAway while already resuming");
+            return Ok(());
+        }
+        match self.handle.clone() {
+            Some(handle) => {
+                info!(time_left_ms = ?left_ms, "gemini: goAway: continuing the session on a new connection");
+                self.start_resume(handle, "goAway");
+                Ok(())
+            }
+            None => {
+                let why = "goAway received but no session resumption handle was known";
+                warn!(time_left_ms = ?left_ms, "gemini: {why}: the call ends when this connection closes");
+                self.unresumable = Some(why.to_owned());
+                self.emit(ProviderEvent::Warning(format!(
+                    "gemini: {why} (time left {})",
+                    time_left.unwrap_or("unknown")
+                )))
+                .await
+            }
+        }
+    }
+
+    fn start_resume(&mut self, handle: String, cause: &'static str) {
+        let setup = self.s.setup(&self.instructions, Some(&handle));
+        let s = self.s.clone();
+        let task = tokio::spawn(async move { open(&s, &setup).await }.in_current_span());
+        self.resume = Some(Resume {
+            task,
+            cause,
+            started: Instant::now(),
+        });
+    }
+
+    async fn on_resumed(
+        &mut self,
+        res: Result<Result<ProviderWs, String>, tokio::task::JoinError>,
+    ) -> Step {
+        let Some(resume) = self.resume.take() else {
+            return Ok(());
+        };
+        let res = res.unwrap_or_else(|e| Err(format!("resumption task failed: {e}")));
+        let ws = match res {
+            Ok(ws) => ws,
+            Err(e) => return self.on_resume_failed(resume.cause, e).await,
+        };
+        self.connections += 1;
+        let number = self.connections;
+        if let Some(mut old) = self.active.take() {
+            // What the old connection already delivered plays first.
+            while let Some(Some(msg)) = old.stream.next().now_or_never() {
+                match msg {
+                    Ok(Message::Text(t)) => self.on_message(t.as_str(), true).await?,
+                    Ok(Message::Binary(b)) => {
+                        if let Ok(t) = std::str::from_utf8(&b) {
+                            self.on_message(t, true).await?;
+                        }
+                    }
+                    Ok(Message::Close(_)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            let bye = Message::Close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "session resumed on a new connection".into(),
+            }));
+            let _ = timeout(CLOSE_WAIT, old.sink.send(bye)).await;
+            self.retiring = Some(old);
+            self.retire_deadline = Instant::now() + RETIRE_WAIT;
+        }
+        let (sink, stream) = ws.split();
+        self.active = Some(Conn {
+            sink,
+            stream,
+            number,
+        });
+        self.lost = None;
+        self.unresumable = None;
+        let buffered = self.switch_buffer.len();
+        let dropped = std::mem::take(&mut self.switch_dropped);
+        while let Some(frame) = self.switch_buffer.pop_front() {
+            let msg = wire::audio(&frame);
+            if !self.send_active(Message::Text(msg.into())).await {
+                self.switch_buffer.clear();
+                break;
+            }
+        }
+        let switch_ms = resume.started.elapsed().as_millis() as u64;
+        info!(
+            connection = number,
+            switch_ms,
+            buffered_frames = buffered,
+            dropped_frames = dropped,
+            cause = resume.cause,
+            "gemini: session resumed on a new connection"
+        );
+        self.emit(ProviderEvent::Warning(format!(
+            "gemini: resumed session on connection #{number} after {} ({switch_ms} ms, {buffered} caller frames buffered, {dropped} dropped)",
+            resume.cause
+        )))
+        .await
+    }
+
+    async fn on_resume_failed(&mut self, cause: &'static str, error: String) -> Step {
+        warn!(error = %error, cause, "gemini: session resumption failed");
+        if self.active.is_some() {
+            // The old connection still works: keep using it until it closes.
+            self.unresumable = Some(format!("session resumption after {cause} failed: {error}"));
+            let frames: Vec<Bytes> = self.switch_buffer.drain(..).collect();
+            for frame in frames {
+                let msg = wire::audio(&frame);
+                self.send_active(Message::Text(msg.into())).await;
+            }
+            return self
+                .emit(ProviderEvent::Warning(format!(
+                    "gemini: session resumption after {cause} failed: {error}; staying on the current connection until it closes"
+                )))
+                .await;
+        }
+        let lost = self
+            .lost
+            .take()
+            .unwrap_or_else(|| "gemini connection lost".to_owned());
+        let _ = self
+            .emit(ProviderEvent::Closed {
+                reason: format!("{lost}; session resumption failed: {error}"),
+            })
+            .await;
+        Err(Stop)
+    }
+
+    async fn on_active_lost(&mut self, desc: String, code: Option<u16>) -> Step {
+        let number = self.active.as_ref().map_or(0, |c| c.number);
+        if let Some(mut conn) = self.active.take() {
+            // Flushes the echo of the server's Close.
+            let _ = timeout(Duration::from_millis(200), conn.sink.close()).await;
+        }
+        let reason = format!("gemini closed the connection: {desc}");
+        if !self.ready {
+            warn!(connection = number, reason = %reason, "gemini: closed during setup");
+            let code = code.map_or_else(|| "closed".to_owned(), |c| format!("close_{c}"));
+            let _ = self
+                .emit(ProviderEvent::Error {
+                    recoverable: false,
+                    code,
+                    message: format!("{reason} (during setup)"),
+                })
+                .await;
+            return Err(Stop);
+        }
+        if self.resume.is_some() {
+            info!(connection = number, reason = %reason, "gemini: connection closed while the session moves to a new one");
+            self.lost = Some(reason);
+            return Ok(());
+        }
+        if let Some(why) = self.unresumable.take() {
+            warn!(connection = number, reason = %reason, "gemini: connection closed; {why}");
+            let _ = self
+                .emit(ProviderEvent::Closed {
+                    reason: format!("{reason}; {why}"),
+                })
+                .await;
+            return Err(Stop);
+        }
+        let retry = !code.is_some_and(is_final_close) && self.drop_resumes < MAX_DROP_RESUMES;
+        if let (true, Some(handle)) = (retry, self.handle.clone()) {
+            self.drop_resumes += 1;
+            warn!(connection = number, reason = %reason, "gemini: connection closed without goAway: resuming the session");
+            self.lost = Some(reason.clone());
+            self.start_resume(handle, "an unexpected close");
+            return self
+                .emit(ProviderEvent::Warning(format!(
+                    "{reason} without goAway: resuming the session"
+                )))
+                .await;
+        }
+        warn!(connection = number, reason = %reason, "gemini: connection closed");
+        let _ = self.emit(ProviderEvent::Closed { reason }).await;
+        Err(Stop)
+    }
+
+    /// Politely closes whatever is open; quick, since the session waits 1 s at most.
+    async fn shutdown(mut self) {
+        if let Some(r) = self.resume.take() {
+            r.task.abort();
+        }
+        for conn in [self.active.take(), self.retiring.take()]
+            .into_iter()
+            .flatten()
+        {
+            let Conn {
+                mut sink,
+                mut stream,
+                ..
+            } = conn;
+            let bye = Message::Close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "call ended".into(),
+            }));
+            let _ = timeout(CLOSE_WAIT, async {
+                if sink.send(bye).await.is_ok() {
+                    while let Some(Ok(_)) = stream.next().await {}
+                }
+            })
+            .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gemini(events: mpsc::Sender<ProviderEvent>, timeout: Duration) -> Gemini {
+        Gemini {
+            s: Settings {
+                url: "ws://127.0.0.1:1/x".into(),
+                api_key: Secret::new("AIzaTEST"),
+                model: "models/gemini-2.5-flash".into(),
+                voice: "Kore".into(),
+                language: String::new(),
+                response_timeout: timeout,
+                instructions: String::new(),
+                greeting: String::new(),
+            },
+            instructions: String::new(),
+            greeting: String::new(),
+            events,
+            active: None,
+            retiring: None,
+            retire_deadline: Instant::now(),
+            resume: None,
+            lost: None,
+            unresumable: None,
+            handle: None,
+            connections: 1,
+            drop_resumes: 0,
+            ready: false,
+            setup_deadline: Instant::now(),
+            switch_buffer: VecDeque::new(),
+            switch_dropped: 0,
+            turn: Turn::default(),
+            watchdog: None,
+            watchdog_warned: false,
+            rate_warned: false,
+            tools_warned: false,
+        }
+    }
+
+    fn audio(samples: usize) -> String {
+        let data = base64::engine::general_purpose::STANDARD.encode(vec![1u8; samples * 2]);
+        format!(
+            r#"{{"serverContent":{{"modelTurn":{{"parts":[{{"inlineData":{{"mimeType":"audio/pcm;rate=24000","data":"{data}"}}}},{{"text":"x"}},{{"inlineData":{{"mimeType":"audio/pcm;rate=24000","data":"{data}"}}}}]}}}}}}"#
+        )
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<ProviderEvent>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            out.push(match e {
+                ProviderEvent::Ready { input, output } => format!("ready {input} {output}"),
+                ProviderEvent::Audio { item, data } => format!("audio {item} {}", data.len()),
+                ProviderEvent::SpeechStarted => "speech".into(),
+                ProviderEvent::ResponseDone => "done".into(),
+                ProviderEvent::Transcript {
+                    who,
+                    text,
+                    is_final,
+                } => format!("{} {text} {is_final}", who.name()),
+                ProviderEvent::Usage(u) => format!("usage {} {}", u.input_tokens, u.output_tokens),
+                ProviderEvent::Warning(w) => format!("warning {w}"),
+                other => format!("{other:?}"),
+            });
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn turns_interruptions_transcripts_and_usage() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut g = gemini(tx, Duration::ZERO);
+        let msgs = [
+            r#"{"setupComplete":{}}"#.to_owned(),
+            r#"{"serverContent":{"inputTranscription":{"text":"Hi "}}}"#.to_owned(),
+            r#"{"serverContent":{"inputTranscription":{"text":"there"}}}"#.to_owned(),
+            audio(480),
+            r#"{"serverContent":{"outputTranscription":{"text":"Hello"}}}"#.to_owned(),
+            r#"{"usageMetadata":{"promptTokenCount":5,"responseTokenCount":1}}"#.to_owned(),
+            r#"{"serverContent":{"generationComplete":true}}"#.to_owned(),
+            r#"{"serverContent":{"turnComplete":true},"usageMetadata":{"promptTokenCount":10,"responseTokenCount":4}}"#.to_owned(),
+            audio(240),
+            r#"{"serverContent":{"interrupted":true}}"#.to_owned(),
+            audio(240),
+            r#"{"serverContent":{"turnComplete":true}}"#.to_owned(),
+            audio(240),
+        ];
+        for m in &msgs {
+            assert!(g.on_message(m, false).await.is_ok());
+        }
+        assert_eq!(
+            drain(&mut rx),
+            vec![
+                "ready L16/16000 L16/24000",
+                "caller Hi  false",
+                "caller there false",
+                "audio turn-1 960",
+                "audio turn-1 960",
+                "assistant Hello false",
+                "caller Hi there true",
+                "assistant Hello true",
+                "usage 10 4",
+                "done",
+                "audio turn-2 480",
+                "audio turn-2 480",
+                "speech",
+                // the late parts of turn-2 are gone
+                "done",
+                "audio turn-3 480",
+                "audio turn-3 480",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn watchdog_arms_on_caller_transcription_only_between_turns() {
+        let (tx, _rx) = mpsc::channel(64);
+        let mut g = gemini(tx, Duration::from_secs(5));
+        g.ready = true;
+        let caller = r#"{"serverContent":{"inputTranscription":{"text":"hello"}}}"#;
+        assert!(g.on_message(caller, false).await.is_ok());
+        assert!(g.watchdog.is_some(), "caller spoke, nothing answered yet");
+        assert!(g.on_message(&audio(10), false).await.is_ok());
+        assert!(g.watchdog.is_none(), "model audio disarms it");
+        assert!(g.on_message(caller, false).await.is_ok());
+        assert!(g.watchdog.is_none(), "not while the model turn is open");
+        let done = r#"{"serverContent":{"turnComplete":true}}"#;
+        assert!(g.on_message(done, false).await.is_ok());
+        assert!(g.on_message(caller, false).await.is_ok());
+        assert!(g.watchdog.is_some());
+    }
+
+    #[tokio::test]
+    async fn resumption_handles_only_when_resumable() {
+        let (tx, _rx) = mpsc::channel(64);
+        let mut g = gemini(tx, Duration::ZERO);
+        let upd = |h: &str, r: bool| {
+            format!(r#"{{"sessionResumptionUpdate":{{"newHandle":"{h}","resumable":{r}}}}}"#)
+        };
+        assert!(g.on_message(&upd("a", true), false).await.is_ok());
+        assert!(g.on_message(&upd("", false), false).await.is_ok());
+        assert!(g.on_message(&upd("b", true), true).await.is_ok());
+        assert_eq!(
+            g.handle.as_deref(),
+            Some("a"),
+            "retired connection's handle ignored"
+        );
+        assert!(g.on_message(&upd("c", true), false).await.is_ok());
+        assert_eq!(g.handle.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn close_descriptions() {
+        let frame = CloseFrame {
+            code: CloseCode::Policy,
+            reason: "API key not valid: AIzaFAKE123".into(),
+        };
+        let (desc, code) = describe_close(Some(frame), &["AIzaFAKE123"]);
+        assert_eq!(desc, "code 1008: API key not valid: [redacted]");
+        assert_eq!(code, Some(1008));
+        assert!(is_final_close(1008) && is_final_close(1007));
+        assert!(!is_final_close(1011) && !is_final_close(1000) && !is_final_close(1001));
+        assert_eq!(describe_close(None, &[]).0, "no close code");
+    }
+}
