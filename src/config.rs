@@ -72,6 +72,8 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Allows a non-loopback `listen` with no tokens (warned at every start).
     pub allow_unauthenticated: bool,
+    /// New connections per second from one source IP (burst: twice that); 0 disables.
+    pub per_ip_rate_limit: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,6 +232,8 @@ pub struct Route {
     pub codec: Codec,
     pub playback: PlaybackMode,
     pub playback_lead: Duration,
+    /// Concurrent calls on this route (on top of `server.max_calls`); `None`: no own limit.
+    pub max_calls: Option<usize>,
 }
 
 impl Config {
@@ -407,6 +411,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_millis(800),
             drain_timeout: Duration::from_secs(30),
             allow_unauthenticated: false,
+            per_ip_rate_limit: 50,
         }
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! See `README.md` for the architecture; each module opens with why it exists.
 
+pub mod admin;
 pub mod audio;
 pub mod call_client;
+pub mod call_metrics;
 pub mod config;
 pub mod freeswitch;
 pub mod providers;

@@ -10,7 +10,9 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
+use voicebridge::admin;
 use voicebridge::call_client::{self, CallArgs};
+use voicebridge::call_metrics;
 use voicebridge::config::{Config, PlaybackMode};
 use voicebridge::providers;
 use voicebridge::registry::Registry;
@@ -96,6 +98,20 @@ async fn serve(path: &std::path::Path) -> ExitCode {
         error!("playback = \"esl_files\" is not available yet; use binary or stream_audio");
         return ExitCode::from(2);
     }
+    let metrics = match call_metrics::install() {
+        Ok(h) => h,
+        Err(e) => {
+            error!(error = %e, "metrics");
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin_listener = match TcpListener::bind(config.admin.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!(listen = %config.admin.listen, error = %e, "cannot listen for admin (healthz/readyz/metrics): is the port free?");
+            return ExitCode::FAILURE;
+        }
+    };
     let listener = match TcpListener::bind(config.server.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -116,12 +132,25 @@ async fn serve(path: &std::path::Path) -> ExitCode {
         routes = config.routes().map(|r| r.name.as_str()).collect::<Vec<_>>().join(","),
         "listening"
     );
+    let admin_addr = admin_listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    info!(listen = %admin_addr, "admin listening (/healthz /readyz /metrics)");
+    let admin = tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::clone(&registry),
+        shutdown.clone(),
+        config.server.max_calls,
+        metrics,
+    ));
     tokio::spawn(watch_signals(
         Arc::clone(&registry),
         shutdown.clone(),
         config.server.drain_timeout,
     ));
     server::serve(listener, config, registry, shutdown).await;
+    let _ = admin.await;
     info!("stopped");
     ExitCode::SUCCESS
 }

@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use dashmap::DashMap;
 
+use crate::call_metrics;
+
 /// What is known about a live call.
 #[derive(Clone, Debug)]
 pub struct CallEntry {
@@ -22,7 +24,18 @@ pub struct CallEntry {
 pub struct Registry {
     calls: DashMap<u64, CallEntry>,
     active: AtomicUsize,
+    /// Live calls per route, for routes' own `max_calls`.
+    per_route: DashMap<String, usize>,
     next_key: AtomicU64,
+}
+
+/// Which limit refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// `server.max_calls`.
+    Server(usize),
+    /// The route's `max_calls`.
+    Route(usize),
 }
 
 /// Holding one keeps the call counted; dropping it removes the call.
@@ -36,19 +49,40 @@ impl Registry {
         Arc::new(Registry::default())
     }
 
-    /// Registers a call unless `max` calls are already live.
-    pub fn try_register(self: &Arc<Self>, entry: CallEntry, max: usize) -> Option<CallGuard> {
+    /// Registers a call unless `max` calls are already live, or `route_max` on its route.
+    pub fn try_register(
+        self: &Arc<Self>,
+        entry: CallEntry,
+        max: usize,
+        route_max: Option<usize>,
+    ) -> Result<CallGuard, Full> {
         // Reserve a slot first so two racing upgrades cannot both take the last one.
         if self.active.fetch_add(1, Ordering::AcqRel) >= max {
             self.active.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            return Err(Full::Server(max));
+        }
+        {
+            // The entry holds the shard lock: check-and-increment is atomic per route.
+            let mut n = self.per_route.entry(entry.route.clone()).or_insert(0);
+            if route_max.is_some_and(|m| *n >= m) {
+                drop(n);
+                self.active.fetch_sub(1, Ordering::AcqRel);
+                return Err(Full::Route(route_max.unwrap_or_default()));
+            }
+            *n += 1;
         }
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         self.calls.insert(key, entry);
-        Some(CallGuard {
+        call_metrics::set_active_calls(self.len());
+        Ok(CallGuard {
             registry: Arc::clone(self),
             key,
         })
+    }
+
+    /// Live calls on `route`.
+    pub fn on_route(&self, route: &str) -> usize {
+        self.per_route.get(route).map_or(0, |n| *n)
     }
 
     pub fn len(&self) -> usize {
@@ -75,8 +109,13 @@ impl CallGuard {
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        self.registry.calls.remove(&self.key);
+        if let Some((_, entry)) = self.registry.calls.remove(&self.key) {
+            if let Some(mut n) = self.registry.per_route.get_mut(&entry.route) {
+                *n = n.saturating_sub(1);
+            }
+        }
         self.registry.active.fetch_sub(1, Ordering::AcqRel);
+        call_metrics::set_active_calls(self.registry.len());
     }
 }
 
@@ -96,13 +135,34 @@ mod tests {
     #[test]
     fn limit_and_release() {
         let r = Registry::new();
-        let a = r.try_register(entry("a"), 2).unwrap();
-        let _b = r.try_register(entry("b"), 2).unwrap();
-        assert!(r.try_register(entry("c"), 2).is_none());
+        let a = r.try_register(entry("a"), 2, None).unwrap();
+        let _b = r.try_register(entry("b"), 2, None).unwrap();
+        assert_eq!(
+            r.try_register(entry("c"), 2, None).err(),
+            Some(Full::Server(2))
+        );
         assert_eq!(r.len(), 2);
         drop(a);
         assert_eq!(r.len(), 1);
         assert_eq!(r.snapshot()[0].call_id, "b");
-        assert!(r.try_register(entry("c"), 2).is_some());
+        assert!(r.try_register(entry("c"), 2, None).is_ok());
+    }
+
+    #[test]
+    fn route_limit_is_separate_and_released() {
+        let r = Registry::new();
+        let mut other = entry("x");
+        other.route = "sales".to_owned();
+        let a = r.try_register(entry("a"), 10, Some(1)).unwrap();
+        assert_eq!(
+            r.try_register(entry("b"), 10, Some(1)).err(),
+            Some(Full::Route(1))
+        );
+        assert_eq!(r.len(), 1, "a refused call does not hold a slot");
+        let _x = r.try_register(other, 10, Some(1)).unwrap();
+        assert_eq!((r.on_route("call"), r.on_route("sales")), (1, 1));
+        drop(a);
+        assert_eq!(r.on_route("call"), 0);
+        assert!(r.try_register(entry("b"), 10, Some(1)).is_ok());
     }
 }

@@ -5,10 +5,12 @@
 //! nothing slow happens before the 101: the provider is connected by the session, after
 //! the upgrade. Rejections are plain HTTP statuses with a short body and one log line.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{header, StatusCode};
@@ -17,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
+use crate::call_metrics;
 use crate::config::{Config, Route};
 use crate::freeswitch::StreamRequest;
-use crate::registry::{CallEntry, CallGuard, Registry};
+use crate::registry::{CallEntry, CallGuard, Full, Registry};
 use crate::session::{self, CallSetup};
 
 /// Largest WebSocket message we accept. Audio messages are a few KiB (48 kHz stereo at
@@ -47,6 +50,19 @@ struct Shared {
     config: Arc<Config>,
     registry: Arc<Registry>,
     shutdown: Shutdown,
+    /// New connections per source IP (`server.per_ip_rate_limit`).
+    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+}
+
+/// How often the per-IP limiter forgets idle addresses, so its memory stays bounded.
+const LIMITER_SWEEP: Duration = Duration::from_secs(60);
+
+fn per_ip_limiter(per_sec: u32) -> Option<DefaultKeyedRateLimiter<IpAddr>> {
+    let rate = NonZeroU32::new(per_sec)?;
+    let burst = NonZeroU32::new(per_sec.saturating_mul(2)).unwrap_or(rate);
+    Some(RateLimiter::keyed(
+        Quota::per_second(rate).allow_burst(burst),
+    ))
 }
 
 /// Serves until `shutdown.stop` is cancelled and every session has ended.
@@ -57,14 +73,21 @@ pub async fn serve(
     shutdown: Shutdown,
 ) {
     let shared = Arc::new(Shared {
+        limiter: per_ip_limiter(config.server.per_ip_rate_limit),
         config,
         registry,
         shutdown: shutdown.clone(),
     });
     let tracker = TaskTracker::new();
+    let mut sweep = tokio::time::interval(LIMITER_SWEEP);
     loop {
         tokio::select! {
             _ = shutdown.stop.cancelled() => break,
+            _ = sweep.tick() => {
+                if let Some(l) = &shared.limiter {
+                    l.retain_recent();
+                }
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let shared = Arc::clone(&shared);
@@ -85,6 +108,7 @@ pub async fn serve(
 /// Why an upgrade was refused.
 struct Rejection {
     status: StatusCode,
+    /// Short body, also the `reason` label of the rejection metric.
     body: &'static str,
     reason: String,
 }
@@ -105,7 +129,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
     // The signature is tungstenite's `Callback`; its error type is not ours to shrink.
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        match decide(&shared, req) {
+        match decide(&shared, req, peer.ip()) {
             Ok(accepted) => {
                 decision = Some(Ok(accepted));
                 Ok(resp)
@@ -136,12 +160,14 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
     .await;
     let ws = match handshake {
         Err(_) => {
+            call_metrics::upgrade_rejected("handshake_timeout");
             warn!(%peer, timeout_ms = timeout.as_millis() as u64, "handshake timed out: connection dropped");
             return;
         }
         Ok(Err(e)) => {
             match decision {
                 Some(Err(r)) => {
+                    call_metrics::upgrade_rejected(metric_label(r.body));
                     warn!(%peer, status = r.status.as_u16(), reason = %r.reason, "upgrade rejected")
                 }
                 _ => warn!(%peer, error = %e, "handshake failed: not a valid WebSocket upgrade"),
@@ -176,7 +202,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
 
 /// The upgrade decision: route, auth, capacity. Runs inside the handshake, so it must
 /// be quick and must not await anything.
-fn decide(shared: &Arc<Shared>, req: &Request) -> Result<Accepted, Rejection> {
+fn decide(shared: &Arc<Shared>, req: &Request, ip: IpAddr) -> Result<Accepted, Rejection> {
     let config = &shared.config;
     let uri = req.uri();
     let reject = |status, body, reason: String| Rejection {
@@ -184,6 +210,20 @@ fn decide(shared: &Arc<Shared>, req: &Request) -> Result<Accepted, Rejection> {
         body,
         reason,
     };
+    if shared
+        .limiter
+        .as_ref()
+        .is_some_and(|l| l.check_key(&ip).is_err())
+    {
+        return Err(reject(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate limited",
+            format!(
+                "more than {} new connections per second from {ip}",
+                config.server.per_ip_rate_limit
+            ),
+        ));
+    }
     if shared.shutdown.draining.is_cancelled() {
         return Err(reject(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -232,15 +272,22 @@ fn decide(shared: &Arc<Shared>, req: &Request) -> Result<Accepted, Rejection> {
         provider: route.call.provider.name(),
         started: Instant::now(),
     };
-    let Some(guard) = shared.registry.try_register(entry, config.server.max_calls) else {
-        return Err(reject(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "at capacity",
-            format!(
-                "max_calls ({}) reached; call {call_id} refused",
-                config.server.max_calls
-            ),
-        ));
+    let guard = match shared
+        .registry
+        .try_register(entry, config.server.max_calls, route.max_calls)
+    {
+        Ok(guard) => guard,
+        Err(full) => {
+            let which = match full {
+                Full::Server(n) => format!("server.max_calls ({n})"),
+                Full::Route(n) => format!("max_calls of route {:?} ({n})", route.name),
+            };
+            return Err(reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "at capacity",
+                format!("{which} reached; call {call_id} refused"),
+            ));
+        }
     };
     Ok(Accepted {
         request,
@@ -248,4 +295,17 @@ fn decide(shared: &Arc<Shared>, req: &Request) -> Result<Accepted, Rejection> {
         call_id,
         guard,
     })
+}
+
+/// The `reason` label of a rejection.
+fn metric_label(body: &'static str) -> &'static str {
+    match body {
+        "draining" => "draining",
+        "bad request" => "bad_request",
+        "unknown route" => "unknown_route",
+        "unauthorized" => "unauthorized",
+        "at capacity" => "at_capacity",
+        "rate limited" => "rate_limited",
+        _ => "other",
+    }
 }

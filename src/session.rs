@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::audio::{AudioFormat, Channels, Codec, ItemId, Pacer, Reframer, Transcoder};
+use crate::call_metrics::{self, Traffic};
 use crate::config::{Config, Route};
 use crate::freeswitch::{metadata, Playback, StreamRequest};
 use crate::providers::{self, CallContext, ProviderCommand, ProviderEvent, ProviderHandle, Usage};
@@ -44,6 +45,8 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// How long the provider's setup waits for the metadata frame before going ahead
 /// without it (it normally comes within milliseconds, but in a known race never).
 const METADATA_WAIT: Duration = Duration::from_millis(500);
+/// Period of the per-call housekeeping tick (idle check, metrics flush).
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Late audio is remembered for this many interrupted items.
 const MAX_INTERRUPTED: usize = 8;
 
@@ -203,6 +206,8 @@ struct Session {
     stats: Stats,
     sink: SplitSink<Ws, Message>,
     drop_warned: bool,
+    /// Traffic already added to the metrics.
+    flushed: Traffic,
 }
 
 /// Runs the call to its end. Never panics on input; always closes both sides.
@@ -281,6 +286,7 @@ pub async fn run(ws: Ws, setup: CallSetup) {
         stats: Stats::default(),
         sink,
         drop_warned: false,
+        flushed: Traffic::default(),
     };
     info!(
         provider = s.provider.name,
@@ -305,15 +311,14 @@ impl Session {
         let idle = self.route.call.idle_timeout;
         let idle_enabled = !idle.is_zero();
         let far_future = self.started + Duration::from_secs(86_400 * 365);
-        let idle_timer = sleep_until(if idle_enabled {
-            self.started + idle
-        } else {
-            far_future
-        });
+        // One slow timer per call for everything that needs no precision (idle check,
+        // metrics flush), instead of timers per frame.
+        let mut housekeeping = tokio::time::interval_at(self.started + HOUSEKEEPING, HOUSEKEEPING);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let max_timer = sleep_until(max_deadline);
         let tick = sleep_until(far_future);
         let metadata_timer = sleep_until(self.started + METADATA_WAIT);
-        tokio::pin!(idle_timer, max_timer, tick, metadata_timer);
+        tokio::pin!(max_timer, tick, metadata_timer);
         let mut tick_armed_for: Option<Instant> = None;
 
         loop {
@@ -355,12 +360,11 @@ impl Session {
                     info!("no metadata yet: provider set up from the URL alone");
                     self.send_context(BTreeMap::new()).await;
                 }
-                _ = &mut idle_timer, if idle_enabled => {
-                    let deadline = self.last_audio + idle;
-                    if Instant::now() >= deadline {
+                _ = housekeeping.tick() => {
+                    self.flush_metrics();
+                    if idle_enabled && self.last_audio.elapsed() >= idle {
                         return EndReason::IdleTimeout;
                     }
-                    idle_timer.as_mut().reset(deadline);
                 }
             }
         }
@@ -635,6 +639,7 @@ impl Session {
                 code,
                 message,
             } => {
+                call_metrics::provider_error(self.provider.name, &code);
                 warn!(code = %code, detail = %message, "provider error (call continues)");
             }
             ProviderEvent::Error {
@@ -642,6 +647,7 @@ impl Session {
                 code,
                 message,
             } => {
+                call_metrics::provider_error(self.provider.name, &code);
                 return Err(EndReason::ProviderError(format!("{code}: {message}")));
             }
             ProviderEvent::Closed { reason } => return Err(EndReason::ProviderClosed(reason)),
@@ -699,7 +705,9 @@ impl Session {
         self.down.frame = frame;
         if sent > 0 {
             if self.stats.first_response.is_none() {
-                self.stats.first_response = Some(self.started.elapsed());
+                let latency = self.started.elapsed();
+                self.stats.first_response = Some(latency);
+                call_metrics::first_response(self.provider.name, latency);
             }
             self.flush_sink().await?;
         }
@@ -709,7 +717,8 @@ impl Session {
     /// Barge-in: in this same tick, empty our queue, stop FreeSWITCH's buffer and tell
     /// the provider how much of the item the caller actually got.
     async fn barge_in(&mut self) -> Result<(), EndReason> {
-        let now = Instant::now().into_std();
+        let event_at = Instant::now();
+        let now = event_at.into_std();
         let playing =
             self.down.pacer.queued_ms() > 0 || !self.down.pacer.buffered_ahead(now).is_zero();
         if !playing {
@@ -730,6 +739,7 @@ impl Session {
             return Err(freeswitch_error(e));
         }
         self.flush_sink().await?;
+        call_metrics::barge_in(self.provider.name, event_at.elapsed());
         if let Some(item) = flushed.item.clone() {
             let generated = self
                 .down
@@ -767,6 +777,29 @@ impl Session {
         }
     }
 
+    /// Running totals of this call, for the metrics.
+    fn traffic(&self) -> Traffic {
+        let s = &self.stats;
+        Traffic {
+            fs_in_frames: s.fs_messages_in,
+            fs_in_bytes: s.fs_bytes_in,
+            fs_out_frames: s.frames_to_fs,
+            fs_out_bytes: s.bytes_to_fs,
+            to_provider_frames: s.frames_to_provider,
+            to_provider_bytes: s.bytes_to_provider,
+            from_provider_frames: s.provider_audio_events,
+            from_provider_bytes: s.provider_bytes_in,
+            dropped_to_provider: s.frames_dropped,
+            late_audio: s.late_audio_dropped,
+        }
+    }
+
+    fn flush_metrics(&mut self) {
+        let now = self.traffic();
+        Traffic::flush_delta(&now, &self.flushed);
+        self.flushed = now;
+    }
+
     // ---- the end --------------------------------------------------------------------
 
     async fn finish(mut self, stream: SplitStream<Ws>, reason: EndReason) {
@@ -780,6 +813,8 @@ impl Session {
         if fs_alive {
             close_freeswitch(&mut self.sink, stream, &reason, fs_initiated).await;
         }
+        self.flush_metrics();
+        call_metrics::call_ended(&self.route.name, self.provider.name, reason.tag());
         let mut task = self.provider.task;
         if tokio::time::timeout(CLOSE_WAIT, &mut task).await.is_err() {
             task.abort();

@@ -136,6 +136,7 @@ fn default_toml_ships_every_key() {
         "server.listen",
         "server.auth_tokens",
         "server.max_calls",
+        "server.per_ip_rate_limit",
         "server.handshake_timeout_ms",
         "server.drain_timeout_secs",
         "server.allow_unauthenticated",

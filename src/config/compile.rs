@@ -22,7 +22,8 @@ pub(crate) fn compile(raw: RawConfig, secrets: &EnvSecrets, notes: Vec<String>) 
             AdminConfig::default().listen,
         )?,
     };
-    if admin.listen == server.listen {
+    // Port 0 (an ephemeral port, used by tests) cannot collide.
+    if admin.listen == server.listen && admin.listen.port() != 0 {
         return Err(ConfigError::invalid(
             "admin.listen",
             format!("{} is also server.listen; use another port", admin.listen),
@@ -106,6 +107,11 @@ fn server(raw: RawServer) -> Result<ServerConfig> {
             d.drain_timeout,
         )?,
         allow_unauthenticated: raw.allow_unauthenticated.unwrap_or(d.allow_unauthenticated),
+        per_ip_rate_limit: match raw.per_ip_rate_limit {
+            None => d.per_ip_rate_limit,
+            Some(v) => u32::try_from(int_in("server.per_ip_rate_limit", v, 0, 100_000, "")?)
+                .map_err(|_| ConfigError::invalid("server.per_ip_rate_limit", "too large"))?,
+        },
     })
 }
 
@@ -438,6 +444,13 @@ fn resolve(
         playback_lead: match r.playback_lead_ms {
             None => fs.playback_lead,
             Some(v) => lead(&key("playback_lead_ms"), v)?,
+        },
+        max_calls: match r.max_calls {
+            None => None,
+            Some(v) => Some(
+                usize::try_from(int_in(&key("max_calls"), v, 1, 1_000_000, "")?)
+                    .map_err(|_| ConfigError::invalid(key("max_calls"), "too large"))?,
+            ),
         },
     };
     // Blame the key the route set; if it set neither, [freeswitch] was already checked.

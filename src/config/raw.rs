@@ -37,6 +37,8 @@ pub(crate) struct RawServer {
     #[serde(deserialize_with = "int")]
     pub drain_timeout_secs: Option<i64>,
     pub allow_unauthenticated: Option<bool>,
+    #[serde(deserialize_with = "int")]
+    pub per_ip_rate_limit: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +165,8 @@ pub(crate) struct RawRoute {
     pub playback: Option<String>,
     #[serde(deserialize_with = "int")]
     pub playback_lead_ms: Option<i64>,
+    #[serde(deserialize_with = "int")]
+    pub max_calls: Option<i64>,
 }
 
 /// `auth_tokens` as a TOML array, or as one comma-separated string (what an environment

@@ -17,6 +17,8 @@ pub const HANG_GUARD: Duration = Duration::from_secs(30);
 pub struct Daemon {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin listener (/healthz, /readyz, /metrics).
+    pub admin: SocketAddr,
     logs: Arc<Mutex<Vec<Value>>>,
     raw: Arc<Mutex<Vec<String>>>,
     notify: Arc<Notify>,
@@ -50,6 +52,7 @@ impl Daemon {
             .arg(&path)
             .env_remove("RUST_LOG")
             .env("VOICEBRIDGE__SERVER__LISTEN", "127.0.0.1:0")
+            .env("VOICEBRIDGE__ADMIN__LISTEN", "127.0.0.1:0")
             .env("VOICEBRIDGE__LOG__FORMAT", "json")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -89,11 +92,19 @@ impl Daemon {
         let mut d = Daemon {
             child,
             addr: "127.0.0.1:0".parse().unwrap(),
+            admin: "127.0.0.1:0".parse().unwrap(),
             logs,
             raw,
             notify,
             _dir: dir,
         };
+        let admin = d
+            .wait_log(|l| message(l).starts_with("admin listening"))
+            .await;
+        d.admin = field(&admin, "listen")
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("admin address in the log");
         let listening = d.wait_log(|l| message(l) == "listening").await;
         d.addr = field(&listening, "listen")
             .as_str()
@@ -132,6 +143,24 @@ impl Daemon {
     /// Everything the daemon printed, for failure messages and secret scans.
     pub fn output(&self) -> String {
         self.raw.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGTERM without waiting (drain tests).
+    pub fn sigterm(&self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+
+    /// Waits for the process to exit by itself; returns its exit status code.
+    pub async fn wait_exit(mut self) -> Option<i32> {
+        match tokio::time::timeout(HANG_GUARD, self.child.wait()).await {
+            Ok(Ok(status)) => status.code(),
+            _ => panic!("daemon did not exit:\n{}", self.output()),
+        }
     }
 
     /// SIGTERM, then wait for the process to exit; returns its exit status code.

@@ -5,6 +5,7 @@
 pub mod call;
 pub mod daemon;
 pub mod fake_freeswitch;
+pub mod http;
 pub mod mock_elevenlabs;
 pub mod mock_gemini;
 pub mod mock_openai;

@@ -1,0 +1,181 @@
+//! Prometheus metrics: names, labels and the few places that record them.
+//!
+//! Recording is cheap and never on the per-frame path: a session accumulates its
+//! counters and flushes the deltas about once a second and at the end of the call, so
+//! thousands of calls cost a handful of atomic adds per second each. Label values are
+//! bounded (route names from the config, provider names, end-reason tags, sanitised
+//! error codes), so the series count stays bounded too.
+
+use std::time::Duration;
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const ACTIVE_CALLS: &str = "voicebridge_active_calls";
+pub const CALLS: &str = "voicebridge_calls_total";
+pub const REJECTED: &str = "voicebridge_upgrades_rejected_total";
+pub const FRAMES: &str = "voicebridge_frames_total";
+pub const BYTES: &str = "voicebridge_bytes_total";
+pub const DROPPED: &str = "voicebridge_frames_dropped_total";
+pub const BARGE_INS: &str = "voicebridge_barge_ins_total";
+pub const PROVIDER_ERRORS: &str = "voicebridge_provider_errors_total";
+pub const FIRST_RESPONSE: &str = "voicebridge_first_response_seconds";
+pub const BARGE_IN_CUT: &str = "voicebridge_barge_in_cut_seconds";
+
+/// Latency buckets: from sub-millisecond (barge-in cut) to seconds (first response).
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Installs the process-wide recorder and returns the handle `/metrics` renders.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), BUCKETS)
+        .map_err(|e| format!("metrics buckets: {e}"))?
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    describe();
+    gauge!(ACTIVE_CALLS).set(0.0);
+    Ok(handle)
+}
+
+fn describe() {
+    describe_gauge!(ACTIVE_CALLS, "Calls in progress.");
+    describe_counter!(CALLS, "Calls ended, by route, provider and end reason.");
+    describe_counter!(REJECTED, "WebSocket upgrades refused, by reason.");
+    describe_counter!(
+        FRAMES,
+        "Audio messages, by direction (fs_in, fs_out, to_provider, from_provider)."
+    );
+    describe_counter!(BYTES, Unit::Bytes, "Audio bytes, by direction.");
+    describe_counter!(DROPPED, "Audio dropped, by kind (to_provider: provider not keeping up; late_audio: interrupted reply).");
+    describe_counter!(BARGE_INS, "Barge-ins that flushed playback, by provider.");
+    describe_counter!(PROVIDER_ERRORS, "Provider errors, by provider and code.");
+    describe_histogram!(
+        FIRST_RESPONSE,
+        Unit::Seconds,
+        "From the upgrade to the first assistant audio sent to FreeSWITCH."
+    );
+    describe_histogram!(
+        BARGE_IN_CUT,
+        Unit::Seconds,
+        "From the provider's barge-in event to clearAudio flushed to FreeSWITCH."
+    );
+}
+
+pub fn set_active_calls(n: usize) {
+    gauge!(ACTIVE_CALLS).set(n as f64);
+}
+
+pub fn upgrade_rejected(reason: &'static str) {
+    counter!(REJECTED, "reason" => reason).increment(1);
+}
+
+pub fn call_ended(route: &str, provider: &'static str, end_reason: &'static str) {
+    counter!(CALLS, "route" => route.to_owned(), "provider" => provider, "end_reason" => end_reason).increment(1);
+}
+
+pub fn barge_in(provider: &'static str, cut: Duration) {
+    counter!(BARGE_INS, "provider" => provider).increment(1);
+    histogram!(BARGE_IN_CUT).record(cut.as_secs_f64());
+}
+
+pub fn first_response(provider: &'static str, latency: Duration) {
+    histogram!(FIRST_RESPONSE, "provider" => provider).record(latency.as_secs_f64());
+}
+
+pub fn provider_error(provider: &'static str, code: &str) {
+    counter!(PROVIDER_ERRORS, "provider" => provider, "code" => sanitise(code)).increment(1);
+}
+
+/// Traffic counters of one call since its last flush.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct Traffic {
+    pub fs_in_frames: u64,
+    pub fs_in_bytes: u64,
+    pub fs_out_frames: u64,
+    pub fs_out_bytes: u64,
+    pub to_provider_frames: u64,
+    pub to_provider_bytes: u64,
+    pub from_provider_frames: u64,
+    pub from_provider_bytes: u64,
+    pub dropped_to_provider: u64,
+    pub late_audio: u64,
+}
+
+impl Traffic {
+    /// Adds `now - before` to the counters (both are running totals of one call).
+    pub fn flush_delta(now: &Traffic, before: &Traffic) {
+        let pairs = [
+            (
+                "fs_in",
+                now.fs_in_frames - before.fs_in_frames,
+                now.fs_in_bytes - before.fs_in_bytes,
+            ),
+            (
+                "fs_out",
+                now.fs_out_frames - before.fs_out_frames,
+                now.fs_out_bytes - before.fs_out_bytes,
+            ),
+            (
+                "to_provider",
+                now.to_provider_frames - before.to_provider_frames,
+                now.to_provider_bytes - before.to_provider_bytes,
+            ),
+            (
+                "from_provider",
+                now.from_provider_frames - before.from_provider_frames,
+                now.from_provider_bytes - before.from_provider_bytes,
+            ),
+        ];
+        for (direction, frames, bytes) in pairs {
+            if frames > 0 {
+                counter!(FRAMES, "direction" => direction).increment(frames);
+                counter!(BYTES, "direction" => direction).increment(bytes);
+            }
+        }
+        let dropped = now.dropped_to_provider - before.dropped_to_provider;
+        if dropped > 0 {
+            counter!(DROPPED, "kind" => "to_provider").increment(dropped);
+        }
+        let late = now.late_audio - before.late_audio;
+        if late > 0 {
+            counter!(DROPPED, "kind" => "late_audio").increment(late);
+        }
+    }
+}
+
+/// Error codes come from providers: keep label values short and plain.
+fn sanitise(code: &str) -> String {
+    let s: String = code
+        .chars()
+        .take(40)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() {
+        "unknown".to_owned()
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_bounded_label_values() {
+        assert_eq!(sanitise("invalid_api_key"), "invalid_api_key");
+        assert_eq!(sanitise("close 1008: \"x\""), "close_1008___x_");
+        assert_eq!(sanitise(""), "unknown");
+        assert_eq!(sanitise(&"a".repeat(100)).len(), 40);
+    }
+}
