@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -14,6 +15,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tracing::warn;
 
+use crate::config::Config;
 use crate::registry::Registry;
 use crate::server::Shutdown;
 
@@ -21,7 +23,7 @@ use crate::server::Shutdown;
 struct AdminState {
     registry: Arc<Registry>,
     shutdown: Shutdown,
-    max_calls: usize,
+    config: Arc<ArcSwap<Config>>,
     metrics: PrometheusHandle,
 }
 
@@ -30,14 +32,14 @@ pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
     shutdown: Shutdown,
-    max_calls: usize,
+    config: Arc<ArcSwap<Config>>,
     metrics: PrometheusHandle,
 ) {
     let stop = shutdown.stop.clone();
     let state = AdminState {
         registry,
         shutdown,
-        max_calls,
+        config,
         metrics,
     };
     let app = Router::new()
@@ -56,7 +58,7 @@ pub async fn serve(
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     if s.shutdown.draining.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-    } else if s.registry.len() >= s.max_calls {
+    } else if s.registry.len() >= s.config.load().server.max_calls {
         (StatusCode::SERVICE_UNAVAILABLE, "at capacity\n")
     } else {
         (StatusCode::OK, "ready\n")

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
@@ -123,13 +124,13 @@ async fn serve(path: &std::path::Path) -> ExitCode {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let config = Arc::new(config);
+    let config = Arc::new(ArcSwap::from_pointee(config));
     let registry = Registry::new();
     let shutdown = Shutdown::default();
     info!(
         listen = %addr,
         version = env!("CARGO_PKG_VERSION"),
-        routes = config.routes().map(|r| r.name.as_str()).collect::<Vec<_>>().join(","),
+        routes = config.load().routes().map(|r| r.name.as_str()).collect::<Vec<_>>().join(","),
         "listening"
     );
     let admin_addr = admin_listener
@@ -141,14 +142,15 @@ async fn serve(path: &std::path::Path) -> ExitCode {
         admin_listener,
         Arc::clone(&registry),
         shutdown.clone(),
-        config.server.max_calls,
+        Arc::clone(&config),
         metrics,
     ));
     tokio::spawn(watch_signals(
         Arc::clone(&registry),
         shutdown.clone(),
-        config.server.drain_timeout,
+        Arc::clone(&config),
     ));
+    tokio::spawn(watch_reload(path.to_path_buf(), Arc::clone(&config)));
     server::serve(listener, config, registry, shutdown).await;
     let _ = admin.await;
     info!("stopped");
@@ -157,7 +159,7 @@ async fn serve(path: &std::path::Path) -> ExitCode {
 
 /// SIGTERM / first SIGINT: drain (refuse new calls, let live ones finish for up to
 /// `drain_timeout`), then close what is left. A second SIGINT exits at once.
-async fn watch_signals(registry: Arc<Registry>, shutdown: Shutdown, drain_timeout: Duration) {
+async fn watch_signals(registry: Arc<Registry>, shutdown: Shutdown, config: Arc<ArcSwap<Config>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -166,9 +168,10 @@ async fn watch_signals(registry: Arc<Registry>, shutdown: Shutdown, drain_timeou
         error!("cannot install signal handlers; stop with SIGKILL");
         return;
     };
+    let drain_timeout = || config.load().server.drain_timeout;
     tokio::select! {
-        _ = term.recv() => info!(live_calls = registry.len(), drain_secs = drain_timeout.as_secs(), "SIGTERM: draining"),
-        _ = int.recv() => info!(live_calls = registry.len(), drain_secs = drain_timeout.as_secs(), "SIGINT: draining (again to exit at once)"),
+        _ = term.recv() => info!(live_calls = registry.len(), drain_secs = drain_timeout().as_secs(), "SIGTERM: draining"),
+        _ = int.recv() => info!(live_calls = registry.len(), drain_secs = drain_timeout().as_secs(), "SIGINT: draining (again to exit at once)"),
     }
     shutdown.draining.cancel();
     let drained = async {
@@ -178,13 +181,63 @@ async fn watch_signals(registry: Arc<Registry>, shutdown: Shutdown, drain_timeou
     };
     tokio::select! {
         _ = drained => info!("all calls ended"),
-        _ = tokio::time::sleep(drain_timeout) => warn!(live_calls = registry.len(), "drain timeout: closing the remaining calls"),
+        _ = tokio::time::sleep(drain_timeout()) => warn!(live_calls = registry.len(), "drain timeout: closing the remaining calls"),
         _ = int.recv() => {
             warn!(live_calls = registry.len(), "second SIGINT: exiting now");
             std::process::exit(130);
         }
     }
     shutdown.stop.cancel();
+}
+
+/// SIGHUP: load the config again and use it for new calls. Live calls keep the config
+/// they started with; what only a restart can change is said in the log.
+async fn watch_reload(path: PathBuf, config: Arc<ArcSwap<Config>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot install the SIGHUP handler: config reload disabled");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let new = match Config::load(&path, std::env::vars()) {
+            Ok(c) => c,
+            Err(e) => {
+                error!(error = %e, "SIGHUP: configuration error; keeping the running configuration");
+                continue;
+            }
+        };
+        let old = config.load();
+        let mut restart_only = Vec::new();
+        if new.server.listen != old.server.listen {
+            restart_only.push("server.listen");
+        }
+        if new.admin.listen != old.admin.listen {
+            restart_only.push("admin.listen");
+        }
+        if new.log != old.log {
+            restart_only.push("log");
+        }
+        if new.server.per_ip_rate_limit != old.server.per_ip_rate_limit {
+            restart_only.push("server.per_ip_rate_limit");
+        }
+        if new.freeswitch.esl != old.freeswitch.esl {
+            restart_only.push("freeswitch.esl");
+        }
+        for w in new.warnings() {
+            warn!(warning = %w, "configuration");
+        }
+        let routes = new
+            .routes()
+            .map(|r| r.name.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        config.store(Arc::new(new));
+        if restart_only.is_empty() {
+            info!(%routes, "SIGHUP: configuration reloaded for new calls");
+        } else {
+            warn!(%routes, needs_restart = restart_only.join(","), "SIGHUP: configuration reloaded for new calls; these keys take effect only after a restart");
+        }
+    }
 }
 
 async fn check(path: &std::path::Path) -> ExitCode {

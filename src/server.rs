@@ -10,6 +10,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -47,7 +48,9 @@ pub struct Shutdown {
 
 /// Everything a connection handler needs, shared by all of them.
 struct Shared {
-    config: Arc<Config>,
+    /// The current config; SIGHUP swaps it. A connection takes one snapshot when it
+    /// arrives and keeps it for the whole call, so a reload never touches live calls.
+    config: Arc<ArcSwap<Config>>,
     registry: Arc<Registry>,
     shutdown: Shutdown,
     /// New connections per source IP (`server.per_ip_rate_limit`).
@@ -68,12 +71,12 @@ fn per_ip_limiter(per_sec: u32) -> Option<DefaultKeyedRateLimiter<IpAddr>> {
 /// Serves until `shutdown.stop` is cancelled and every session has ended.
 pub async fn serve(
     listener: TcpListener,
-    config: Arc<Config>,
+    config: Arc<ArcSwap<Config>>,
     registry: Arc<Registry>,
     shutdown: Shutdown,
 ) {
     let shared = Arc::new(Shared {
-        limiter: per_ip_limiter(config.server.per_ip_rate_limit),
+        limiter: per_ip_limiter(config.load().server.per_ip_rate_limit),
         config,
         registry,
         shutdown: shutdown.clone(),
@@ -125,11 +128,12 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
     // Audio frames are small and latency-bound: never let Nagle hold them back.
     let _ = stream.set_nodelay(true);
     let started = Instant::now();
+    let config = shared.config.load_full();
     let mut decision: Option<Result<Accepted, Rejection>> = None;
     // The signature is tungstenite's `Callback`; its error type is not ours to shrink.
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        match decide(&shared, req, peer.ip()) {
+        match decide(&shared, &config, req, peer.ip()) {
             Ok(accepted) => {
                 decision = Some(Ok(accepted));
                 Ok(resp)
@@ -152,7 +156,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
         .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
-    let timeout = shared.config.server.handshake_timeout;
+    let timeout = config.server.handshake_timeout;
     let handshake = tokio::time::timeout(
         timeout,
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config)),
@@ -187,7 +191,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
         call_id: accepted.call_id,
         route: accepted.route,
         request: accepted.request,
-        config: Arc::clone(&shared.config),
+        config: Arc::clone(&config),
         peer,
         guard: accepted.guard,
         stop: shared.shutdown.stop.clone(),
@@ -202,8 +206,12 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
 
 /// The upgrade decision: route, auth, capacity. Runs inside the handshake, so it must
 /// be quick and must not await anything.
-fn decide(shared: &Arc<Shared>, req: &Request, ip: IpAddr) -> Result<Accepted, Rejection> {
-    let config = &shared.config;
+fn decide(
+    shared: &Arc<Shared>,
+    config: &Config,
+    req: &Request,
+    ip: IpAddr,
+) -> Result<Accepted, Rejection> {
     let uri = req.uri();
     let reject = |status, body, reason: String| Rejection {
         status,

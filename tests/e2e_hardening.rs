@@ -387,3 +387,54 @@ async fn secrets_never_reach_the_logs() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_routes_for_new_calls_only() {
+    let daemon = Daemon::start(&echo("", ""), &[]).await;
+    let live = Call::connect(&daemon, "call", "before-reload", "rate=8000").await;
+    let err = FakeFreeSwitch::connect(&ConnectOptions::new(daemon.addr, "/vip/r1?rate=8000"))
+        .await
+        .err()
+        .expect("no such route yet");
+    assert_eq!(err.status(), Some(404));
+
+    let mut toml = std::fs::read_to_string(&daemon.config_path).unwrap();
+    toml.push_str("\n[[routes]]\nname = \"vip\"\n");
+    std::fs::write(&daemon.config_path, toml).unwrap();
+    daemon.sighup();
+    daemon
+        .wait_log(|l| message(l) == "SIGHUP: configuration reloaded for new calls")
+        .await;
+    short_call(
+        &daemon,
+        ConnectOptions::new(daemon.addr, "/vip/r2?rate=8000"),
+        "r2",
+    )
+    .await;
+
+    // A broken file is refused and the running configuration stays.
+    std::fs::write(&daemon.config_path, "[call]\nprovider = \"nonsense\"\n").unwrap();
+    daemon.sighup();
+    let line = daemon
+        .wait_log(|l| message(l).starts_with("SIGHUP: configuration error"))
+        .await;
+    assert!(field(&line, "error")
+        .as_str()
+        .unwrap()
+        .contains("call.provider"));
+    short_call(
+        &daemon,
+        ConnectOptions::new(daemon.addr, "/vip/r3?rate=8000"),
+        "r3",
+    )
+    .await;
+
+    // The call that was live during both reloads is untouched.
+    send_paced(&live.writer, &[0i16; 1600], 8000, 1).await;
+    live.wait_received(5).await;
+    let (outcome, _) = live.close().await;
+    assert!(outcome.echoed);
+    let s = daemon.wait_call_end("before-reload").await;
+    assert_eq!(field(&s, "end_reason"), "freeswitch_closed");
+    daemon.stop().await;
+}

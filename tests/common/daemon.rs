@@ -22,6 +22,8 @@ pub struct Daemon {
     logs: Arc<Mutex<Vec<Value>>>,
     raw: Arc<Mutex<Vec<String>>>,
     notify: Arc<Notify>,
+    /// The config file the daemon was started with (tests may rewrite it and SIGHUP).
+    pub config_path: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -96,6 +98,7 @@ impl Daemon {
             logs,
             raw,
             notify,
+            config_path: path,
             _dir: dir,
         };
         let admin = d
@@ -147,9 +150,18 @@ impl Daemon {
 
     /// Sends SIGTERM without waiting (drain tests).
     pub fn sigterm(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Sends SIGHUP (config reload).
+    pub fn sighup(&self) {
+        self.signal("-HUP");
+    }
+
+    fn signal(&self, sig: &str) {
         if let Some(pid) = self.child.id() {
             let _ = std::process::Command::new("kill")
-                .arg("-TERM")
+                .arg(sig)
                 .arg(pid.to_string())
                 .status();
         }
