@@ -11,7 +11,8 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use voicebridge::call_client::{self, CallArgs};
-use voicebridge::config::{Config, PlaybackMode};
+use voicebridge::config::Config;
+use voicebridge::freeswitch::Esl;
 use voicebridge::providers;
 use voicebridge::registry::Registry;
 use voicebridge::server::{self, Shutdown};
@@ -89,13 +90,6 @@ async fn serve(path: &std::path::Path) -> ExitCode {
     for w in config.warnings() {
         warn!(warning = %w, "configuration");
     }
-    if config
-        .routes()
-        .any(|r| r.playback == PlaybackMode::EslFiles)
-    {
-        error!("playback = \"esl_files\" is not available yet; use binary or stream_audio");
-        return ExitCode::from(2);
-    }
     let listener = match TcpListener::bind(config.server.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -121,7 +115,14 @@ async fn serve(path: &std::path::Path) -> ExitCode {
         shutdown.clone(),
         config.server.drain_timeout,
     ));
-    server::serve(listener, config, registry, shutdown).await;
+    // One Event Socket connection for the whole daemon; it connects (and reconnects)
+    // in the background, so startup never waits for FreeSWITCH.
+    let esl = config
+        .freeswitch
+        .esl
+        .as_ref()
+        .map(|c| Esl::spawn(c, shutdown.stop.clone()));
+    server::serve(listener, config, registry, shutdown, esl).await;
     info!("stopped");
     ExitCode::SUCCESS
 }

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
 use crate::config::{Config, Route};
-use crate::freeswitch::StreamRequest;
+use crate::freeswitch::{Esl, StreamRequest};
 use crate::registry::{CallEntry, CallGuard, Registry};
 use crate::session::{self, CallSetup};
 
@@ -47,19 +47,23 @@ struct Shared {
     config: Arc<Config>,
     registry: Arc<Registry>,
     shutdown: Shutdown,
+    esl: Option<Esl>,
 }
 
-/// Serves until `shutdown.stop` is cancelled and every session has ended.
+/// Serves until `shutdown.stop` is cancelled and every session has ended. `esl` is
+/// the daemon's Event Socket connection, handed to every call.
 pub async fn serve(
     listener: TcpListener,
     config: Arc<Config>,
     registry: Arc<Registry>,
     shutdown: Shutdown,
+    esl: Option<Esl>,
 ) {
     let shared = Arc::new(Shared {
         config,
         registry,
         shutdown: shutdown.clone(),
+        esl,
     });
     let tracker = TaskTracker::new();
     loop {
@@ -165,6 +169,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
         peer,
         guard: accepted.guard,
         stop: shared.shutdown.stop.clone(),
+        esl: shared.esl.clone(),
     };
     async move {
         info!(%peer, handshake_ms = format!("{handshake_ms:.2}"), "call accepted");

@@ -7,6 +7,11 @@
 //! frames wait in a bounded queue.
 //! Assistant audio: provider → `Transcoder` (provider output → call format) → `Pacer`
 //! (real-time release with a small lead) → `Playback` (binary or streamAudio).
+//!
+//! With `[freeswitch.esl]`, the call id from the URL path (`/call/${uuid}`) is the
+//! FreeSWITCH channel uuid the ESL commands name: `uuid_break` on barge-in
+//! (`stream_audio`, `esl_files`), `uuid_broadcast` of each file the module wrote
+//! (`esl_files`), `uuid_kill` when we end the call while FreeSWITCH is still there.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -29,7 +34,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::audio::{AudioFormat, Channels, Codec, ItemId, Pacer, Reframer, Transcoder};
 use crate::config::{Config, Route};
-use crate::freeswitch::{metadata, Playback, StreamRequest};
+use crate::freeswitch::esl::{Esl, PlayEvent, PlayEvents};
+use crate::freeswitch::{metadata, playback, Playback, StreamRequest};
 use crate::providers::{self, CallContext, ProviderCommand, ProviderEvent, ProviderHandle, Usage};
 use crate::registry::CallGuard;
 
@@ -56,6 +62,8 @@ pub struct CallSetup {
     pub peer: SocketAddr,
     pub guard: CallGuard,
     pub stop: CancellationToken,
+    /// The daemon's Event Socket, when `[freeswitch.esl]` is configured.
+    pub esl: Option<Esl>,
 }
 
 /// Why a call ended (the summary's `end_reason`).
@@ -141,6 +149,8 @@ struct Stats {
     bytes_to_fs: u64,
     text_in: u64,
     barge_ins: u64,
+    /// ESL commands that could not be queued (ESL down): the call went on without them.
+    esl_dropped: u64,
     first_response: Option<Duration>,
     usage: Usage,
 }
@@ -203,6 +213,12 @@ struct Session {
     stats: Stats,
     sink: SplitSink<Ws, Message>,
     drop_warned: bool,
+    /// `None` without `[freeswitch.esl]` or without a call id in the URL.
+    esl: Option<Esl>,
+    /// `esl_files`: this channel's play events.
+    play_events: Option<PlayEvents>,
+    /// `esl_files`: play events of chunks with a lower `seq` were cut by a barge-in.
+    break_seq: u64,
 }
 
 /// Runs the call to its end. Never panics on input; always closes both sides.
@@ -215,6 +231,7 @@ pub async fn run(ws: Ws, setup: CallSetup) {
         peer: _,
         guard,
         stop,
+        esl,
     } = setup;
     let inbound = InboundFormat {
         codec: request.codec.unwrap_or(route.codec),
@@ -235,15 +252,16 @@ pub async fn run(ws: Ws, setup: CallSetup) {
         close_freeswitch(&mut sink, stream, &reason, false).await;
         return;
     }
-    let playback = match Playback::new(route.playback, call_format) {
-        Ok(p) => p,
-        Err(e) => {
-            let (mut sink, stream) = ws.split();
-            let reason = EndReason::Internal(e.to_string());
-            error!(reason = %reason, "call refused");
-            close_freeswitch(&mut sink, stream, &reason, false).await;
-            return;
+    let playback = Playback::new(route.playback, call_format, config.freeswitch.esl_chunk);
+    // ESL commands name the channel by the URL's call id; a made-up id names nothing.
+    let esl = esl.filter(|_| request.call_id.is_some());
+    let play_events = match (&esl, route.playback) {
+        (Some(esl), crate::config::PlaybackMode::EslFiles) => Some(esl.subscribe(&call_id)),
+        (None, crate::config::PlaybackMode::EslFiles) => {
+            warn!("esl_files playback without a call id in the URL (/call/<uuid>): nothing can be played");
+            None
         }
+        _ => None,
     };
     // Connect the provider now, in parallel with the first audio, to save first-turn latency.
     let provider = providers::spawn(&config, &route, call_format);
@@ -253,7 +271,14 @@ pub async fn run(ws: Ws, setup: CallSetup) {
     let mut s = Session {
         down: Downstream {
             transcoder: None,
-            pacer: Pacer::new(call_format, route.playback_lead),
+            pacer: Pacer::new(
+                call_format,
+                playback::pacer_lead(
+                    route.playback,
+                    route.playback_lead,
+                    config.freeswitch.esl_chunk,
+                ),
+            ),
             playback,
             converted: Vec::new(),
             frame: Vec::new(),
@@ -281,6 +306,9 @@ pub async fn run(ws: Ws, setup: CallSetup) {
         stats: Stats::default(),
         sink,
         drop_warned: false,
+        esl,
+        play_events,
+        break_seq: 0,
     };
     info!(
         provider = s.provider.name,
@@ -351,6 +379,7 @@ impl Session {
                         return r;
                     }
                 }
+                play = recv_play(&mut self.play_events) => self.on_play(play),
                 _ = &mut metadata_timer, if !self.context_sent => {
                     info!("no metadata yet: provider set up from the URL alone");
                     self.send_context(BTreeMap::new()).await;
@@ -432,11 +461,10 @@ impl Session {
     fn rebuild_playback(&mut self) {
         let call = self.inbound.mono();
         info!(format = %call, channels = %self.inbound.channels, "call format set by the metadata");
-        self.down.pacer = Pacer::new(call, self.route.playback_lead);
-        match Playback::new(self.route.playback, call) {
-            Ok(p) => self.down.playback = p,
-            Err(e) => error!(error = %e, "cannot play to the metadata's format"),
-        }
+        let esl_chunk = self.config.freeswitch.esl_chunk;
+        let lead = playback::pacer_lead(self.route.playback, self.route.playback_lead, esl_chunk);
+        self.down.pacer = Pacer::new(call, lead);
+        self.down.playback = Playback::new(self.route.playback, call, esl_chunk);
         if let Some(output) = self.down.output_format {
             match Transcoder::new(output, call) {
                 Ok(t) => self.down.transcoder = Some(t),
@@ -690,6 +718,9 @@ impl Session {
             let msg = self.down.playback.frame(&frame);
             self.stats.frames_to_fs += 1;
             self.stats.bytes_to_fs += frame.len() as u64;
+            let Some(msg) = msg else {
+                continue;
+            };
             sent += 1;
             if let Err(e) = self.sink.feed(msg).await {
                 self.down.frame = frame;
@@ -697,6 +728,15 @@ impl Session {
             }
         }
         self.down.frame = frame;
+        // esl_files: a partial chunk goes out once nothing more is queued behind it.
+        if !self.down.pacer.has_frame() {
+            if let Some(msg) = self.down.playback.flush_chunk() {
+                sent += 1;
+                if let Err(e) = self.sink.feed(msg).await {
+                    return Err(freeswitch_error(e));
+                }
+            }
+        }
         if sent > 0 {
             if self.stats.first_response.is_none() {
                 self.stats.first_response = Some(self.started.elapsed());
@@ -729,6 +769,16 @@ impl Session {
         if let Err(e) = self.sink.feed(clear).await {
             return Err(freeswitch_error(e));
         }
+        // Builds that play streamAudio or files have their own buffer, which only ESL
+        // can stop; the binary-frame forks honour clearAudio.
+        if self.route.playback != crate::config::PlaybackMode::Binary {
+            self.break_seq = self.down.playback.next_seq();
+            if let Some(esl) = &self.esl {
+                if !esl.uuid_break(&self.call_id) {
+                    self.stats.esl_dropped += 1;
+                }
+            }
+        }
         self.flush_sink().await?;
         if let Some(item) = flushed.item.clone() {
             let generated = self
@@ -756,6 +806,24 @@ impl Session {
         Ok(())
     }
 
+    /// `esl_files`: the module wrote one of our chunks to a file; play it, unless a
+    /// barge-in cut that chunk.
+    fn on_play(&mut self, play: Option<PlayEvent>) {
+        let Some(play) = play else {
+            self.play_events = None;
+            return;
+        };
+        if play.seq.is_some_and(|seq| seq < self.break_seq) {
+            debug!(file = %play.file, "play event of a chunk cut by barge-in: not played");
+            return;
+        }
+        if let Some(esl) = &self.esl {
+            if !esl.uuid_broadcast(&self.call_id, &play.file) {
+                self.stats.esl_dropped += 1;
+            }
+        }
+    }
+
     async fn flush_sink(&mut self) -> Result<(), EndReason> {
         match tokio::time::timeout(WRITE_STALL, self.sink.flush()).await {
             Ok(Ok(())) => Ok(()),
@@ -779,6 +847,16 @@ impl Session {
         let _ = self.provider.commands.try_send(ProviderCommand::Close);
         if fs_alive {
             close_freeswitch(&mut self.sink, stream, &reason, fs_initiated).await;
+        }
+        // We ended a call FreeSWITCH still has: without a hang-up the media bug stays
+        // attached and the caller sits in silence. Not on shutdown: a daemon going
+        // away does not hang up calls wholesale; the dialplan decides what follows.
+        if fs_alive && !fs_initiated && reason != EndReason::Shutdown {
+            if let Some(esl) = &self.esl {
+                if !esl.uuid_kill(&self.call_id) {
+                    self.stats.esl_dropped += 1;
+                }
+            }
         }
         let mut task = self.provider.task;
         if tokio::time::timeout(CLOSE_WAIT, &mut task).await.is_err() {
@@ -814,6 +892,7 @@ impl Session {
                     text_in = s.text_in,
                     first_response_ms,
                     barge_ins = s.barge_ins,
+                    esl_dropped = s.esl_dropped,
                     input_tokens = s.usage.input_tokens,
                     output_tokens = s.usage.output_tokens,
                     end_reason = reason.tag(),
@@ -885,6 +964,14 @@ fn freeswitch_error(e: tungstenite::Error) -> EndReason {
             ))
         }
         other => EndReason::FreeswitchError(other.to_string()),
+    }
+}
+
+/// The next play event, or never when the call has no play events.
+async fn recv_play(events: &mut Option<PlayEvents>) -> Option<PlayEvent> {
+    match events {
+        Some(e) => e.recv().await,
+        None => std::future::pending().await,
     }
 }
 
