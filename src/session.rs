@@ -195,6 +195,9 @@ struct Downstream {
     /// truncate never claims more than was generated.
     generated: VecDeque<(ItemId, u64)>,
     output_format: Option<AudioFormat>,
+    /// The provider said the reply is complete (and sent no audio since): `esl_files`
+    /// may then send a partial chunk, which mid-reply would just be a short file.
+    reply_done: bool,
 }
 
 struct Session {
@@ -285,6 +288,7 @@ pub async fn run(ws: Ws, setup: CallSetup) {
             interrupted: VecDeque::new(),
             generated: VecDeque::new(),
             output_format: None,
+            reply_done: false,
         },
         up: Upstream {
             reframer: None,
@@ -641,6 +645,13 @@ impl Session {
             ProviderEvent::SpeechStarted => self.barge_in().await?,
             ProviderEvent::ResponseDone => {
                 self.down.pacer.finish();
+                self.down.reply_done = true;
+                if !self.down.pacer.has_frame() && self.send_partial_chunk().await? {
+                    if self.stats.first_response.is_none() {
+                        self.stats.first_response = Some(self.started.elapsed());
+                    }
+                    self.flush_sink().await?;
+                }
             }
             ProviderEvent::Transcript {
                 who,
@@ -703,6 +714,7 @@ impl Session {
         self.down.converted.clear();
         transcoder.process(data, &mut self.down.converted);
         self.down.pacer.push(&item, &self.down.converted);
+        self.down.reply_done = false;
     }
 
     /// Releases every frame that is due, in one write batch.
@@ -728,14 +740,9 @@ impl Session {
             }
         }
         self.down.frame = frame;
-        // esl_files: a partial chunk goes out once nothing more is queued behind it.
-        if !self.down.pacer.has_frame() {
-            if let Some(msg) = self.down.playback.flush_chunk() {
-                sent += 1;
-                if let Err(e) = self.sink.feed(msg).await {
-                    return Err(freeswitch_error(e));
-                }
-            }
+        if self.down.reply_done && !self.down.pacer.has_frame() && self.send_partial_chunk().await?
+        {
+            sent += 1;
         }
         if sent > 0 {
             if self.stats.first_response.is_none() {
@@ -744,6 +751,16 @@ impl Session {
             self.flush_sink().await?;
         }
         Ok(())
+    }
+
+    /// `esl_files`: sends the chunk gathered so far, once the reply is fully released
+    /// (waiting for more would hold its last words back). True if one was sent.
+    async fn send_partial_chunk(&mut self) -> Result<bool, EndReason> {
+        let Some(msg) = self.down.playback.flush_chunk() else {
+            return Ok(false);
+        };
+        self.sink.feed(msg).await.map_err(freeswitch_error)?;
+        Ok(true)
     }
 
     /// Barge-in: in this same tick, empty our queue, stop FreeSWITCH's buffer and tell
