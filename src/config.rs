@@ -119,6 +119,9 @@ pub struct FreeswitchConfig {
     pub playback: PlaybackMode,
     /// How far ahead of real time FreeSWITCH may buffer (the floor of barge-in latency).
     pub playback_lead: Duration,
+    /// `esl_files` playback: audio per file. FreeSWITCH plays the files one after
+    /// another over ESL, and each file start costs a little, so small chunks leave gaps.
+    pub esl_chunk: Duration,
     /// Event Socket; `None` when `[freeswitch.esl]` is absent.
     pub esl: Option<EslConfig>,
 }
@@ -442,6 +445,7 @@ impl Default for FreeswitchConfig {
             codec: Codec::L16,
             playback: PlaybackMode::Binary,
             playback_lead: Duration::from_millis(60),
+            esl_chunk: Duration::from_millis(500),
             esl: None,
         }
     }

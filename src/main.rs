@@ -14,7 +14,8 @@ use tracing::{error, info, warn};
 use voicebridge::admin;
 use voicebridge::call_client::{self, CallArgs};
 use voicebridge::call_metrics;
-use voicebridge::config::{Config, PlaybackMode};
+use voicebridge::config::Config;
+use voicebridge::freeswitch::Esl;
 use voicebridge::providers;
 use voicebridge::registry::Registry;
 use voicebridge::server::{self, Shutdown};
@@ -92,13 +93,6 @@ async fn serve(path: &std::path::Path) -> ExitCode {
     for w in config.warnings() {
         warn!(warning = %w, "configuration");
     }
-    if config
-        .routes()
-        .any(|r| r.playback == PlaybackMode::EslFiles)
-    {
-        error!("playback = \"esl_files\" is not available yet; use binary or stream_audio");
-        return ExitCode::from(2);
-    }
     let metrics = match call_metrics::install() {
         Ok(h) => h,
         Err(e) => {
@@ -151,7 +145,15 @@ async fn serve(path: &std::path::Path) -> ExitCode {
         Arc::clone(&config),
     ));
     tokio::spawn(watch_reload(path.to_path_buf(), Arc::clone(&config)));
-    server::serve(listener, config, registry, shutdown).await;
+    // One Event Socket connection for the whole daemon; it connects (and reconnects)
+    // in the background, so startup never waits for FreeSWITCH.
+    let esl = config
+        .load()
+        .freeswitch
+        .esl
+        .as_ref()
+        .map(|c| Esl::spawn(c, shutdown.stop.clone()));
+    server::serve(listener, config, registry, shutdown, esl).await;
     let _ = admin.await;
     info!("stopped");
     ExitCode::SUCCESS

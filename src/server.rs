@@ -22,7 +22,7 @@ use tracing::{info, warn, Instrument};
 
 use crate::call_metrics;
 use crate::config::{Config, Route};
-use crate::freeswitch::StreamRequest;
+use crate::freeswitch::{Esl, StreamRequest};
 use crate::registry::{CallEntry, CallGuard, Full, Registry};
 use crate::session::{self, CallSetup};
 
@@ -55,6 +55,7 @@ struct Shared {
     shutdown: Shutdown,
     /// New connections per source IP (`server.per_ip_rate_limit`).
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    esl: Option<Esl>,
 }
 
 /// How often the per-IP limiter forgets idle addresses, so its memory stays bounded.
@@ -68,18 +69,21 @@ fn per_ip_limiter(per_sec: u32) -> Option<DefaultKeyedRateLimiter<IpAddr>> {
     ))
 }
 
-/// Serves until `shutdown.stop` is cancelled and every session has ended.
+/// Serves until `shutdown.stop` is cancelled and every session has ended. `esl` is
+/// the daemon's Event Socket connection, handed to every call.
 pub async fn serve(
     listener: TcpListener,
     config: Arc<ArcSwap<Config>>,
     registry: Arc<Registry>,
     shutdown: Shutdown,
+    esl: Option<Esl>,
 ) {
     let shared = Arc::new(Shared {
         limiter: per_ip_limiter(config.load().server.per_ip_rate_limit),
         config,
         registry,
         shutdown: shutdown.clone(),
+        esl,
     });
     let tracker = TaskTracker::new();
     let mut sweep = tokio::time::interval(LIMITER_SWEEP);
@@ -195,6 +199,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
         peer,
         guard: accepted.guard,
         stop: shared.shutdown.stop.clone(),
+        esl: shared.esl.clone(),
     };
     async move {
         info!(%peer, handshake_ms = format!("{handshake_ms:.2}"), "call accepted");

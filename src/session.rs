@@ -7,6 +7,11 @@
 //! frames wait in a bounded queue.
 //! Assistant audio: provider → `Transcoder` (provider output → call format) → `Pacer`
 //! (real-time release with a small lead) → `Playback` (binary or streamAudio).
+//!
+//! With `[freeswitch.esl]`, the call id from the URL path (`/call/${uuid}`) is the
+//! FreeSWITCH channel uuid the ESL commands name: `uuid_break` on barge-in
+//! (`stream_audio`, `esl_files`), `uuid_broadcast` of each file the module wrote
+//! (`esl_files`), `uuid_kill` when we end the call while FreeSWITCH is still there.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -30,7 +35,8 @@ use tracing::{debug, error, info, warn};
 use crate::audio::{AudioFormat, Channels, Codec, ItemId, Pacer, Reframer, Transcoder};
 use crate::call_metrics::{self, Traffic};
 use crate::config::{Config, Route};
-use crate::freeswitch::{metadata, Playback, StreamRequest};
+use crate::freeswitch::esl::{Esl, PlayEvent, PlayEvents};
+use crate::freeswitch::{metadata, playback, Playback, StreamRequest};
 use crate::providers::{self, CallContext, ProviderCommand, ProviderEvent, ProviderHandle, Usage};
 use crate::registry::CallGuard;
 
@@ -59,6 +65,8 @@ pub struct CallSetup {
     pub peer: SocketAddr,
     pub guard: CallGuard,
     pub stop: CancellationToken,
+    /// The daemon's Event Socket, when `[freeswitch.esl]` is configured.
+    pub esl: Option<Esl>,
 }
 
 /// Why a call ended (the summary's `end_reason`).
@@ -144,6 +152,8 @@ struct Stats {
     bytes_to_fs: u64,
     text_in: u64,
     barge_ins: u64,
+    /// ESL commands that could not be queued (ESL down): the call went on without them.
+    esl_dropped: u64,
     first_response: Option<Duration>,
     usage: Usage,
 }
@@ -188,6 +198,9 @@ struct Downstream {
     /// truncate never claims more than was generated.
     generated: VecDeque<(ItemId, u64)>,
     output_format: Option<AudioFormat>,
+    /// The provider said the reply is complete (and sent no audio since): `esl_files`
+    /// may then send a partial chunk, which mid-reply would just be a short file.
+    reply_done: bool,
 }
 
 struct Session {
@@ -208,6 +221,12 @@ struct Session {
     drop_warned: bool,
     /// Traffic already added to the metrics.
     flushed: Traffic,
+    /// `None` without `[freeswitch.esl]` or without a call id in the URL.
+    esl: Option<Esl>,
+    /// `esl_files`: this channel's play events.
+    play_events: Option<PlayEvents>,
+    /// `esl_files`: play events of chunks with a lower `seq` were cut by a barge-in.
+    break_seq: u64,
 }
 
 /// Runs the call to its end. Never panics on input; always closes both sides.
@@ -220,6 +239,7 @@ pub async fn run(ws: Ws, setup: CallSetup) {
         peer: _,
         guard,
         stop,
+        esl,
     } = setup;
     let inbound = InboundFormat {
         codec: request.codec.unwrap_or(route.codec),
@@ -240,15 +260,16 @@ pub async fn run(ws: Ws, setup: CallSetup) {
         close_freeswitch(&mut sink, stream, &reason, false).await;
         return;
     }
-    let playback = match Playback::new(route.playback, call_format) {
-        Ok(p) => p,
-        Err(e) => {
-            let (mut sink, stream) = ws.split();
-            let reason = EndReason::Internal(e.to_string());
-            error!(reason = %reason, "call refused");
-            close_freeswitch(&mut sink, stream, &reason, false).await;
-            return;
+    let playback = Playback::new(route.playback, call_format, config.freeswitch.esl_chunk);
+    // ESL commands name the channel by the URL's call id; a made-up id names nothing.
+    let esl = esl.filter(|_| request.call_id.is_some());
+    let play_events = match (&esl, route.playback) {
+        (Some(esl), crate::config::PlaybackMode::EslFiles) => Some(esl.subscribe(&call_id)),
+        (None, crate::config::PlaybackMode::EslFiles) => {
+            warn!("esl_files playback without a call id in the URL (/call/<uuid>): nothing can be played");
+            None
         }
+        _ => None,
     };
     // Connect the provider now, in parallel with the first audio, to save first-turn latency.
     let provider = providers::spawn(&config, &route, call_format);
@@ -258,13 +279,21 @@ pub async fn run(ws: Ws, setup: CallSetup) {
     let mut s = Session {
         down: Downstream {
             transcoder: None,
-            pacer: Pacer::new(call_format, route.playback_lead),
+            pacer: Pacer::new(
+                call_format,
+                playback::pacer_lead(
+                    route.playback,
+                    route.playback_lead,
+                    config.freeswitch.esl_chunk,
+                ),
+            ),
             playback,
             converted: Vec::new(),
             frame: Vec::new(),
             interrupted: VecDeque::new(),
             generated: VecDeque::new(),
             output_format: None,
+            reply_done: false,
         },
         up: Upstream {
             reframer: None,
@@ -287,6 +316,9 @@ pub async fn run(ws: Ws, setup: CallSetup) {
         sink,
         drop_warned: false,
         flushed: Traffic::default(),
+        esl,
+        play_events,
+        break_seq: 0,
     };
     info!(
         provider = s.provider.name,
@@ -356,6 +388,7 @@ impl Session {
                         return r;
                     }
                 }
+                play = recv_play(&mut self.play_events) => self.on_play(play),
                 _ = &mut metadata_timer, if !self.context_sent => {
                     info!("no metadata yet: provider set up from the URL alone");
                     self.send_context(BTreeMap::new()).await;
@@ -436,11 +469,10 @@ impl Session {
     fn rebuild_playback(&mut self) {
         let call = self.inbound.mono();
         info!(format = %call, channels = %self.inbound.channels, "call format set by the metadata");
-        self.down.pacer = Pacer::new(call, self.route.playback_lead);
-        match Playback::new(self.route.playback, call) {
-            Ok(p) => self.down.playback = p,
-            Err(e) => error!(error = %e, "cannot play to the metadata's format"),
-        }
+        let esl_chunk = self.config.freeswitch.esl_chunk;
+        let lead = playback::pacer_lead(self.route.playback, self.route.playback_lead, esl_chunk);
+        self.down.pacer = Pacer::new(call, lead);
+        self.down.playback = Playback::new(self.route.playback, call, esl_chunk);
         if let Some(output) = self.down.output_format {
             match Transcoder::new(output, call) {
                 Ok(t) => self.down.transcoder = Some(t),
@@ -617,6 +649,13 @@ impl Session {
             ProviderEvent::SpeechStarted => self.barge_in().await?,
             ProviderEvent::ResponseDone => {
                 self.down.pacer.finish();
+                self.down.reply_done = true;
+                if !self.down.pacer.has_frame() && self.send_partial_chunk().await? {
+                    if self.stats.first_response.is_none() {
+                        self.stats.first_response = Some(self.started.elapsed());
+                    }
+                    self.flush_sink().await?;
+                }
             }
             ProviderEvent::Transcript {
                 who,
@@ -681,6 +720,7 @@ impl Session {
         self.down.converted.clear();
         transcoder.process(data, &mut self.down.converted);
         self.down.pacer.push(&item, &self.down.converted);
+        self.down.reply_done = false;
     }
 
     /// Releases every frame that is due, in one write batch.
@@ -696,6 +736,9 @@ impl Session {
             let msg = self.down.playback.frame(&frame);
             self.stats.frames_to_fs += 1;
             self.stats.bytes_to_fs += frame.len() as u64;
+            let Some(msg) = msg else {
+                continue;
+            };
             sent += 1;
             if let Err(e) = self.sink.feed(msg).await {
                 self.down.frame = frame;
@@ -703,6 +746,10 @@ impl Session {
             }
         }
         self.down.frame = frame;
+        if self.down.reply_done && !self.down.pacer.has_frame() && self.send_partial_chunk().await?
+        {
+            sent += 1;
+        }
         if sent > 0 {
             if self.stats.first_response.is_none() {
                 let latency = self.started.elapsed();
@@ -712,6 +759,16 @@ impl Session {
             self.flush_sink().await?;
         }
         Ok(())
+    }
+
+    /// `esl_files`: sends the chunk gathered so far, once the reply is fully released
+    /// (waiting for more would hold its last words back). True if one was sent.
+    async fn send_partial_chunk(&mut self) -> Result<bool, EndReason> {
+        let Some(msg) = self.down.playback.flush_chunk() else {
+            return Ok(false);
+        };
+        self.sink.feed(msg).await.map_err(freeswitch_error)?;
+        Ok(true)
     }
 
     /// Barge-in: in this same tick, empty our queue, stop FreeSWITCH's buffer and tell
@@ -737,6 +794,16 @@ impl Session {
         let clear = self.down.playback.clear();
         if let Err(e) = self.sink.feed(clear).await {
             return Err(freeswitch_error(e));
+        }
+        // Builds that play streamAudio or files have their own buffer, which only ESL
+        // can stop; the binary-frame forks honour clearAudio.
+        if self.route.playback != crate::config::PlaybackMode::Binary {
+            self.break_seq = self.down.playback.next_seq();
+            if let Some(esl) = &self.esl {
+                if !esl.uuid_break(&self.call_id) {
+                    self.stats.esl_dropped += 1;
+                }
+            }
         }
         self.flush_sink().await?;
         call_metrics::barge_in(self.provider.name, event_at.elapsed());
@@ -764,6 +831,24 @@ impl Session {
             );
         }
         Ok(())
+    }
+
+    /// `esl_files`: the module wrote one of our chunks to a file; play it, unless a
+    /// barge-in cut that chunk.
+    fn on_play(&mut self, play: Option<PlayEvent>) {
+        let Some(play) = play else {
+            self.play_events = None;
+            return;
+        };
+        if play.seq.is_some_and(|seq| seq < self.break_seq) {
+            debug!(file = %play.file, "play event of a chunk cut by barge-in: not played");
+            return;
+        }
+        if let Some(esl) = &self.esl {
+            if !esl.uuid_broadcast(&self.call_id, &play.file) {
+                self.stats.esl_dropped += 1;
+            }
+        }
     }
 
     async fn flush_sink(&mut self) -> Result<(), EndReason> {
@@ -815,6 +900,16 @@ impl Session {
         }
         self.flush_metrics();
         call_metrics::call_ended(&self.route.name, self.provider.name, reason.tag());
+        // We ended a call FreeSWITCH still has: without a hang-up the media bug stays
+        // attached and the caller sits in silence. Not on shutdown: a daemon going
+        // away does not hang up calls wholesale; the dialplan decides what follows.
+        if fs_alive && !fs_initiated && reason != EndReason::Shutdown {
+            if let Some(esl) = &self.esl {
+                if !esl.uuid_kill(&self.call_id) {
+                    self.stats.esl_dropped += 1;
+                }
+            }
+        }
         let mut task = self.provider.task;
         if tokio::time::timeout(CLOSE_WAIT, &mut task).await.is_err() {
             task.abort();
@@ -849,6 +944,7 @@ impl Session {
                     text_in = s.text_in,
                     first_response_ms,
                     barge_ins = s.barge_ins,
+                    esl_dropped = s.esl_dropped,
                     input_tokens = s.usage.input_tokens,
                     output_tokens = s.usage.output_tokens,
                     end_reason = reason.tag(),
@@ -920,6 +1016,14 @@ fn freeswitch_error(e: tungstenite::Error) -> EndReason {
             ))
         }
         other => EndReason::FreeswitchError(other.to_string()),
+    }
+}
+
+/// The next play event, or never when the call has no play events.
+async fn recv_play(events: &mut Option<PlayEvents>) -> Option<PlayEvent> {
+    match events {
+        Some(e) => e.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -429,6 +429,16 @@ fn bad_sample_rates() {
 }
 
 #[test]
+fn esl_chunk_ms() {
+    let c = load("[freeswitch]\nesl_chunk_ms = 800\n", &[]);
+    assert_eq!(c.freeswitch.esl_chunk, Duration::from_millis(800));
+    for bad in ["0", "80", "510", "5020", "-500"] {
+        let e = fail("", &[("VOICEBRIDGE__FREESWITCH__ESL_CHUNK_MS", bad)]);
+        assert_names(&e, "freeswitch.esl_chunk_ms", &["multiple of 20", "gaps"]);
+    }
+}
+
+#[test]
 fn bad_playback_lead() {
     for bad in ["0", "10", "70", "1020", "-20"] {
         let e = fail("", &[("VOICEBRIDGE__FREESWITCH__PLAYBACK_LEAD_MS", bad)]);

@@ -63,6 +63,7 @@ fn default_values_match_the_contract() {
     assert_eq!(c.freeswitch.codec, Codec::L16);
     assert_eq!(c.freeswitch.playback, PlaybackMode::Binary);
     assert_eq!(c.freeswitch.playback_lead, Duration::from_millis(60));
+    assert_eq!(c.freeswitch.esl_chunk, Duration::from_millis(500));
     assert!(c.freeswitch.esl.is_none());
     assert_eq!(c.call.provider, ProviderKind::Echo);
     assert_eq!(
@@ -149,6 +150,7 @@ fn default_toml_ships_every_key() {
         "freeswitch.codec",
         "freeswitch.playback",
         "freeswitch.playback_lead_ms",
+        "freeswitch.esl_chunk_ms",
         "call.provider",
         "call.instructions",
         "call.greeting",

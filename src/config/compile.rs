@@ -178,6 +178,10 @@ fn freeswitch(raw: RawFreeswitch, secrets: &EnvSecrets) -> Result<FreeswitchConf
             None => d.playback_lead,
             Some(v) => lead("freeswitch.playback_lead_ms", v)?,
         },
+        esl_chunk: match raw.esl_chunk_ms {
+            None => d.esl_chunk,
+            Some(v) => esl_chunk("freeswitch.esl_chunk_ms", v)?,
+        },
         esl,
     };
     check_format(
@@ -612,6 +616,21 @@ fn lead(key: &str, v: i64) -> Result<Duration> {
         return Err(ConfigError::invalid(
             key,
             format!("{v} is not allowed: must be a multiple of 20 (one frame) from 20 to 1000 ms"),
+        ));
+    }
+    Ok(Duration::from_millis(v.unsigned_abs()))
+}
+
+/// `esl_files` chunk: whole frames; long enough that file-by-file playback has no
+/// audible gaps, short enough that the first words are not late.
+fn esl_chunk(key: &str, v: i64) -> Result<Duration> {
+    if !(100..=5000).contains(&v) || v % 20 != 0 {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "{v} is not allowed: must be a multiple of 20 from 100 to 5000 ms (several \
+                 hundred ms: smaller files leave audible gaps between them)"
+            ),
         ));
     }
     Ok(Duration::from_millis(v.unsigned_abs()))

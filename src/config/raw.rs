@@ -65,6 +65,8 @@ pub(crate) struct RawFreeswitch {
     pub playback: Option<String>,
     #[serde(deserialize_with = "int")]
     pub playback_lead_ms: Option<i64>,
+    #[serde(deserialize_with = "int")]
+    pub esl_chunk_ms: Option<i64>,
     pub esl: Option<RawEsl>,
 }
 
