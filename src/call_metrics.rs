@@ -23,6 +23,8 @@ pub const BARGE_INS: &str = "voicebridge_barge_ins_total";
 pub const PROVIDER_ERRORS: &str = "voicebridge_provider_errors_total";
 pub const FIRST_RESPONSE: &str = "voicebridge_first_response_seconds";
 pub const BARGE_IN_CUT: &str = "voicebridge_barge_in_cut_seconds";
+pub const ESL_UP: &str = "voicebridge_esl_up";
+pub const ESL_DROPPED: &str = "voicebridge_esl_commands_dropped_total";
 
 /// Latency buckets: from sub-millisecond (barge-in cut) to seconds (first response).
 const BUCKETS: &[f64] = &[
@@ -42,6 +44,14 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
+    describe_gauge!(
+        ESL_UP,
+        "1 while the FreeSWITCH Event Socket is connected (absent without [freeswitch.esl])."
+    );
+    describe_counter!(
+        ESL_DROPPED,
+        "ESL commands dropped because the Event Socket was down or its queue full."
+    );
     describe_gauge!(ACTIVE_CALLS, "Calls in progress.");
     describe_counter!(CALLS, "Calls ended, by route, provider and end reason.");
     describe_counter!(REJECTED, "WebSocket upgrades refused, by reason.");
@@ -67,6 +77,16 @@ fn describe() {
 
 pub fn set_active_calls(n: usize) {
     gauge!(ACTIVE_CALLS).set(n as f64);
+}
+
+pub fn esl_up(up: bool) {
+    gauge!(ESL_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn esl_dropped(n: u64) {
+    if n > 0 {
+        counter!(ESL_DROPPED).increment(n);
+    }
 }
 
 pub fn upgrade_rejected(reason: &'static str) {

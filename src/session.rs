@@ -898,8 +898,6 @@ impl Session {
         if fs_alive {
             close_freeswitch(&mut self.sink, stream, &reason, fs_initiated).await;
         }
-        self.flush_metrics();
-        call_metrics::call_ended(&self.route.name, self.provider.name, reason.tag());
         // We ended a call FreeSWITCH still has: without a hang-up the media bug stays
         // attached and the caller sits in silence. Not on shutdown: a daemon going
         // away does not hang up calls wholesale; the dialplan decides what follows.
@@ -910,6 +908,9 @@ impl Session {
                 }
             }
         }
+        self.flush_metrics();
+        call_metrics::call_ended(&self.route.name, self.provider.name, reason.tag());
+        call_metrics::esl_dropped(self.stats.esl_dropped);
         let mut task = self.provider.task;
         if tokio::time::timeout(CLOSE_WAIT, &mut task).await.is_err() {
             task.abort();

@@ -301,6 +301,14 @@ async fn esl_down_at_start_then_reconnects() {
         daemon.output()
     );
     assert_eq!(count(&daemon, "ESL connected"), 1);
+    let (_, metrics) = common::http::get(daemon.admin, "/metrics").await;
+    let value = |name: &str| common::http::metric(&metrics, name);
+    assert_eq!(value("voicebridge_esl_up"), Some(1.0));
+    assert_eq!(
+        value("voicebridge_esl_commands_dropped_total"),
+        Some(1.0),
+        "the uuid_kill of the call during the outage"
+    );
 
     // A second outage: FreeSWITCH goes away and comes back; again one line each.
     let esl = esl.restart().await;

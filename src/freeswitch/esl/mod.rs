@@ -22,6 +22,7 @@
 
 pub mod frame;
 
+use crate::call_metrics;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -235,10 +236,12 @@ async fn run(
                 }
                 shared.dropped.fetch_add(stale, Ordering::Relaxed);
                 shared.up.store(true, Ordering::Relaxed);
+                call_metrics::esl_up(true);
                 info!(host, port, "ESL connected");
                 backoff = BACKOFF_MIN;
                 let result = serve(conn, &shared, &mut commands, &stop).await;
                 shared.up.store(false, Ordering::Relaxed);
+                call_metrics::esl_up(false);
                 match result {
                     Ok(()) => return,
                     Err(e) => {
