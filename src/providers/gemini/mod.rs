@@ -25,7 +25,7 @@
 //!
 //! The wire shapes are in [`wire`]; `docs/providers/gemini.md` explains the choices.
 
-mod wire;
+pub mod wire;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
