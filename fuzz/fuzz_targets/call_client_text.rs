@@ -17,7 +17,12 @@ fuzz_target!(|data: &[u8]| {
             // Playable audio is at the call's rate and whole samples only.
             assert_eq!(a.sample_rate, call_rate);
             let width = if a.audio_data_type == "raw" { 2 } else { 1 };
-            assert_eq!(a.payload_bytes, a.samples.len() * width, "{}", a.audio_data_type);
+            assert_eq!(
+                a.payload_bytes,
+                a.samples.len() * width,
+                "{}",
+                a.audio_data_type
+            );
         }
         ServerText::BadAudio(PlaybackError::OddLength(n)) => assert!(n % 2 == 1),
         ServerText::BadAudio(_) | ServerText::ClearAudio | ServerText::Other => {}

@@ -44,7 +44,8 @@ fuzz_target!(|data: &[u8]| {
             }
             ServerEvent::Interruption { event_id } => {
                 turns.on_interruption(event_id);
-                interrupted_through = Some(interrupted_through.map_or(event_id, |k| k.max(event_id)));
+                interrupted_through =
+                    Some(interrupted_through.map_or(event_id, |k| k.max(event_id)));
             }
             ServerEvent::UserTranscript(_) => {
                 turns.on_user_transcript(now);

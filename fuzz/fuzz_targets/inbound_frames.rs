@@ -94,7 +94,10 @@ fn reframe(input: &Input, format: AudioFormat, channels: Channels) {
         assert_eq!(buf.len(), frame, "{format} {channels}");
         got.extend_from_slice(&buf);
     }
-    assert_eq!(got, expected, "{format} {channels}: splitting changed the frames");
+    assert_eq!(
+        got, expected,
+        "{format} {channels}: splitting changed the frames"
+    );
     assert_eq!(
         got.len() + r.pending_bytes(),
         mono_bytes(format, channels, input.data.len()),
@@ -139,11 +142,18 @@ fn transcode(input: &Input, from: AudioFormat, to: AudioFormat) {
         // A conversion emits whole samples only; a copy is a byte stream and may pass a
         // split sample through (its other half follows in the next message).
         if !t.is_passthrough() {
-            assert_eq!((out.len() - before) % to.bytes_per_sample(), 0, "{from} -> {to}");
+            assert_eq!(
+                (out.len() - before) % to.bytes_per_sample(),
+                0,
+                "{from} -> {to}"
+            );
         }
     }
     // Streaming: splitting the input anywhere gives the output of converting it whole.
-    assert!(out == whole, "{from} -> {to}: message splits changed the output");
+    assert!(
+        out == whole,
+        "{from} -> {to}: message splits changed the output"
+    );
     if t.is_passthrough() {
         assert!(out == input.data);
         return;

@@ -33,12 +33,18 @@ fuzz_target!(|data: &[u8]| {
             assert!(send_setup, "ready without our session.update");
             ready += 1;
         }
-        assert!(out.len() <= 2, "one frame, at most two session events: {out:?}");
+        assert!(
+            out.len() <= 2,
+            "one frame, at most two session events: {out:?}"
+        );
         for ev in &out {
             if let ProviderEvent::Audio { data, .. } = ev {
                 assert!(!data.is_empty(), "empty audio is never forwarded");
             }
         }
     }
-    assert!(ready <= 1, "Ready is reported once per session, not {ready} times");
+    assert!(
+        ready <= 1,
+        "Ready is reported once per session, not {ready} times"
+    );
 });

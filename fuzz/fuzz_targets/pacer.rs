@@ -12,7 +12,11 @@ use voicebridge::audio::{AudioFormat, ItemId, Pacer};
 #[derive(Arbitrary, Debug)]
 enum Op {
     /// Audio of item `item % 12` (more than the ledger's 8, to exercise eviction).
-    Push { item: u8, len: u16, fill: u8 },
+    Push {
+        item: u8,
+        len: u16,
+        fill: u8,
+    },
     Finish,
     PopDue,
     /// Pop everything due now.
@@ -88,7 +92,10 @@ fuzz_target!(|input: Input| {
                 }
                 // Never more than the lead (plus the frame that crossed it) at once.
                 let max = lead.max(Duration::from_millis(20)).as_millis() / 20 + 1;
-                assert!(n as u128 <= max, "{n} frames released at once, lead {lead:?}");
+                assert!(
+                    n as u128 <= max,
+                    "{n} frames released at once, lead {lead:?}"
+                );
                 assert!(pacer.buffered_ahead(now) <= lead.max(Duration::from_millis(20)));
             }
             Op::Flush => {
@@ -98,7 +105,10 @@ fuzz_target!(|input: Input| {
                 assert!(pacer.playing_item().is_none());
                 if let Some(item) = &f.item {
                     let total = pushed.get(&**item).copied().unwrap_or(0);
-                    assert!(f.released_ms <= format.ms_of(total), "{f:?} of {total} bytes");
+                    assert!(
+                        f.released_ms <= format.ms_of(total),
+                        "{f:?} of {total} bytes"
+                    );
                 } else {
                     assert_eq!(f.released_ms, 0);
                 }
