@@ -249,7 +249,7 @@ struct ErrorObject {
 
 /// What the connection must do after a server event (besides the events it emits).
 #[derive(Debug, PartialEq, Eq)]
-enum Step {
+pub enum Step {
     Continue,
     /// `session.updated`: audio may flow (first time only).
     Ready,
@@ -257,10 +257,19 @@ enum Step {
     Expiring,
 }
 
+/// What one server text frame did, besides the session events it pushed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TextOutcome {
+    pub step: Step,
+    /// It was `session.created`: the connection may now send its `session.update`.
+    pub session_created: bool,
+}
+
 /// Protocol state that does not touch the socket: server events in, normalised events
-/// out. Kept apart from the I/O so it can be tested directly.
+/// out. Kept apart from the I/O so it can be tested directly, and public so the fuzz
+/// targets can feed it raw server text exactly as the connection does.
 #[derive(Debug)]
-struct Turns {
+pub struct Turns {
     /// Our `session.update` went out: its `session.updated` makes us ready.
     setup_sent: bool,
     ready: bool,
@@ -279,8 +288,14 @@ struct Turns {
     decode_buf: Vec<u8>,
 }
 
+impl Default for Turns {
+    fn default() -> Self {
+        Turns::new()
+    }
+}
+
 impl Turns {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Turns {
             setup_sent: false,
             ready: false,
@@ -293,6 +308,32 @@ impl Turns {
             expired: false,
             decode_buf: Vec::with_capacity(8 * 1024),
         }
+    }
+
+    /// Our `session.update` went out: the next `session.updated` makes the session ready.
+    pub fn mark_setup_sent(&mut self) {
+        self.setup_sent = true;
+    }
+
+    /// Handles one server text frame: parses it and runs [`on_event`](Self::on_event).
+    /// `None` when it is not an event we understand (logged and ignored, never fatal).
+    pub fn on_text(&mut self, text: &str, out: &mut Vec<ProviderEvent>) -> Option<TextOutcome> {
+        let ev: ServerEvent = match serde_json::from_str(text) {
+            Ok(ev) => ev,
+            Err(e) => {
+                let kind = serde_json::from_str::<Value>(text)
+                    .ok()
+                    .and_then(|v| v["type"].as_str().map(str::to_owned));
+                debug!(event = kind.as_deref().unwrap_or("?"), error = %e, "OpenAI message not understood: ignored");
+                return None;
+            }
+        };
+        let session_created = ev.kind == "session.created";
+        let step = self.on_event(ev, out);
+        Some(TextOutcome {
+            step,
+            session_created,
+        })
     }
 
     /// Handles one server event, pushing the session events it produces.
@@ -693,7 +734,7 @@ impl Connection {
         );
         let update = setup.session_update();
         self.setup = Some(setup);
-        self.turns.setup_sent = true;
+        self.turns.mark_setup_sent();
         self.send_json(&update).await
     }
 
@@ -749,19 +790,14 @@ impl Connection {
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), Exit> {
-        let ev: ServerEvent = match serde_json::from_str(text) {
-            Ok(ev) => ev,
-            Err(e) => {
-                let kind = serde_json::from_str::<Value>(text)
-                    .ok()
-                    .and_then(|v| v["type"].as_str().map(str::to_owned));
-                debug!(event = kind.as_deref().unwrap_or("?"), error = %e, "OpenAI message not understood: ignored");
-                return Ok(());
-            }
+        let Some(TextOutcome {
+            step,
+            session_created: is_created,
+        }) = self.turns.on_text(text, &mut self.events)
+        else {
+            return Ok(());
         };
-        let is_created = ev.kind == "session.created";
         let mut events = std::mem::take(&mut self.events);
-        let step = self.turns.on_event(ev, &mut events);
         let mut result = Ok(());
         for event in events.drain(..) {
             if let ProviderEvent::Error {
@@ -1131,6 +1167,37 @@ audio_format = "pcm24"
         );
         assert_eq!(step, Step::Expiring);
         assert!(t.expired);
+    }
+
+    #[test]
+    fn raw_text_goes_through_the_same_handling() {
+        let mut t = Turns::new();
+        let mut out = Vec::new();
+        assert_eq!(t.on_text("not json", &mut out), None);
+        assert_eq!(t.on_text(r#"{"no_type":1}"#, &mut out), None);
+        assert_eq!(
+            t.on_text(r#"{"type":"session.created","session":{}}"#, &mut out),
+            Some(TextOutcome {
+                step: Step::Continue,
+                session_created: true
+            })
+        );
+        let updated = r#"{"type":"session.updated","session":{}}"#;
+        assert_eq!(
+            t.on_text(updated, &mut out).map(|o| o.step),
+            Some(Step::Continue)
+        );
+        t.mark_setup_sent();
+        assert_eq!(
+            t.on_text(updated, &mut out).map(|o| o.step),
+            Some(Step::Ready)
+        );
+        assert!(out.is_empty());
+        t.on_text(
+            r#"{"type":"response.output_audio.delta","response_id":"r","item_id":"i","delta":"AAEC"}"#,
+            &mut out,
+        );
+        assert!(matches!(&out[..], [ProviderEvent::Audio { data, .. }] if data[..] == [0, 1, 2]));
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! by its `event_id` and dropped here. See `wire.rs` for the per-response rules and
 //! `docs/providers/elevenlabs.md` for the whole story.
 
-mod wire;
+pub mod wire;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};

@@ -25,7 +25,7 @@
 //!
 //! The wire shapes are in [`wire`]; `docs/providers/gemini.md` explains the choices.
 
-mod wire;
+pub mod wire;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -314,9 +314,10 @@ struct Resume {
     started: Instant,
 }
 
-/// The model turn in progress.
-#[derive(Default)]
-struct Turn {
+/// The model turn in progress: the pure part of server message handling (no I/O, no
+/// clock), public so the fuzz targets can drive it exactly as the connection does.
+#[derive(Debug, Default)]
+pub struct Turn {
     count: u64,
     item: Option<ItemId>,
     /// `interrupted` came: drop this turn's audio until `turnComplete`.
@@ -325,6 +326,157 @@ struct Turn {
     caller: String,
     assistant: String,
     usage: Option<wire::UsageMetadata>,
+}
+
+/// What one message's content asks of the connection, besides the events it produced.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ContentEffects {
+    /// The caller's transcription came while no model turn was under way: it stands for
+    /// the end of the caller's turn (arms the response watchdog).
+    pub caller_between_turns: bool,
+    /// Model audio was played (disarms the watchdog).
+    pub audio: bool,
+    /// An audio part's MIME type named a rate other than the documented 24 kHz.
+    pub off_rate_mime: Option<String>,
+}
+
+impl Turn {
+    /// The turn-level part of one server message: its usage snapshot and its
+    /// `serverContent`. Pushes the session events it produces, in order.
+    pub fn on_content(
+        &mut self,
+        usage: Option<wire::UsageMetadata>,
+        content: Option<wire::ServerContent<'_>>,
+        out: &mut Vec<ProviderEvent>,
+    ) -> ContentEffects {
+        let mut effects = ContentEffects::default();
+        if let Some(u) = usage {
+            // Snapshots can repeat within a turn: keep the latest, count it at turnComplete.
+            self.usage = Some(u);
+        }
+        let Some(sc) = content else {
+            return effects;
+        };
+        if let Some(t) = sc.input_transcription.filter(|t| !t.text.is_empty()) {
+            self.caller.push_str(&t.text);
+            effects.caller_between_turns = self.item.is_none();
+            out.push(ProviderEvent::Transcript {
+                who: Speaker::Caller,
+                text: t.text,
+                is_final: false,
+            });
+        }
+        if sc.interrupted {
+            self.dropping = true;
+            debug!(item = ?self.item, "gemini: interrupted");
+            out.push(ProviderEvent::SpeechStarted);
+        }
+        if let Some(turn) = sc.model_turn {
+            for part in turn.parts {
+                if let Some(blob) = part.inline_data {
+                    self.on_audio_part(&blob.mime_type, &blob.data, &mut effects, out);
+                }
+            }
+        }
+        if let Some(t) = sc.output_transcription.filter(|t| !t.text.is_empty()) {
+            self.assistant.push_str(&t.text);
+            out.push(ProviderEvent::Transcript {
+                who: Speaker::Assistant,
+                text: t.text,
+                is_final: false,
+            });
+        }
+        if sc.generation_complete {
+            debug!("gemini: generationComplete");
+        }
+        if sc.turn_complete {
+            self.on_turn_complete(out);
+        }
+        effects
+    }
+
+    fn on_audio_part(
+        &mut self,
+        mime: &str,
+        data: &str,
+        effects: &mut ContentEffects,
+        out: &mut Vec<ProviderEvent>,
+    ) {
+        let Some(rate) = wire::pcm_rate(mime) else {
+            debug!(mime, "gemini: non-audio inline data ignored");
+            return;
+        };
+        if rate != wire::OUTPUT_RATE && effects.off_rate_mime.is_none() {
+            effects.off_rate_mime = Some(mime.to_owned());
+        }
+        if self.dropping {
+            self.late_parts += 1;
+            return;
+        }
+        let mut pcm = match base64::engine::general_purpose::STANDARD.decode(data) {
+            Ok(p) => p,
+            Err(e) => {
+                debug!(error = %e, "gemini: audio part with bad base64 ignored");
+                return;
+            }
+        };
+        if pcm.len() % 2 == 1 {
+            pcm.pop();
+        }
+        if pcm.is_empty() {
+            return;
+        }
+        let item = match &self.item {
+            Some(item) => item.clone(),
+            None => {
+                self.count += 1;
+                let item: ItemId = format!("turn-{}", self.count).into();
+                self.item = Some(item.clone());
+                item
+            }
+        };
+        effects.audio = true;
+        out.push(ProviderEvent::Audio {
+            item,
+            data: Bytes::from(pcm),
+        });
+    }
+
+    fn on_turn_complete(&mut self, out: &mut Vec<ProviderEvent>) {
+        let caller = std::mem::take(&mut self.caller);
+        let assistant = std::mem::take(&mut self.assistant);
+        let usage = self.usage.take();
+        let late = std::mem::take(&mut self.late_parts);
+        if late > 0 {
+            debug!(
+                parts = late,
+                "gemini: late audio of the interrupted turn dropped"
+            );
+        }
+        self.item = None;
+        self.dropping = false;
+        if !caller.is_empty() {
+            out.push(ProviderEvent::Transcript {
+                who: Speaker::Caller,
+                text: caller,
+                is_final: true,
+            });
+        }
+        if !assistant.is_empty() {
+            out.push(ProviderEvent::Transcript {
+                who: Speaker::Assistant,
+                text: assistant,
+                is_final: true,
+            });
+        }
+        if let Some(u) = usage {
+            out.push(ProviderEvent::Usage(Usage {
+                input_tokens: u.prompt_token_count,
+                output_tokens: u.response_token_count,
+            }));
+        }
+        out.push(ProviderEvent::ResponseDone);
+    }
 }
 
 /// The task ends (the session has been told why, or it asked us to close).
@@ -551,13 +703,8 @@ impl Gemini {
                 self.send_active(Message::Text(msg.into())).await;
             }
         }
-        if let Some(u) = msg.usage_metadata {
-            // Snapshots can repeat within a turn: keep the latest, count it at turnComplete.
-            self.turn.usage = Some(u);
-        }
-        if let Some(content) = msg.server_content {
-            self.on_content(content).await?;
-        }
+        self.on_content(msg.usage_metadata, msg.server_content)
+            .await?;
         if retired {
             return Ok(());
         }
@@ -580,138 +727,42 @@ impl Gemini {
         Ok(())
     }
 
-    async fn on_content(&mut self, sc: wire::ServerContent<'_>) -> Step {
-        if let Some(t) = sc.input_transcription.filter(|t| !t.text.is_empty()) {
-            self.turn.caller.push_str(&t.text);
-            self.arm_watchdog();
-            self.emit(ProviderEvent::Transcript {
-                who: Speaker::Caller,
-                text: t.text,
-                is_final: false,
-            })
-            .await?;
-        }
-        if sc.interrupted {
-            self.turn.dropping = true;
-            debug!(item = ?self.turn.item, "gemini: interrupted");
-            self.emit(ProviderEvent::SpeechStarted).await?;
-        }
-        if let Some(turn) = sc.model_turn {
-            for part in turn.parts {
-                if let Some(blob) = part.inline_data {
-                    self.on_audio_part(&blob.mime_type, &blob.data).await?;
-                }
+    /// Applies the turn-level part of a message (pure, in [`Turn::on_content`]), then
+    /// sends its events in order and does what it asks of the connection.
+    async fn on_content(
+        &mut self,
+        usage: Option<wire::UsageMetadata>,
+        content: Option<wire::ServerContent<'_>>,
+    ) -> Step {
+        let mut events = Vec::new();
+        let effects = self.turn.on_content(usage, content, &mut events);
+        if let Some(mime) = &effects.off_rate_mime {
+            if !self.rate_warned {
+                self.rate_warned = true;
+                warn!(
+                    mime = mime.as_str(),
+                    "gemini: assistant audio is not 24 kHz as documented: it will play at the wrong speed"
+                );
             }
         }
-        if let Some(t) = sc.output_transcription.filter(|t| !t.text.is_empty()) {
-            self.turn.assistant.push_str(&t.text);
-            self.emit(ProviderEvent::Transcript {
-                who: Speaker::Assistant,
-                text: t.text,
-                is_final: false,
-            })
-            .await?;
+        if effects.caller_between_turns {
+            self.arm_watchdog();
         }
-        if sc.generation_complete {
-            debug!("gemini: generationComplete");
+        if effects.audio {
+            // Model audio answers the caller: disarm, and allow a warning next turn.
+            self.watchdog = None;
+            self.watchdog_warned = false;
         }
-        if sc.turn_complete {
-            self.on_turn_complete().await?;
+        for event in events {
+            self.emit(event).await?;
         }
         Ok(())
-    }
-
-    async fn on_audio_part(&mut self, mime: &str, data: &str) -> Step {
-        let Some(rate) = wire::pcm_rate(mime) else {
-            debug!(mime, "gemini: non-audio inline data ignored");
-            return Ok(());
-        };
-        if rate != wire::OUTPUT_RATE && !self.rate_warned {
-            self.rate_warned = true;
-            warn!(
-                mime,
-                "gemini: assistant audio is not 24 kHz as documented: it will play at the wrong speed"
-            );
-        }
-        if self.turn.dropping {
-            self.turn.late_parts += 1;
-            return Ok(());
-        }
-        let mut pcm = match base64::engine::general_purpose::STANDARD.decode(data) {
-            Ok(p) => p,
-            Err(e) => {
-                debug!(error = %e, "gemini: audio part with bad base64 ignored");
-                return Ok(());
-            }
-        };
-        if pcm.len() % 2 == 1 {
-            pcm.pop();
-        }
-        if pcm.is_empty() {
-            return Ok(());
-        }
-        let turn = &mut self.turn;
-        let item = match &turn.item {
-            Some(item) => item.clone(),
-            None => {
-                turn.count += 1;
-                let item: ItemId = format!("turn-{}", turn.count).into();
-                turn.item = Some(item.clone());
-                item
-            }
-        };
-        self.watchdog = None;
-        self.watchdog_warned = false;
-        self.emit(ProviderEvent::Audio {
-            item,
-            data: Bytes::from(pcm),
-        })
-        .await
-    }
-
-    async fn on_turn_complete(&mut self) -> Step {
-        let caller = std::mem::take(&mut self.turn.caller);
-        let assistant = std::mem::take(&mut self.turn.assistant);
-        let usage = self.turn.usage.take();
-        let late = std::mem::take(&mut self.turn.late_parts);
-        if late > 0 {
-            debug!(
-                parts = late,
-                "gemini: late audio of the interrupted turn dropped"
-            );
-        }
-        self.turn.item = None;
-        self.turn.dropping = false;
-        if !caller.is_empty() {
-            self.emit(ProviderEvent::Transcript {
-                who: Speaker::Caller,
-                text: caller,
-                is_final: true,
-            })
-            .await?;
-        }
-        if !assistant.is_empty() {
-            self.emit(ProviderEvent::Transcript {
-                who: Speaker::Assistant,
-                text: assistant,
-                is_final: true,
-            })
-            .await?;
-        }
-        if let Some(u) = usage {
-            self.emit(ProviderEvent::Usage(Usage {
-                input_tokens: u.prompt_token_count,
-                output_tokens: u.response_token_count,
-            }))
-            .await?;
-        }
-        self.emit(ProviderEvent::ResponseDone).await
     }
 
     /// No explicit end-of-user-turn event exists: the caller's transcription arriving
     /// while no model turn is under way stands for it, and model audio disarms it.
     fn arm_watchdog(&mut self) {
-        if self.s.response_timeout.is_zero() || self.turn.item.is_some() || self.watchdog_warned {
+        if self.s.response_timeout.is_zero() || self.watchdog_warned {
             return;
         }
         self.watchdog = Some(Instant::now() + self.s.response_timeout);
@@ -1042,6 +1093,32 @@ mod tests {
                 "audio turn-3 480",
                 "audio turn-3 480",
             ]
+        );
+    }
+
+    /// The pure part alone: what the fuzz target drives.
+    #[test]
+    fn turn_content_is_pure_and_reports_its_effects() {
+        let mut t = Turn::default();
+        let mut out = Vec::new();
+        let caller = r#"{"serverContent":{"inputTranscription":{"text":"hi"}}}"#;
+        let m = wire::parse(caller).unwrap();
+        let fx = t.on_content(m.usage_metadata, m.server_content, &mut out);
+        assert!(fx.caller_between_turns && !fx.audio && fx.off_rate_mime.is_none());
+        let slow = r#"{"serverContent":{"modelTurn":{"parts":[{"inlineData":{"mimeType":"audio/pcm;rate=16000","data":"AAEC"}}]}}}"#;
+        let m = wire::parse(slow).unwrap();
+        let fx = t.on_content(m.usage_metadata, m.server_content, &mut out);
+        assert!(fx.audio);
+        assert_eq!(fx.off_rate_mime.as_deref(), Some("audio/pcm;rate=16000"));
+        // Inside a model turn the caller's words do not arm the watchdog.
+        let m = wire::parse(caller).unwrap();
+        assert!(
+            !t.on_content(m.usage_metadata, m.server_content, &mut out)
+                .caller_between_turns
+        );
+        // Three bytes decoded: the odd one is dropped.
+        assert!(
+            matches!(&out[1], ProviderEvent::Audio { item, data } if &**item == "turn-1" && data.len() == 2)
         );
     }
 

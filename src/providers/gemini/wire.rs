@@ -204,9 +204,16 @@ pub fn parse(text: &str) -> Result<ServerMessage<'_>, serde_json::Error> {
 }
 
 /// A protobuf JSON Duration (`"50s"`, `"1.5s"`, `"0.250s"`).
+///
+/// `None` for anything that is not a finite, non-negative duration `Duration` can hold:
+/// the value comes from the server (`goAway.timeLeft`), and `Duration::from_secs_f64`
+/// panics on e.g. `"1e300s"` (found by the `gemini_events` fuzz target).
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let secs: f64 = s.trim().strip_suffix('s')?.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    if !(secs.is_finite() && secs >= 0.0) {
+        return None;
+    }
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 /// The sample rate of an `audio/pcm;rate=N` MIME type; `None` if it is not PCM audio.
@@ -353,6 +360,19 @@ mod tests {
         );
         assert_eq!(parse_duration("50s"), Some(Duration::from_secs(50)));
         assert_eq!(parse_duration("soon"), None);
+        // Regression (fuzzing): huge, negative and non-finite values are no duration,
+        // not a panic.
+        for bad in [
+            "1e300s",
+            "18446744073709551616s",
+            "-1s",
+            "NaNs",
+            "infs",
+            "-0.5s",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        assert_eq!(parse_duration("1e3s"), Some(Duration::from_secs(1000)));
         let m =
             parse(r#"{"sessionResumptionUpdate":{"newHandle":"abc","resumable":true}}"#).unwrap();
         let u = m.session_resumption_update.unwrap();
