@@ -160,6 +160,9 @@ pub struct CallConfig {
     /// The caller finished a turn and the provider has not answered for this long: the
     /// watchdog logs it. `Duration::ZERO` disables it.
     pub response_timeout: Duration,
+    /// Said by the assistant when `max_duration` ends the call (providers that can be
+    /// told what to say: OpenAI, Gemini); empty: hang up at once.
+    pub goodbye: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -472,6 +475,7 @@ impl Default for CallConfig {
             voice: String::new(),
             language: String::new(),
             response_timeout: Duration::from_secs(15),
+            goodbye: String::new(),
         }
     }
 }

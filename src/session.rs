@@ -51,6 +51,21 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// How long the provider's setup waits for the metadata frame before going ahead
 /// without it (it normally comes within milliseconds, but in a known race never).
 const METADATA_WAIT: Duration = Duration::from_millis(500);
+/// Longest time the goodbye may take (generated and played) before we hang up anyway.
+const GOODBYE_MAX: Duration = Duration::from_secs(10);
+
+/// The goodbye at `max_duration_secs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Goodbye {
+    NotSaid,
+    /// Asked for; the provider is generating it.
+    Saying,
+    /// Generated; the pacer is releasing it.
+    Said,
+    /// Released; waiting for FreeSWITCH to play its buffer out.
+    PlayingOut,
+}
+
 /// Period of the per-call housekeeping tick (idle check, metrics flush).
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Late audio is remembered for this many interrupted items.
@@ -215,6 +230,9 @@ struct Session {
     provider_input: Option<AudioFormat>,
     metadata_seen: bool,
     context_sent: bool,
+    /// The template variables the provider was set up with (for the goodbye).
+    vars: BTreeMap<String, String>,
+    goodbye: Goodbye,
     last_audio: Instant,
     stats: Stats,
     sink: SplitSink<Ws, Message>,
@@ -311,6 +329,8 @@ pub async fn run(ws: Ws, setup: CallSetup) {
         provider_input: None,
         metadata_seen: false,
         context_sent: false,
+        vars: BTreeMap::new(),
+        goodbye: Goodbye::NotSaid,
         last_audio: now,
         stats: Stats::default(),
         sink,
@@ -354,6 +374,16 @@ impl Session {
         let mut tick_armed_for: Option<Instant> = None;
 
         loop {
+            // The goodbye has been generated and released: hang up once FreeSWITCH has
+            // played what it holds.
+            if self.goodbye == Goodbye::Said
+                && self.down.pacer.queued_ms() == 0
+                && !self.down.pacer.has_frame()
+            {
+                let rest = self.down.pacer.buffered_ahead(Instant::now().into_std());
+                max_timer.as_mut().reset(Instant::now() + rest);
+                self.goodbye = Goodbye::PlayingOut;
+            }
             let next = self
                 .down
                 .pacer
@@ -368,7 +398,22 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return EndReason::Shutdown,
-                _ = &mut max_timer => return EndReason::MaxDuration,
+                _ = &mut max_timer => {
+                    match self.goodbye {
+                        Goodbye::NotSaid if self.can_say_goodbye() => {
+                            let text = providers::template::render(&self.route.call.goodbye, &self.vars);
+                            info!(goodbye = %text, "max_duration_secs reached: saying goodbye before hanging up");
+                            let _ = self.provider.commands.try_send(ProviderCommand::Say(text));
+                            self.goodbye = Goodbye::Saying;
+                            max_timer.as_mut().reset(Instant::now() + GOODBYE_MAX);
+                        }
+                        Goodbye::Saying => {
+                            warn!(max_secs = GOODBYE_MAX.as_secs(), "goodbye not finished in time: hanging up");
+                            return EndReason::MaxDuration;
+                        }
+                        _ => return EndReason::MaxDuration,
+                    }
+                }
                 _ = &mut tick, if tick_armed_for.is_some() => {
                     tick_armed_for = None;
                     if let Err(r) = self.release_due().await {
@@ -596,12 +641,20 @@ impl Session {
         self.send_context(vars).await;
     }
 
+    /// A goodbye is configured, and the provider is up and can be told what to say.
+    fn can_say_goodbye(&self) -> bool {
+        !self.route.call.goodbye.is_empty()
+            && providers::can_say(self.route.call.provider)
+            && self.provider_input.is_some()
+    }
+
     /// Gives the provider the template variables it sets itself up with (once).
     async fn send_context(&mut self, mut vars: BTreeMap<String, String>) {
         self.context_sent = true;
         vars.insert("call_id".to_owned(), self.call_id.clone());
         vars.entry("route".to_owned())
             .or_insert_with(|| self.route.name.clone());
+        self.vars = vars.clone();
         let context = CallContext {
             call_id: self.call_id.clone(),
             route: self.route.name.clone(),
@@ -648,6 +701,9 @@ impl Session {
             ProviderEvent::Audio { item, data } => self.on_assistant_audio(item, &data),
             ProviderEvent::SpeechStarted => self.barge_in().await?,
             ProviderEvent::ResponseDone => {
+                if self.goodbye == Goodbye::Saying {
+                    self.goodbye = Goodbye::Said;
+                }
                 self.down.pacer.finish();
                 self.down.reply_done = true;
                 if !self.down.pacer.has_frame() && self.send_partial_chunk().await? {

@@ -637,3 +637,54 @@ async fn check_opens_a_session_and_reports_failures() {
     );
     assert!(!err.contains(KEY));
 }
+
+/// `max_duration_secs` with a `goodbye`: the assistant is told to say it, it is played
+/// out to the end, then the call is closed (and hung up over ESL when configured).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goodbye_is_played_before_the_duration_limit_hangs_up() {
+    let mut options = MockOptions::new(MockFormat::Pcmu, KEY);
+    options.greeting_ms = 600;
+    let mock = MockOpenAi::start(options).await;
+    let toml = config(
+        "pcmu",
+        "max_duration_secs = 1\ngoodbye = \"Our time is up, {{caller_id}}. Goodbye!\"",
+    );
+    let daemon = start_daemon(&toml, &env(&mock.url())).await;
+    let id = "oai-goodbye";
+    let call = connect(&daemon, id).await;
+    let sender = tokio::spawn(send_until_closed(
+        call.writer.clone(),
+        vec![0i16; 8000 * 15],
+    ));
+    let summary = daemon.wait_call_end(id).await;
+    let got = ended(call).await;
+    sender.await.unwrap();
+    assert_eq!(field(&summary, "end_reason"), "max_duration");
+
+    let creates: Vec<_> = mock.with(|s| {
+        s.client_events
+            .iter()
+            .filter(|v| v["type"] == "response.create")
+            .cloned()
+            .collect()
+    });
+    assert_eq!(creates.len(), 1, "exactly one response.create: the goodbye");
+    let instructions = creates[0]["response"]["instructions"].as_str().unwrap();
+    assert!(
+        instructions.contains("Our time is up, +3902123. Goodbye!"),
+        "{instructions}"
+    );
+    // All 600 ms of the goodbye reached FreeSWITCH before our Close.
+    let close_at = got
+        .events
+        .iter()
+        .position(|e| matches!(e, Playback::Close(..)))
+        .expect("the daemon closed the stream");
+    let frames_before_close = got.events[..close_at]
+        .iter()
+        .filter(|e| matches!(e, Playback::Audio { .. }))
+        .count();
+    assert_eq!(frames_before_close, 30, "600 ms of goodbye in 20 ms frames");
+    assert_no_problems(&mock);
+    daemon.stop().await;
+}

@@ -159,6 +159,7 @@ fn default_toml_ships_every_key() {
         "call.voice",
         "call.language",
         "call.response_timeout_secs",
+        "call.goodbye",
         "providers.echo.mode",
         "providers.echo.delay_ms",
         "providers.echo.sample_rate",

@@ -247,6 +247,7 @@ fn call(raw: RawCall) -> Result<CallConfig> {
             MAX_CALL_SECS,
             d.response_timeout,
         )?,
+        goodbye: raw.goodbye.unwrap_or(d.goodbye),
     })
 }
 
@@ -419,6 +420,7 @@ fn resolve(
                 MAX_CALL_SECS,
                 call.response_timeout,
             )?,
+            goodbye: r.goodbye.clone().unwrap_or_else(|| call.goodbye.clone()),
         },
         sample_rate: match r.sample_rate {
             None => fs.sample_rate,

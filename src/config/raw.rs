@@ -93,6 +93,7 @@ pub(crate) struct RawCall {
     pub language: Option<String>,
     #[serde(deserialize_with = "int")]
     pub response_timeout_secs: Option<i64>,
+    pub goodbye: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,6 +161,7 @@ pub(crate) struct RawRoute {
     pub language: Option<String>,
     #[serde(deserialize_with = "int")]
     pub response_timeout_secs: Option<i64>,
+    pub goodbye: Option<String>,
     #[serde(deserialize_with = "int")]
     pub sample_rate: Option<i64>,
     pub channels: Option<String>,

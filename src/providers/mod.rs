@@ -98,6 +98,9 @@ pub enum ProviderCommand {
     Truncate { item: ItemId, played_ms: u64 },
     /// Stop the response being generated.
     Cancel,
+    /// Say this (already rendered) text now, e.g. the goodbye at the duration limit.
+    /// Only sent to providers for which [`can_say`] is true.
+    Say(String),
     /// Call metadata arrived (or it was decided none will come); template variables.
     Context(Arc<CallContext>),
     /// Close the provider connection politely.
@@ -193,4 +196,9 @@ pub async fn check(config: &Config, route: &Route) -> Result<String, String> {
         ProviderKind::ElevenLabs => elevenlabs::check(config, route).await,
         ProviderKind::Gemini => gemini::check(config, route).await,
     }
+}
+
+/// Whether the provider can be told to say a given text (the goodbye).
+pub fn can_say(kind: ProviderKind) -> bool {
+    matches!(kind, ProviderKind::OpenAi | ProviderKind::Gemini)
 }

@@ -704,6 +704,20 @@ impl Connection {
                     Ok(())
                 }
             }
+            ProviderCommand::Say(text) => {
+                if !self.turns.ready {
+                    return Ok(());
+                }
+                // One response at a time: whatever is being said gives way to this.
+                if self.turns.current_response.is_some() {
+                    self.send_json(&json!({"type": "response.cancel"})).await?;
+                }
+                self.send_json(&json!({
+                    "type": "response.create",
+                    "response": {"instructions": format!("Say exactly this to the caller, then stop: {text}")}
+                }))
+                .await
+            }
             ProviderCommand::Context(ctx) => {
                 if self.context.is_none() {
                     self.context = Some(ctx);

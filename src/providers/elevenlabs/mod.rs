@@ -382,7 +382,8 @@ impl Live {
                 debug!(%item, played_ms, "elevenlabs: barge-in (server trims its own history)");
             }
             ProviderCommand::Cancel => debug!("elevenlabs: cancel has no equivalent: ignored"),
-            ProviderCommand::Context(_) => {}
+            // The agent cannot be told what to say; the session does not ask.
+            ProviderCommand::Context(_) | ProviderCommand::Say(_) => {}
             ProviderCommand::Close => return Some(End::Session),
         }
         None

@@ -597,6 +597,13 @@ impl Gemini {
                 debug!(%item, played_ms, "gemini: no truncate in this protocol (the server stopped at the interruption)");
             }
             Some(ProviderCommand::Cancel) => debug!("gemini: cancel ignored"),
+            Some(ProviderCommand::Say(text)) => {
+                let msg = wire::instruct(
+                    &self.s.model,
+                    &format!("Say exactly this to the caller, then stop: {text}"),
+                );
+                self.send_active(Message::Text(msg.into())).await;
+            }
             Some(ProviderCommand::Context(_)) => debug!("gemini: second context ignored"),
         }
         Ok(())

@@ -87,7 +87,15 @@ pub fn setup(p: &SetupParams<'_>) -> String {
 
 /// The instruction that makes the assistant speak first.
 pub fn greeting(model: &str, greeting: &str) -> String {
-    let text = format!("Greet the caller by saying exactly: {greeting}");
+    instruct(
+        model,
+        &format!("Greet the caller by saying exactly: {greeting}"),
+    )
+}
+
+/// A text turn that makes the model speak (greeting, goodbye), in the form the model's
+/// generation takes.
+pub fn instruct(model: &str, text: &str) -> String {
     if greets_with_realtime_text(model) {
         json!({"realtimeInput": {"text": text}}).to_string()
     } else {
