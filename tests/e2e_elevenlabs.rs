@@ -271,14 +271,7 @@ async fn pcm_resampling_watchdog_and_barge_in_drops_late_audio() {
 
     // The caller's turn ends and the agent stays silent: the watchdog speaks once.
     mock.send(Cmd::Transcript("hello?".into()));
-    let warning = daemon
-        .wait_log(|l| {
-            message(l) == "provider warning"
-                && field(l, "warning")
-                    .as_str()
-                    .is_some_and(|w| w.contains("provider silent"))
-        })
-        .await;
+    let warning = daemon.wait_watchdog().await;
     println!("watchdog: {}", field(&warning, "warning"));
 
     mock.send(Cmd::Respond {

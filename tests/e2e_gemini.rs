@@ -140,14 +140,7 @@ async fn greeting_setup_and_a_turn() {
         Target::Latest,
         json!({"serverContent": {"inputTranscription": {"text": "Pronto? "}}}),
     );
-    let w = d
-        .wait_log(|l| {
-            message(l) == "provider warning"
-                && field(l, "warning")
-                    .as_str()
-                    .is_some_and(|w| w.starts_with("provider silent"))
-        })
-        .await;
+    let w = d.wait_watchdog().await;
     println!("watchdog: {}", field(&w, "warning"));
 
     let answer = signal(24000, 2.0, 21);

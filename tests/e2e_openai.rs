@@ -445,14 +445,7 @@ async fn watchdog_then_provider_closes_mid_call() {
     mock.wait("session.updated", |s| s.session_updated_sent)
         .await;
     mock.script(Script::SilentTurn);
-    let silent = daemon
-        .wait_log(|l| {
-            message(l) == "provider warning"
-                && field(l, "warning")
-                    .as_str()
-                    .is_some_and(|w| w.starts_with("provider silent"))
-        })
-        .await;
+    let silent = daemon.wait_watchdog().await;
     println!("watchdog: {}", field(&silent, "warning"));
     mock.script(Script::Respond { ms: 400, seed: 7 });
     call.wait_received(20).await;

@@ -772,9 +772,7 @@ impl Connection {
         match msg {
             Message::Text(text) => self.on_text(text.as_str()).await,
             Message::Close(frame) => {
-                let (code, why) = frame
-                    .map(|f| (u16::from(f.code), f.reason.to_string()))
-                    .unwrap_or((1005, String::new()));
+                let (code, why) = super::ws::close_parts(frame);
                 let at_limit = code == 1001 && self.opened.elapsed() >= SESSION_LIMIT;
                 if at_limit {
                     self.turns.expired = true;

@@ -95,6 +95,16 @@ pub async fn connect(
     }
 }
 
+/// Code and reason of a received Close frame; 1005 ("no status received", RFC 6455)
+/// when the peer sent none.
+pub fn close_parts(
+    frame: Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>,
+) -> (u16, String) {
+    frame
+        .map(|f| (u16::from(f.code), f.reason.to_string()))
+        .unwrap_or((1005, String::new()))
+}
+
 /// A URL fit for a log line: query values that can carry credentials are blanked
 /// (`?key=` for Gemini, signed-URL tokens for ElevenLabs).
 pub fn redact_url(url: &str) -> String {

@@ -133,6 +133,17 @@ impl Daemon {
         }
     }
 
+    /// Waits for the provider watchdog's warning (any call).
+    pub async fn wait_watchdog(&self) -> Value {
+        self.wait_log(|l| {
+            message(l) == "provider warning"
+                && field(l, "warning")
+                    .as_str()
+                    .is_some_and(|w| w.starts_with("provider silent"))
+        })
+        .await
+    }
+
     /// Waits for the summary line of call `id`.
     pub async fn wait_call_end(&self, id: &str) -> Value {
         self.wait_log(|l| message(l) == "call ended" && call_id(l) == Some(id))

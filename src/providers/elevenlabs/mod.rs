@@ -413,9 +413,7 @@ impl Live {
         match msg {
             Message::Text(text) => self.on_text(text.as_str()).await,
             Message::Close(frame) => {
-                let (code, why) = frame
-                    .map(|f| (u16::from(f.code), f.reason.to_string()))
-                    .unwrap_or((1005, String::new()));
+                let (code, why) = crate::providers::ws::close_parts(frame);
                 // The provider's own words first: the Close to FreeSWITCH keeps 120 bytes.
                 let mut reason = format!(
                     "elevenlabs close code {code}: {why} [{}]",
@@ -649,9 +647,7 @@ pub async fn check(config: &Config, route: &Route) -> Result<String, String> {
                     _ => {}
                 },
                 Message::Close(frame) => {
-                    let (code, why) = frame
-                        .map(|f| (u16::from(f.code), f.reason.to_string()))
-                        .unwrap_or((1005, String::new()));
+                    let (code, why) = crate::providers::ws::close_parts(frame);
                     return Err(format!(
                         "closed with code {code} ({}): {why}",
                         close_meaning(code)
