@@ -187,9 +187,12 @@ pub async fn call(idx: u32, run: Arc<Run>, cfg: Arc<CallerConfig>) -> CallResult
                             if no != barges_seen {
                                 barges_seen = no;
                                 r.barge_cut_us.push(us(now.saturating_sub(at)));
-                            }
-                            if let Some(reply) = reply.as_mut() {
-                                reply.cleared = true;
+                                // Only a barge-in's clear marks the reply cut: a caller
+                                // turn's speech_started also clears when an overloaded
+                                // daemon is still playing the previous reply.
+                                if let Some(reply) = reply.as_mut() {
+                                    reply.cleared = true;
+                                }
                             }
                         }
                     }

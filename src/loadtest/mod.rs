@@ -310,6 +310,9 @@ pub struct Report {
     pub daemon: Option<DaemonUsage>,
     /// The load generator's own CPU over the hold (% of one core): it shares the machine.
     pub loadgen_cpu_pct: f64,
+    /// The whole machine's CPU over the hold, % of one core (all cores: 100 × cores).
+    pub machine_cpu_pct: f64,
+    pub machine_cores: usize,
 }
 
 impl Report {
@@ -382,6 +385,7 @@ pub async fn run_with_listener(
     let hold_start = Instant::now();
     let d0 = pid.and_then(|p| proc::sample(&p.to_string()));
     let me0 = proc::sample("self");
+    let m0 = proc::machine_jiffies();
     let mut rss_hold_kib = d0.map_or(0, |s| s.rss_kib);
     let mut sampler = tokio::time::interval(Duration::from_millis(500));
     while hold_start.elapsed() < hold {
@@ -396,6 +400,7 @@ pub async fn run_with_listener(
     }
     let d1 = pid.and_then(|p| proc::sample(&p.to_string()));
     let me1 = proc::sample("self");
+    let m1 = proc::machine_jiffies();
     let held_for = hold_start.elapsed().as_secs_f64();
     let stop_ns = run.ns();
     run.stopping.cancel();
@@ -434,7 +439,14 @@ pub async fn run_with_listener(
         (Some(a), Some(b)) => (b.cpu_ticks - a.cpu_ticks) as f64 / tck / held_for * 100.0,
         _ => 0.0,
     };
-    let report = aggregate(
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let machine_cpu_pct = match (m0, m1) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
+            (b1 - b0) as f64 / (t1 - t0) as f64 * 100.0 * cores as f64
+        }
+        _ => 0.0,
+    };
+    let mut report = aggregate(
         args,
         &run,
         results,
@@ -443,6 +455,8 @@ pub async fn run_with_listener(
         daemon,
         loadgen_cpu_pct,
     );
+    report.machine_cpu_pct = machine_cpu_pct;
+    report.machine_cores = cores;
     if let Some(path) = &args.json_out {
         let text = serde_json::to_string_pretty(&report).unwrap_or_default();
         std::fs::write(path, text).map_err(|source| LoadtestError::JsonOut {
@@ -590,6 +604,8 @@ fn aggregate(
         max_lateness_ms: f64::from(max_late) / 1000.0,
         daemon,
         loadgen_cpu_pct,
+        machine_cpu_pct: 0.0,
+        machine_cores: 0,
     }
 }
 

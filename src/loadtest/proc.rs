@@ -46,6 +46,20 @@ pub fn cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// Busy and total jiffies of the whole machine (first line of `/proc/stat`): busy is
+/// everything but idle and iowait. Shows how much of the machine other processes took.
+pub fn machine_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
 /// `VmRSS:` of a `/proc/<pid>/status` file, in KiB.
 pub fn rss_kib(status: &str) -> Option<u64> {
     status
