@@ -707,5 +707,14 @@ pub fn render(r: &Report) -> String {
         "load generator CPU        {:.1} % of a core (same machine)",
         r.loadgen_cpu_pct
     );
+    let ours = r.loadgen_cpu_pct + r.daemon.as_ref().map_or(0.0, |d| d.cpu_pct);
+    let _ = writeln!(
+        s,
+        "machine CPU               {:.1} % ({} cores = {} %; other processes {:.1} %)",
+        r.machine_cpu_pct,
+        r.machine_cores,
+        r.machine_cores * 100,
+        (r.machine_cpu_pct - ours).max(0.0)
+    );
     s
 }
