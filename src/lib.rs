@@ -8,6 +8,7 @@ pub mod call_client;
 pub mod call_metrics;
 pub mod config;
 pub mod freeswitch;
+pub mod loadtest;
 pub mod providers;
 pub mod registry;
 pub mod server;

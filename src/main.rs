@@ -16,6 +16,7 @@ use voicebridge::call_client::{self, CallArgs};
 use voicebridge::call_metrics;
 use voicebridge::config::Config;
 use voicebridge::freeswitch::Esl;
+use voicebridge::loadtest::{self, LoadtestArgs};
 use voicebridge::providers;
 use voicebridge::registry::Registry;
 use voicebridge::server::{self, Shutdown};
@@ -50,6 +51,9 @@ enum Command {
     /// Stream a WAV file to a running voicebridge exactly like mod_audio_stream does,
     /// record what comes back, and print a summary.
     Call(CallArgs),
+    /// Open N concurrent calls against a running daemon, with a local mock OpenAI
+    /// provider, and measure added latency, pacing, barge-in, CPU and RSS.
+    Loadtest(LoadtestArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Call(args)) => runtime.block_on(call(args)),
+        Some(Command::Loadtest(args)) => runtime.block_on(load_test(args)),
         Some(Command::Check) => runtime.block_on(check(&cli.config)),
         Some(Command::Serve) | None => runtime.block_on(serve(&cli.config)),
     }
@@ -292,6 +297,23 @@ async fn call(args: CallArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("voicebridge call: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn load_test(args: LoadtestArgs) -> ExitCode {
+    match loadtest::run(&args).await {
+        Ok(report) => {
+            print!("{}", loadtest::render(&report));
+            if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("voicebridge loadtest: {e}");
             ExitCode::FAILURE
         }
     }

@@ -196,6 +196,17 @@ impl Setup {
     }
 }
 
+/// `{"type":"input_audio_buffer.append","audio":"<base64>"}` for one frame, in one
+/// allocation: the JSON is written around the base64 in place. Public for the benches.
+pub fn append_event(frame: &[u8]) -> String {
+    const HEAD: &str = r#"{"type":"input_audio_buffer.append","audio":""#;
+    let mut text = String::with_capacity(HEAD.len() + frame.len().div_ceil(3) * 4 + 2);
+    text.push_str(HEAD);
+    base64::engine::general_purpose::STANDARD.encode_string(frame, &mut text);
+    text.push_str("\"}");
+    text
+}
+
 // ---- server events ------------------------------------------------------------------
 
 /// The fields of server events we use; everything else is ignored.
@@ -675,13 +686,7 @@ impl Connection {
                 if !self.turns.ready {
                     return Ok(());
                 }
-                // One allocation per frame: the JSON is written around the base64 in place.
-                const HEAD: &str = r#"{"type":"input_audio_buffer.append","audio":""#;
-                let mut text = String::with_capacity(HEAD.len() + frame.len().div_ceil(3) * 4 + 2);
-                text.push_str(HEAD);
-                base64::engine::general_purpose::STANDARD.encode_string(&frame, &mut text);
-                text.push_str("\"}");
-                self.send(Message::text(text)).await
+                self.send(Message::text(append_event(&frame))).await
             }
             ProviderCommand::Truncate { item, played_ms } => {
                 info!(item = %item, audio_end_ms = played_ms, "OpenAI: truncating the interrupted item");

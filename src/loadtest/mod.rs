@@ -1,0 +1,720 @@
+//! `voicebridge loadtest`: N concurrent calls against a running daemon, with its own
+//! OpenAI-like mock provider in the same process, measuring what the daemon adds.
+//!
+//! Why one process for both ends: the latencies we care about (a caller frame in → its
+//! `input_audio_buffer.append` out; a provider delta in → the playback frame out; a
+//! `speech_started` in → `clearAudio` out) are then differences of one monotonic clock,
+//! measured per message, not estimated from averages. The daemon is a separate process,
+//! so its CPU and RSS are read from `/proc` without any help from it.
+//!
+//! - Calls behave like `mod_audio_stream`: Origin header, metadata text frame, L16 8 kHz
+//!   20 ms frames on a real-time clock, Close 1000 at the end then up to 1 s for the echo.
+//!   All calls share one timer wheel (a task ticking every millisecond that wakes the
+//!   calls of that millisecond's slot), so there is one timer, not one per call.
+//! - The mock ([`mock`]) speaks the GA event sequence: `session.created`,
+//!   `session.updated` after `session.update`, then per turn the caller's VAD events and
+//!   a response streamed in bursts faster than real time, with a barge-in
+//!   (`speech_started` mid-reply, the response cancelled after a couple of late deltas)
+//!   every `--barge-every` turns.
+//! - Linking a mock connection to its call: the call id in the session's instructions
+//!   (run the daemon with `instructions = "{{call_id}}"`), else the call index stamped in
+//!   the caller's audio ([`stamp`], pcmu only).
+
+pub mod caller;
+pub mod mock;
+pub mod proc;
+pub mod stamp;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Slots of the timer wheel: one per millisecond of a 20 ms frame period.
+const WHEEL_SLOTS: u64 = 20;
+/// Send times kept per call, by `seq % SENT_RING` (5 s of frames: far more than any
+/// delay a frame may see and still be matched).
+const SENT_RING: usize = 256;
+/// Prefix of the call ids, so the mock can find them in the instructions.
+pub const CALL_ID_PREFIX: &str = "vbload-";
+
+/// Load-test a running voicebridge with N concurrent calls and a local mock provider.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadtestArgs {
+    /// The daemon's listen address, as FreeSWITCH would dial it.
+    #[arg(long, default_value = "ws://127.0.0.1:9090")]
+    pub url: String,
+
+    /// Route (first path segment) the calls use.
+    #[arg(long, default_value = "call")]
+    pub route: String,
+
+    /// Concurrent calls.
+    #[arg(long, short = 'n', default_value_t = 100)]
+    pub calls: usize,
+
+    /// New calls per second while ramping up (the daemon's `server.per_ip_rate_limit`,
+    /// 50/s by default, must be above this or 0).
+    #[arg(long, default_value_t = 50.0)]
+    pub ramp_per_sec: f64,
+
+    /// Seconds all calls are held once the last one is up (CPU and RSS are measured here).
+    #[arg(long, default_value_t = 10.0)]
+    pub hold_secs: f64,
+
+    /// Seconds to wait after the last call ended before reading the daemon's RSS again.
+    #[arg(long, default_value_t = 3.0)]
+    pub settle_secs: f64,
+
+    /// Where the mock OpenAI provider listens. Point the daemon at it with
+    /// VOICEBRIDGE__PROVIDERS__OPENAI__URL=ws://<this>/v1/realtime.
+    #[arg(long, default_value = "127.0.0.1:4010")]
+    pub mock_listen: SocketAddr,
+
+    /// The daemon's pid, for CPU and RSS [default: the process listening on --url's port].
+    #[arg(long)]
+    pub pid: Option<u32>,
+
+    /// A turn (caller VAD events + a response) starts this often per call.
+    #[arg(long, default_value_t = 2000)]
+    pub turn_every_ms: u64,
+
+    /// Milliseconds of audio in each response.
+    #[arg(long, default_value_t = 1000)]
+    pub response_ms: u64,
+
+    /// Every Nth turn is interrupted by `speech_started` (barge-in); 0 = never.
+    #[arg(long, default_value_t = 2)]
+    pub barge_every: u64,
+
+    /// Barge-in this long after the response's first delta.
+    #[arg(long, default_value_t = 150)]
+    pub barge_after_ms: u64,
+
+    /// The daemon's playback lead (`freeswitch.playback_lead_ms`): frames of a reply are
+    /// expected at first + max(0, k + 1 − lead/20) × 20 ms.
+    #[arg(long, default_value_t = 60)]
+    pub lead_ms: u64,
+
+    /// Write the report as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json_out: Option<std::path::PathBuf>,
+}
+
+impl LoadtestArgs {
+    /// The command line's defaults, for tests.
+    pub fn new(url: impl Into<String>, calls: usize) -> Self {
+        LoadtestArgs {
+            url: url.into(),
+            route: "call".into(),
+            calls,
+            ramp_per_sec: 50.0,
+            hold_secs: 10.0,
+            settle_secs: 3.0,
+            mock_listen: SocketAddr::from(([127, 0, 0, 1], 4010)),
+            pid: None,
+            turn_every_ms: 2000,
+            response_ms: 1000,
+            barge_every: 2,
+            barge_after_ms: 150,
+            lead_ms: 60,
+            json_out: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadtestError {
+    #[error("cannot listen for the mock provider on {addr}: {source}")]
+    MockListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+    #[error("cannot write {path}: {source}")]
+    JsonOut {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What the caller side and the mock side of one call share: timestamps in ns since
+/// the run's epoch, written by one side and read by the other.
+pub struct CallLink {
+    /// When frame `seq` was handed to the socket, at `seq % SENT_RING`.
+    sent_ns: Vec<AtomicU64>,
+    /// Number of responses the mock started, and when it sent the latest one's first delta.
+    resp_no: AtomicU64,
+    resp_first_delta_ns: AtomicU64,
+    /// Barge-ins the mock sent, and when it sent the latest `speech_started`.
+    barge_no: AtomicU64,
+    barge_ns: AtomicU64,
+    /// Appends the mock received for this call.
+    appends: AtomicU64,
+}
+
+impl CallLink {
+    fn new() -> CallLink {
+        CallLink {
+            sent_ns: (0..SENT_RING).map(|_| AtomicU64::new(0)).collect(),
+            resp_no: AtomicU64::new(0),
+            resp_first_delta_ns: AtomicU64::new(0),
+            barge_no: AtomicU64::new(0),
+            barge_ns: AtomicU64::new(0),
+            appends: AtomicU64::new(0),
+        }
+    }
+
+    fn set_sent(&self, seq: u32, ns: u64) {
+        self.sent_ns[seq as usize % SENT_RING].store(ns, Ordering::Relaxed);
+    }
+
+    fn sent(&self, seq: u32) -> u64 {
+        self.sent_ns[seq as usize % SENT_RING].load(Ordering::Relaxed)
+    }
+
+    /// Mock: a response's first delta goes out now.
+    fn response_started(&self, ns: u64) {
+        self.resp_first_delta_ns.store(ns, Ordering::Relaxed);
+        self.resp_no.fetch_add(1, Ordering::Release);
+    }
+
+    /// Caller: (number of responses started, first delta time of the latest).
+    fn response(&self) -> (u64, u64) {
+        let no = self.resp_no.load(Ordering::Acquire);
+        (no, self.resp_first_delta_ns.load(Ordering::Relaxed))
+    }
+
+    fn barge_sent(&self, ns: u64) {
+        self.barge_ns.store(ns, Ordering::Relaxed);
+        self.barge_no.fetch_add(1, Ordering::Release);
+    }
+
+    fn barge(&self) -> (u64, u64) {
+        let no = self.barge_no.load(Ordering::Acquire);
+        (no, self.barge_ns.load(Ordering::Relaxed))
+    }
+}
+
+/// State of the whole run shared by every task.
+pub struct Run {
+    epoch: Instant,
+    links: Vec<CallLink>,
+    /// The timer wheel: slot `s` holds the number of the 20 ms frame period whose
+    /// millisecond `s` passed last.
+    wheel: Vec<watch::Sender<u64>>,
+    /// Cancelled at the end of the hold: calls close, the mock stops new turns.
+    stopping: CancellationToken,
+    mock: Mutex<mock::MockTotals>,
+}
+
+impl Run {
+    fn ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn link(&self, call: u32) -> Option<&CallLink> {
+        self.links.get(call as usize)
+    }
+}
+
+/// Latency distribution in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Dist {
+    pub n: usize,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Dist {
+    /// From samples in microseconds; `None` when there are none.
+    pub fn of(mut us: Vec<u32>) -> Option<Dist> {
+        if us.is_empty() {
+            return None;
+        }
+        us.sort_unstable();
+        let q = |p: f64| {
+            let i = ((us.len() as f64 * p).ceil() as usize).clamp(1, us.len()) - 1;
+            f64::from(us[i]) / 1000.0
+        };
+        Some(Dist {
+            n: us.len(),
+            p50_ms: q(0.50),
+            p90_ms: q(0.90),
+            p99_ms: q(0.99),
+            max_ms: f64::from(us[us.len() - 1]) / 1000.0,
+        })
+    }
+}
+
+/// The daemon's resources, from `/proc`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DaemonUsage {
+    pub pid: u32,
+    /// CPU over the hold, % of one core, all calls together.
+    pub cpu_pct: f64,
+    pub cpu_pct_per_call: f64,
+    pub rss_idle_mb: f64,
+    /// Highest RSS seen during the hold.
+    pub rss_hold_mb: f64,
+    pub rss_per_call_mb: f64,
+    /// RSS `--settle-secs` after the last call ended.
+    pub rss_after_mb: f64,
+    pub rss_after_minus_idle_mb: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub calls: usize,
+    pub connected: usize,
+    /// Calls up for the whole hold and closed cleanly (Close echoed).
+    pub held: usize,
+    pub failed: usize,
+    /// Error kind → count (connect refusals, drops, unclean closes...).
+    pub errors: BTreeMap<String, usize>,
+    pub hold_secs: f64,
+    /// Provider audio formats the mock saw in `session.update`, with counts.
+    pub provider_formats: BTreeMap<String, usize>,
+    pub mock_connections: u64,
+    pub mock_unlinked: u64,
+    pub mock_problems: Vec<String>,
+    pub frames_sent: u64,
+    pub appends_received: u64,
+    pub playback_frames: u64,
+    pub calls_without_audio: usize,
+    /// FreeSWITCH frame sent → its append read by the mock (pcmu only).
+    pub added_latency: Option<Dist>,
+    /// A response's first delta sent (pacer empty) → its first playback frame read.
+    pub provider_to_fs: Option<Dist>,
+    /// `speech_started` sent → `clearAudio` read.
+    pub barge_in: Option<Dist>,
+    pub barge_ins_sent: u64,
+    pub clear_audio: u64,
+    /// Barge-ins (sent > 200 ms before the end) that never got a `clearAudio`.
+    pub barge_ins_without_clear: u64,
+    /// Playback frames of an interrupted reply read after its `clearAudio`.
+    pub frames_after_clear: u64,
+    /// Playback frames read more than 20 ms after their pacing slot.
+    pub late_frames: u64,
+    pub max_lateness_ms: f64,
+    pub daemon: Option<DaemonUsage>,
+    /// The load generator's own CPU over the hold (% of one core): it shares the machine.
+    pub loadgen_cpu_pct: f64,
+    /// The whole machine's CPU over the hold, % of one core (all cores: 100 × cores).
+    pub machine_cpu_pct: f64,
+    pub machine_cores: usize,
+}
+
+impl Report {
+    /// True when nothing went wrong functionally (the smoke test's criterion).
+    pub fn is_clean(&self) -> bool {
+        self.failed == 0
+            && self.errors.is_empty()
+            && self.held == self.calls
+            && self.calls_without_audio == 0
+            && self.mock_problems.is_empty()
+            && self.mock_unlinked == 0
+            && self.barge_ins_without_clear == 0
+            && self.frames_after_clear == 0
+    }
+}
+
+/// Runs the load test with the mock on `--mock-listen`.
+pub async fn run(args: &LoadtestArgs) -> Result<Report, LoadtestError> {
+    let listener = TcpListener::bind(args.mock_listen)
+        .await
+        .map_err(|source| LoadtestError::MockListen {
+            addr: args.mock_listen,
+            source,
+        })?;
+    run_with_listener(args, listener).await
+}
+
+/// Runs the load test with the mock on an already bound listener (tests bind port 0,
+/// start the daemon pointed at it, then call this).
+pub async fn run_with_listener(
+    args: &LoadtestArgs,
+    listener: TcpListener,
+) -> Result<Report, LoadtestError> {
+    validate(args)?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let run = Arc::new(Run {
+        epoch: Instant::now(),
+        links: (0..args.calls).map(|_| CallLink::new()).collect(),
+        wheel: (0..WHEEL_SLOTS).map(|_| watch::channel(0).0).collect(),
+        stopping: CancellationToken::new(),
+        mock: Mutex::new(mock::MockTotals::default()),
+    });
+    let mock_cfg = Arc::new(mock::MockConfig::new(args));
+    let mock_task = tokio::spawn(mock::serve(listener, Arc::clone(&run), mock_cfg));
+    let wheel_stop = CancellationToken::new();
+    let wheel_task = tokio::spawn(drive_wheel(Arc::clone(&run), wheel_stop.clone()));
+
+    let pid = args
+        .pid
+        .or_else(|| port_of(&args.url).and_then(proc::find_listener));
+    let tck = proc::clock_ticks_per_sec() as f64;
+    let idle = pid.and_then(|p| proc::sample(&p.to_string()));
+
+    // Ramp: one call every 1/ramp s.
+    let cfg = Arc::new(caller::CallerConfig::new(args));
+    let mut tasks = Vec::with_capacity(args.calls);
+    let step = Duration::from_secs_f64(1.0 / args.ramp_per_sec);
+    let ramp_start = Instant::now();
+    for i in 0..args.calls {
+        tokio::time::sleep_until(ramp_start + step * i as u32).await;
+        tasks.push(tokio::spawn(caller::call(
+            i as u32,
+            Arc::clone(&run),
+            Arc::clone(&cfg),
+        )));
+    }
+    // Hold: from the last call's start (its handshake included).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let hold = Duration::from_secs_f64(args.hold_secs);
+    let hold_start = Instant::now();
+    let d0 = pid.and_then(|p| proc::sample(&p.to_string()));
+    let me0 = proc::sample("self");
+    let m0 = proc::machine_jiffies();
+    let mut rss_hold_kib = d0.map_or(0, |s| s.rss_kib);
+    let mut sampler = tokio::time::interval(Duration::from_millis(500));
+    while hold_start.elapsed() < hold {
+        tokio::select! {
+            _ = sampler.tick() => {
+                if let Some(s) = pid.and_then(|p| proc::sample(&p.to_string())) {
+                    rss_hold_kib = rss_hold_kib.max(s.rss_kib);
+                }
+            }
+            _ = tokio::time::sleep_until(hold_start + hold) => {}
+        }
+    }
+    let d1 = pid.and_then(|p| proc::sample(&p.to_string()));
+    let me1 = proc::sample("self");
+    let m1 = proc::machine_jiffies();
+    let held_for = hold_start.elapsed().as_secs_f64();
+    let stop_ns = run.ns();
+    run.stopping.cancel();
+
+    let mut results = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        match t.await {
+            Ok(r) => results.push(r),
+            Err(e) => results.push(caller::CallResult::failed(format!("task: {e}"))),
+        }
+    }
+    wheel_stop.cancel();
+    let _ = wheel_task.await;
+    tokio::time::sleep(Duration::from_secs_f64(args.settle_secs)).await;
+    let after = pid.and_then(|p| proc::sample(&p.to_string()));
+    mock_task.abort();
+
+    let daemon = match (pid, idle, d0, d1, after) {
+        (Some(pid), Some(idle), Some(d0), Some(d1), Some(after)) => {
+            let cpu_pct = (d1.cpu_ticks - d0.cpu_ticks) as f64 / tck / held_for * 100.0;
+            let mb = |kib: u64| kib as f64 / 1024.0;
+            Some(DaemonUsage {
+                pid,
+                cpu_pct,
+                cpu_pct_per_call: cpu_pct / args.calls as f64,
+                rss_idle_mb: mb(idle.rss_kib),
+                rss_hold_mb: mb(rss_hold_kib),
+                rss_per_call_mb: (mb(rss_hold_kib) - mb(idle.rss_kib)) / args.calls as f64,
+                rss_after_mb: mb(after.rss_kib),
+                rss_after_minus_idle_mb: mb(after.rss_kib) - mb(idle.rss_kib),
+            })
+        }
+        _ => None,
+    };
+    let loadgen_cpu_pct = match (me0, me1) {
+        (Some(a), Some(b)) => (b.cpu_ticks - a.cpu_ticks) as f64 / tck / held_for * 100.0,
+        _ => 0.0,
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let machine_cpu_pct = match (m0, m1) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
+            (b1 - b0) as f64 / (t1 - t0) as f64 * 100.0 * cores as f64
+        }
+        _ => 0.0,
+    };
+    let mut report = aggregate(
+        args,
+        &run,
+        results,
+        stop_ns,
+        held_for,
+        daemon,
+        loadgen_cpu_pct,
+    );
+    report.machine_cpu_pct = machine_cpu_pct;
+    report.machine_cores = cores;
+    if let Some(path) = &args.json_out {
+        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        std::fs::write(path, text).map_err(|source| LoadtestError::JsonOut {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(report)
+}
+
+fn validate(args: &LoadtestArgs) -> Result<(), LoadtestError> {
+    let bad = |m: &str| Err(LoadtestError::InvalidOption(m.to_owned()));
+    if args.calls == 0 || args.calls > 1_000_000 {
+        return bad("--calls must be 1..1000000");
+    }
+    if !(args.ramp_per_sec > 0.0 && args.ramp_per_sec.is_finite()) {
+        return bad("--ramp-per-sec must be > 0");
+    }
+    if !(args.hold_secs >= 0.0 && args.hold_secs.is_finite()) {
+        return bad("--hold-secs must be >= 0");
+    }
+    if !(args.settle_secs >= 0.0 && args.settle_secs.is_finite()) {
+        return bad("--settle-secs must be >= 0");
+    }
+    if args.turn_every_ms < args.response_ms + 200 {
+        return bad("--turn-every-ms must exceed --response-ms by 200 ms (the pacer must run empty between replies)");
+    }
+    if args.lead_ms < 20 || !args.lead_ms.is_multiple_of(20) {
+        return bad("--lead-ms must be a multiple of 20");
+    }
+    if !(args.url.starts_with("ws://") || args.url.starts_with("wss://")) {
+        return bad("--url must be ws://HOST:PORT");
+    }
+    Ok(())
+}
+
+/// The port of a `ws://host:port[/...]` URL (80 if none is given).
+fn port_of(url: &str) -> Option<u16> {
+    let uri: http::Uri = url.parse().ok()?;
+    Some(uri.port_u16().unwrap_or(80))
+}
+
+/// The shared timer wheel: wakes every millisecond and publishes, for the slot of each
+/// millisecond that passed, the number of the current 20 ms period. A call on slot `s`
+/// sends one frame each time its slot changes (and catches up if it missed some).
+async fn drive_wheel(run: Arc<Run>, stop: CancellationToken) {
+    let mut ms = 0u64;
+    loop {
+        let next = run.epoch + Duration::from_millis(ms + 1);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        let now_ms = run.epoch.elapsed().as_millis() as u64;
+        while ms < now_ms {
+            ms += 1;
+            run.wheel[(ms % WHEEL_SLOTS) as usize].send_replace(ms / WHEEL_SLOTS);
+        }
+    }
+}
+
+fn aggregate(
+    args: &LoadtestArgs,
+    run: &Run,
+    results: Vec<caller::CallResult>,
+    stop_ns: u64,
+    held_for: f64,
+    daemon: Option<DaemonUsage>,
+    loadgen_cpu_pct: f64,
+) -> Report {
+    let mut errors = BTreeMap::new();
+    let (mut connected, mut held, mut failed) = (0, 0, 0);
+    let (mut frames_sent, mut playback_frames, mut no_audio) = (0, 0, 0);
+    let (mut p2fs, mut barge) = (Vec::new(), Vec::new());
+    let (mut clear, mut after_clear, mut late, mut max_late) = (0, 0, 0, 0u32);
+    let mut barge_missing = 0;
+    for (i, r) in results.iter().enumerate() {
+        connected += usize::from(r.connected);
+        if let Some(e) = &r.error {
+            failed += 1;
+            *errors.entry(e.clone()).or_insert(0) += 1;
+        } else if r.connected {
+            held += 1;
+        }
+        frames_sent += r.frames_sent;
+        playback_frames += r.frames_received;
+        if r.connected && r.frames_received == 0 {
+            no_audio += 1;
+        }
+        p2fs.extend_from_slice(&r.provider_to_fs_us);
+        barge.extend_from_slice(&r.barge_cut_us);
+        clear += r.clear_audio;
+        after_clear += r.frames_after_clear;
+        late += r.late_frames;
+        max_late = max_late.max(r.max_lateness_us);
+        if let Some(link) = run.links.get(i) {
+            let (sent, last_ns) = link.barge();
+            let matched = r.barge_cut_us.len() as u64;
+            if sent > matched {
+                // The last barge-in may race the teardown: only count it if it was sent
+                // well before the calls began closing.
+                let racing = u64::from(last_ns + 200_000_000 > stop_ns);
+                barge_missing += (sent - matched).saturating_sub(racing);
+            }
+        }
+    }
+    let totals = run
+        .mock
+        .lock()
+        .map(|m| m.clone())
+        .unwrap_or_else(|e| e.into_inner().clone());
+    let appends = run
+        .links
+        .iter()
+        .map(|l| l.appends.load(Ordering::Relaxed))
+        .sum();
+    let barge_ins_sent = run
+        .links
+        .iter()
+        .map(|l| l.barge_no.load(Ordering::Relaxed))
+        .sum();
+    Report {
+        calls: args.calls,
+        connected,
+        held,
+        failed,
+        errors,
+        hold_secs: held_for,
+        provider_formats: totals.formats.clone(),
+        mock_connections: totals.connections,
+        mock_unlinked: totals.unlinked,
+        mock_problems: totals.problems.clone(),
+        frames_sent,
+        appends_received: appends,
+        playback_frames,
+        calls_without_audio: no_audio,
+        added_latency: Dist::of(totals.added_us.clone()),
+        provider_to_fs: Dist::of(p2fs),
+        barge_in: Dist::of(barge),
+        barge_ins_sent,
+        clear_audio: clear,
+        barge_ins_without_clear: barge_missing,
+        frames_after_clear: after_clear,
+        late_frames: late,
+        max_lateness_ms: f64::from(max_late) / 1000.0,
+        daemon,
+        loadgen_cpu_pct,
+        machine_cpu_pct: 0.0,
+        machine_cores: 0,
+    }
+}
+
+/// The report as a human-readable table.
+pub fn render(r: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let dist = |d: &Option<Dist>| match d {
+        Some(d) => format!(
+            "p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3} ms  (n={})",
+            d.p50_ms, d.p90_ms, d.p99_ms, d.max_ms, d.n
+        ),
+        None => "n/a".to_owned(),
+    };
+    let formats: Vec<String> = r
+        .provider_formats
+        .iter()
+        .map(|(k, v)| format!("{k}×{v}"))
+        .collect();
+    let _ = writeln!(
+        s,
+        "calls                     {} (connected {}, held {}, failed {})",
+        r.calls, r.connected, r.held, r.failed
+    );
+    for (e, n) in &r.errors {
+        let _ = writeln!(s, "  error ×{n}: {e}");
+    }
+    let _ = writeln!(s, "hold                      {:.1} s", r.hold_secs);
+    let _ = writeln!(s, "provider format           {}", formats.join(", "));
+    let _ = writeln!(
+        s,
+        "mock connections          {} (unlinked {}, problems {})",
+        r.mock_connections,
+        r.mock_unlinked,
+        r.mock_problems.len()
+    );
+    for p in r.mock_problems.iter().take(5) {
+        let _ = writeln!(s, "  mock problem: {p}");
+    }
+    let _ = writeln!(
+        s,
+        "frames sent / appends     {} / {}",
+        r.frames_sent, r.appends_received
+    );
+    let _ = writeln!(
+        s,
+        "playback frames           {} (calls without audio: {})",
+        r.playback_frames, r.calls_without_audio
+    );
+    let _ = writeln!(
+        s,
+        "added latency FS→provider {}",
+        match &r.added_latency {
+            Some(_) => dist(&r.added_latency),
+            None =>
+                "n/a (needs audio_format = \"pcmu\": the stamp does not survive resampling)".into(),
+        }
+    );
+    let _ = writeln!(s, "provider→FS (pacer empty) {}", dist(&r.provider_to_fs));
+    let _ = writeln!(s, "barge-in → clearAudio     {}", dist(&r.barge_in));
+    let _ = writeln!(
+        s,
+        "barge-ins / clearAudio    {} / {} (missing {}, frames after clear {})",
+        r.barge_ins_sent, r.clear_audio, r.barge_ins_without_clear, r.frames_after_clear
+    );
+    let _ = writeln!(
+        s,
+        "late frames (> 20 ms)     {} of {} (max lateness {:.3} ms)",
+        r.late_frames, r.playback_frames, r.max_lateness_ms
+    );
+    match &r.daemon {
+        Some(d) => {
+            let _ = writeln!(s, "daemon pid                {}", d.pid);
+            let _ = writeln!(
+                s,
+                "daemon CPU                {:.1} % of a core, {:.4} % per call",
+                d.cpu_pct, d.cpu_pct_per_call
+            );
+            let _ = writeln!(
+                s,
+                "daemon RSS                idle {:.1} MB, hold {:.1} MB, {:.4} MB per call",
+                d.rss_idle_mb, d.rss_hold_mb, d.rss_per_call_mb
+            );
+            let _ = writeln!(
+                s,
+                "daemon RSS after          {:.1} MB ({:+.1} MB vs idle)",
+                d.rss_after_mb, d.rss_after_minus_idle_mb
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "daemon CPU/RSS            n/a (process not found: pass --pid)"
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "load generator CPU        {:.1} % of a core (same machine)",
+        r.loadgen_cpu_pct
+    );
+    let ours = r.loadgen_cpu_pct + r.daemon.as_ref().map_or(0.0, |d| d.cpu_pct);
+    let _ = writeln!(
+        s,
+        "machine CPU               {:.1} % ({} cores = {} %; other processes {:.1} %)",
+        r.machine_cpu_pct,
+        r.machine_cores,
+        r.machine_cores * 100,
+        (r.machine_cpu_pct - ours).max(0.0)
+    );
+    s
+}
