@@ -31,7 +31,7 @@ use crate::session::{self, CallSetup};
 /// garbage; the cap keeps a hostile frame from growing memory.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// Eagerly allocated per connection by tungstenite: keep it small, frames are small.
-const READ_BUFFER_BYTES: usize = 8 * 1024;
+const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// A peer that stops reading gets an error instead of an unbounded write buffer.
 const MAX_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
 /// Pause after a failed accept (e.g. out of file descriptors) so we do not spin.
