@@ -367,10 +367,13 @@ impl Session {
         // metrics flush), instead of timers per frame.
         let mut housekeeping = tokio::time::interval_at(self.started + HOUSEKEEPING, HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Created once: `cancelled()` registers a waiter under the token's lock, too
+        // costly to redo on every wake-up of every call (it showed in the profile).
+        let stopped = stop.cancelled();
         let max_timer = sleep_until(max_deadline);
         let tick = sleep_until(far_future);
         let metadata_timer = sleep_until(self.started + METADATA_WAIT);
-        tokio::pin!(max_timer, tick, metadata_timer);
+        tokio::pin!(stopped, max_timer, tick, metadata_timer);
         let mut tick_armed_for: Option<Instant> = None;
 
         loop {
@@ -397,7 +400,6 @@ impl Session {
             }
             tokio::select! {
                 biased;
-                _ = stop.cancelled() => return EndReason::Shutdown,
                 _ = &mut max_timer => {
                     match self.goodbye {
                         Goodbye::NotSaid if self.can_say_goodbye() => {
@@ -452,6 +454,10 @@ impl Session {
                         return EndReason::IdleTimeout;
                     }
                 }
+                // Last: `biased` polls branches in order and stops at the first ready
+                // one, so the token (whose poll takes a lock) is only polled when
+                // nothing else woke the call.
+                _ = &mut stopped => return EndReason::Shutdown,
             }
         }
     }

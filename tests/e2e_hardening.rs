@@ -438,3 +438,36 @@ async fn sighup_reloads_routes_for_new_calls_only() {
     assert_eq!(field(&s, "end_reason"), "freeswitch_closed");
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_closes_the_remaining_calls_with_1001() {
+    let daemon = Daemon::start(&echo("drain_timeout_secs = 1", ""), &[]).await;
+    let call = Call::connect(&daemon, "call", "left-over", "rate=8000").await;
+    let writer = call.writer.clone();
+    let talk = tokio::spawn(async move {
+        let mut clock = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            clock.tick().await;
+            if writer.send_audio(&[0x20; 320]).await.is_err() {
+                break;
+            }
+        }
+    });
+    call.wait_received(5).await;
+    daemon.sigterm();
+    // The call does not end by itself: the drain timeout closes it.
+    let summary = daemon.wait_call_end("left-over").await;
+    assert_eq!(field(&summary, "end_reason"), "shutdown");
+    let got = tokio::time::timeout(common::daemon::HANG_GUARD, call.reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        got.events
+            .iter()
+            .any(|e| matches!(e, common::call::Playback::Close(Some(1001), _))),
+        "FreeSWITCH gets Close 1001 (going away)"
+    );
+    talk.abort();
+    assert_eq!(daemon.wait_exit().await, Some(0));
+}
