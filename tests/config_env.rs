@@ -229,7 +229,7 @@ fn debug_never_prints_secrets() {
          [freeswitch.esl]\npassword = \"fake-esl-bbbbbbbb\"\n\
          [[routes]]\nname = \"g\"\nprovider = \"gemini\"\n",
         &[
-            ("OPENAI_API_KEY", "sk-fake-openai-cccccccc"),
+            ("OPENAI_API_KEY", "fake-openai-key-cccccccc"),
             (
                 "VOICEBRIDGE__PROVIDERS__GEMINI__API_KEY",
                 "fake-gemini-dddddddd",
@@ -241,7 +241,7 @@ fn debug_never_prints_secrets() {
     for secret in [
         "fake-token-aaaaaaaaaaaa",
         "fake-esl-bbbbbbbb",
-        "sk-fake-openai-cccccccc",
+        "fake-openai-key-cccccccc",
         "fake-gemini-dddddddd",
         "fake-eleven-eeeeeeee",
     ] {

@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::time::Instant;
 use voicebridge::audio::signal::{sine, snr_db_within, speech_like, sweep};
 
-const KEY: &str = "AIzaFAKE-gemini-test-key-0123456789";
+const KEY: &str = "fake-gemini-test-key-0123456789";
 const LEAD_MS: u64 = 60;
 
 fn config(greeting: &str, language: &str, response_timeout_secs: u64) -> String {

@@ -331,8 +331,8 @@ async fn metrics_match_a_scripted_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_the_logs() {
-    const OPENAI: &str = "sk-test-OPENAI-0123456789abcdefghijkl";
-    const GEMINI: &str = "AIza-test-GEMINI-0123456789abcdefghij";
+    const OPENAI: &str = "fake-openai-key-0123456789abcdefghijkl";
+    const GEMINI: &str = "fake-gemini-key-0123456789abcdefghij";
     const ELEVEN: &str = "xi-test-ELEVEN-0123456789abcdefghijk";
     const ESL: &str = "esl-test-password-0123456789";
     // A provider that cannot be reached: the error path logs URLs and reasons.

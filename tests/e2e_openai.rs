@@ -15,7 +15,7 @@ use voicebridge::audio::g711;
 use voicebridge::audio::signal::{snr_db_within, speech_like};
 
 const LEAD_MS: u64 = 60;
-const KEY: &str = "sk-test-FAKEKEY0123456789abcdefXYZ";
+const KEY: &str = "fake-openai-test-key-0123456789abcdefXYZ";
 
 fn config(format: &str, call_extra: &str) -> String {
     format!(
