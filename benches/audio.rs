@@ -13,20 +13,8 @@ use voicebridge::audio::{
     g711, pcm, signal, AudioFormat, Channels, ItemId, Pacer, Reframer, Resampler, Transcoder,
 };
 
-fn frame_of(rate: u32) -> Vec<i16> {
-    let all = signal::speech_like(rate, 1.0, 42);
-    // A voiced stretch, not a pause.
-    let n = rate as usize / 50;
-    let start = all
-        .chunks(n)
-        .position(|c| signal::rms_dbfs(c) > -30.0)
-        .unwrap_or(0)
-        * n;
-    all[start..start + n].to_vec()
-}
-
 fn bench_g711(c: &mut Criterion) {
-    let lin = frame_of(8000);
+    let lin = signal::voiced_frame(8000);
     let mut ulaw = Vec::new();
     g711::ulaw_encode(&lin, &mut ulaw);
     let mut alaw = Vec::new();
@@ -112,7 +100,7 @@ fn bench_resample(c: &mut Criterion) {
         (16000, 24000),
         (24000, 16000),
     ] {
-        let input = frame_of(from);
+        let input = signal::voiced_frame(from);
         let mut r = Resampler::new(from, to).expect("supported pair");
         let mut out = Vec::with_capacity(4096);
         for _ in 0..10 {
@@ -165,7 +153,7 @@ fn bench_transcode(c: &mut Criterion) {
         ("PCMU_to_PCMA", AudioFormat::pcmu(), AudioFormat::pcma()),
     ];
     for (name, from, to) in cases {
-        let lin = frame_of(from.rate);
+        let lin = signal::voiced_frame(from.rate);
         let mut t = Transcoder::new(from, to).expect("supported pair");
         let mut input = Vec::new();
         // Any path from L16 at this rate into `from` gives a frame in the input format.
@@ -198,7 +186,7 @@ fn bench_frame_and_pacer(c: &mut Criterion) {
     let mut g = c.benchmark_group("framing");
     let fmt = AudioFormat::l16(8000);
     let mut wire = Vec::new();
-    pcm::samples_to_l16(&frame_of(8000), &mut wire);
+    pcm::samples_to_l16(&signal::voiced_frame(8000), &mut wire);
     let mut rf = Reframer::new(fmt, Channels::Mono);
     let mut out = Vec::with_capacity(1024);
     g.bench_function("reframer_push_pop_L16_8k", |b| {

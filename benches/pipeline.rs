@@ -29,18 +29,6 @@ use voicebridge::providers::ProviderEvent;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-/// 20 ms of voiced speech-like audio at `rate`.
-fn speech_frame(rate: u32) -> Vec<i16> {
-    let all = signal::speech_like(rate, 1.0, 42);
-    let n = rate as usize / 50;
-    let start = all
-        .chunks(n)
-        .position(|c| signal::rms_dbfs(c) > -30.0)
-        .unwrap_or(0)
-        * n;
-    all[start..start + n].to_vec()
-}
-
 fn l16(samples: &[i16]) -> Vec<u8> {
     samples.iter().flat_map(|s| s.to_le_bytes()).collect()
 }
@@ -66,7 +54,7 @@ impl Inbound {
         let mut t = Inbound {
             reframer: Reframer::new(call, Channels::Mono),
             transcoder: Transcoder::new(call, to).expect("transcoder"),
-            wire: l16(&speech_frame(8000)),
+            wire: l16(&signal::voiced_frame(8000)),
             frame: Vec::with_capacity(640),
             out: Vec::with_capacity(2048),
         };
@@ -129,7 +117,7 @@ fn bench_inbound(c: &mut Criterion) {
             let call = AudioFormat::pcmu();
             p.reframer = Reframer::new(call, Channels::Mono);
             p.transcoder = Transcoder::new(call, to).expect("passthrough");
-            p.wire = ulaw(&speech_frame(8000));
+            p.wire = ulaw(&signal::voiced_frame(8000));
         }
         g.bench_function(name, |b| b.iter(|| p.step(encode)));
     }
@@ -202,12 +190,12 @@ fn bench_outbound(c: &mut Criterion) {
         (
             "openai_pcmu",
             AudioFormat::pcmu(),
-            ulaw(&speech_frame(8000)),
+            ulaw(&signal::voiced_frame(8000)),
         ),
         (
             "openai_pcm24",
             AudioFormat::l16(24000),
-            l16(&speech_frame(24000)),
+            l16(&signal::voiced_frame(24000)),
         ),
     ] {
         let text = openai_delta(&audio);
@@ -223,7 +211,7 @@ fn bench_outbound(c: &mut Criterion) {
     }
 
     {
-        let audio = l16(&speech_frame(24000));
+        let audio = l16(&signal::voiced_frame(24000));
         let text = format!(
             r#"{{"serverContent":{{"modelTurn":{{"parts":[{{"inlineData":{{"mimeType":"audio/pcm;rate=24000","data":"{}"}}}}]}}}}}}"#,
             B64.encode(&audio)
@@ -245,12 +233,12 @@ fn bench_outbound(c: &mut Criterion) {
         (
             "elevenlabs_ulaw_8000",
             AudioFormat::pcmu(),
-            ulaw(&speech_frame(8000)),
+            ulaw(&signal::voiced_frame(8000)),
         ),
         (
             "elevenlabs_pcm_16000",
             AudioFormat::l16(16000),
-            l16(&speech_frame(16000)),
+            l16(&signal::voiced_frame(16000)),
         ),
     ] {
         let text = format!(

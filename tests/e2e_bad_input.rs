@@ -229,17 +229,8 @@ async fn idle_and_max_duration_end_the_call_with_a_close() {
 
     let daemon = Daemon::start(&config("max_duration_secs = 1"), &[]).await;
     let call = Call::connect(&daemon, "call", "max-1", "rate=8000").await;
-    let writer = call.writer.clone();
     // Keep talking: only the duration limit can end this call.
-    let talk = tokio::spawn(async move {
-        let mut clock = tokio::time::interval(Duration::from_millis(20));
-        for _ in 0..250 {
-            clock.tick().await;
-            if writer.send_audio(&[0u8; 320]).await.is_err() {
-                break;
-            }
-        }
-    });
+    let talk = common::call::spawn_talker(call.writer.clone(), 0, 250);
     let summary = daemon.wait_call_end("max-1").await;
     assert_eq!(field(&summary, "end_reason"), "max_duration");
     let got = tokio::time::timeout(common::daemon::HANG_GUARD, call.reader)

@@ -216,16 +216,7 @@ async fn per_ip_rate_limit_answers_429() {
 async fn sigterm_drains_live_calls_and_refuses_new_ones() {
     let daemon = Daemon::start(&echo("drain_timeout_secs = 20", ""), &[]).await;
     let call = Call::connect(&daemon, "call", "drain-1", "rate=8000").await;
-    let writer = call.writer.clone();
-    let talk = tokio::spawn(async move {
-        let mut clock = tokio::time::interval(Duration::from_millis(20));
-        loop {
-            clock.tick().await;
-            if writer.send_audio(&[0x20; 320]).await.is_err() {
-                break;
-            }
-        }
-    });
+    let talk = common::call::spawn_talker(call.writer.clone(), 0x20, usize::MAX);
     call.wait_received(5).await;
     daemon.sigterm();
     daemon.wait_log(|l| message(l) == "SIGTERM: draining").await;
@@ -443,16 +434,7 @@ async fn sighup_reloads_routes_for_new_calls_only() {
 async fn drain_timeout_closes_the_remaining_calls_with_1001() {
     let daemon = Daemon::start(&echo("drain_timeout_secs = 1", ""), &[]).await;
     let call = Call::connect(&daemon, "call", "left-over", "rate=8000").await;
-    let writer = call.writer.clone();
-    let talk = tokio::spawn(async move {
-        let mut clock = tokio::time::interval(Duration::from_millis(20));
-        loop {
-            clock.tick().await;
-            if writer.send_audio(&[0x20; 320]).await.is_err() {
-                break;
-            }
-        }
-    });
+    let talk = common::call::spawn_talker(call.writer.clone(), 0x20, usize::MAX);
     call.wait_received(5).await;
     daemon.sigterm();
     // The call does not end by itself: the drain timeout closes it.

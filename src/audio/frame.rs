@@ -5,6 +5,7 @@
 //! the caller on the left only. Everything downstream (VAD, providers, recording) wants
 //! steady 20 ms mono frames, so this is the one place that deals with the wire layout.
 
+use super::fifo::ByteFifo;
 use super::{AudioFormat, Channels};
 
 // Once this many consumed bytes sit in front of the buffer, move the rest down; keeps
@@ -21,8 +22,7 @@ pub struct Reframer {
     /// Position inside the current interleaved sample frame, carried across pushes so a
     /// sample split between messages is rejoined.
     phase: usize,
-    buf: Vec<u8>,
-    read: usize,
+    buf: ByteFifo,
 }
 
 impl Reframer {
@@ -35,8 +35,7 @@ impl Reframer {
             bytes_per_sample,
             stride: bytes_per_sample * channels.count(),
             phase: 0,
-            buf: Vec::with_capacity(format.bytes_per_frame() * 4),
-            read: 0,
+            buf: ByteFifo::new(format.bytes_per_frame() * 4, COMPACT_AT),
         }
     }
 
@@ -47,7 +46,7 @@ impl Reframer {
     /// Adds wire bytes of any length.
     pub fn push(&mut self, wire: &[u8]) {
         if self.stride == self.bytes_per_sample {
-            self.buf.extend_from_slice(wire);
+            self.buf.extend(wire);
             return;
         }
         let mut rest = wire;
@@ -57,14 +56,14 @@ impl Reframer {
                 let whole = rest.len() / self.stride * self.stride;
                 let bps = self.bytes_per_sample;
                 for f in rest[..whole].chunks_exact(self.stride) {
-                    self.buf.extend_from_slice(&f[..bps]);
+                    self.buf.extend(&f[..bps]);
                 }
                 rest = &rest[whole..];
                 continue;
             }
             if self.phase < self.bytes_per_sample {
                 let n = (self.bytes_per_sample - self.phase).min(rest.len());
-                self.buf.extend_from_slice(&rest[..n]);
+                self.buf.extend(&rest[..n]);
                 self.phase += n;
                 rest = &rest[n..];
             } else {
@@ -81,25 +80,12 @@ impl Reframer {
     /// Appends one 20 ms mono frame (exactly `format.bytes_per_frame()` bytes) to `out`
     /// and returns true, or returns false if less than a frame is buffered.
     pub fn pop_frame(&mut self, out: &mut Vec<u8>) -> bool {
-        let frame = self.format.bytes_per_frame();
-        if self.pending_bytes() < frame {
-            return false;
-        }
-        out.extend_from_slice(&self.buf[self.read..self.read + frame]);
-        self.read += frame;
-        if self.read == self.buf.len() {
-            self.buf.clear();
-            self.read = 0;
-        } else if self.read >= COMPACT_AT {
-            self.buf.drain(..self.read);
-            self.read = 0;
-        }
-        true
+        self.buf.take_into(self.format.bytes_per_frame(), out)
     }
 
     /// Mono bytes buffered and not yet popped (including a partial sample).
     pub fn pending_bytes(&self) -> usize {
-        self.buf.len() - self.read
+        self.buf.len()
     }
 }
 
@@ -214,7 +200,11 @@ mod tests {
             r.push(&chunk);
             out.clear();
             while r.pop_frame(&mut out) {}
-            assert!(r.buf.len() < COMPACT_AT + 1000, "{}", r.buf.len());
+            assert!(
+                r.buf.allocated_len() < COMPACT_AT + 1000,
+                "{}",
+                r.buf.allocated_len()
+            );
         }
     }
 }

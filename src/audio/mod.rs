@@ -4,6 +4,7 @@
 //! benchmarked alone. The session owns one instance of each stateful piece per call
 //! and direction, for the whole call.
 
+mod fifo;
 pub mod format;
 pub mod frame;
 pub mod g711;

@@ -15,6 +15,7 @@
 //! A frame may go when `playhead + 20 ms - now <= lead`, and each release moves the
 //! playhead 20 ms on: from empty, `lead / 20 ms` frames go at once, then one per 20 ms.
 
+use super::fifo::ByteFifo;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,8 +85,7 @@ pub struct Pacer {
     frame_bytes: usize,
     lead: Duration,
     /// Queued audio; bytes before `read` are already released.
-    buf: Vec<u8>,
-    read: usize,
+    buf: ByteFifo,
     /// Which item each queued byte belongs to, in order; sums to `buf.len() - read`.
     queued: VecDeque<Run>,
     /// The most recently released bytes (about `lead` plus a frame of them), to know
@@ -108,8 +108,7 @@ impl Pacer {
             format,
             frame_bytes,
             lead: lead.max(FRAME),
-            buf: Vec::with_capacity(frame_bytes * 50),
-            read: 0,
+            buf: ByteFifo::new(frame_bytes * 50, COMPACT_AT),
             queued: VecDeque::with_capacity(8),
             recent: VecDeque::with_capacity(8),
             recent_bytes: 0,
@@ -129,7 +128,7 @@ impl Pacer {
         if data.is_empty() {
             return;
         }
-        self.buf.extend_from_slice(data);
+        self.buf.extend(data);
         append_run(&mut self.queued, &Some(item.clone()), data.len());
     }
 
@@ -142,12 +141,12 @@ impl Pacer {
         }
         let pad = self.frame_bytes - rem;
         let silence = self.format.codec.silence_byte();
-        self.buf.resize(self.buf.len() + pad, silence);
+        self.buf.pad(pad, silence);
         append_run(&mut self.queued, &None, pad);
     }
 
     fn queued_bytes(&self) -> usize {
-        self.buf.len() - self.read
+        self.buf.len()
     }
 
     /// Ms of audio queued and not yet released (padding included).
@@ -191,15 +190,7 @@ impl Pacer {
         }
         self.playhead = Some(end);
         let f = self.frame_bytes;
-        out.extend_from_slice(&self.buf[self.read..self.read + f]);
-        self.read += f;
-        if self.read == self.buf.len() {
-            self.buf.clear();
-            self.read = 0;
-        } else if self.read >= COMPACT_AT {
-            self.buf.drain(..self.read);
-            self.read = 0;
-        }
+        self.buf.take_into(f, out);
         self.account_release(f);
         true
     }
@@ -280,7 +271,6 @@ impl Pacer {
         let released_ms = item.as_ref().map_or(0, |i| self.released_ms(i));
 
         self.buf.clear();
-        self.read = 0;
         self.queued.clear();
         self.recent.clear();
         self.recent_bytes = 0;

@@ -138,6 +138,15 @@ fn plan_speech(secs: f64, seed: u64) -> Vec<Syllable> {
     out
 }
 
+/// One 20 ms frame of voiced [`speech_like`] audio at `rate` (a syllable, not a pause):
+/// what benchmarks feed through the per-frame paths.
+pub fn voiced_frame(rate: u32) -> Vec<i16> {
+    let all = speech_like(rate, 1.0, 42);
+    let n = rate as usize / 50;
+    let start = all.chunks(n).position(|c| rms_dbfs(c) > -30.0).unwrap_or(0) * n;
+    all[start..start + n].to_vec()
+}
+
 /// `secs` seconds of voiced, speech-like sound at `rate`: phrases of 3-8 syllables at a
 /// ~4 Hz syllable rate separated by 0.2-0.7 s pauses, each syllable a gliding pitch
 /// (95-230 Hz) whose harmonics are shaped by three vowel formants, up to

@@ -236,6 +236,20 @@ pub async fn send_paced(writer: &FsWriter, samples: &[i16], rate: u32, channels:
     }
 }
 
+/// Keeps sending 20 ms frames of `byte` in real time until the daemon closes the call
+/// (or `max_frames` went out), in its own task: for scripts where the daemon ends it.
+pub fn spawn_talker(writer: FsWriter, byte: u8, max_frames: usize) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut clock = tokio::time::interval(Duration::from_millis(20));
+        for _ in 0..max_frames {
+            clock.tick().await;
+            if writer.send_audio(&[byte; 320]).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
 /// The maximum number of ms the released audio ran ahead of real time, measured from
 /// the first audio message: what the pacer's lead bounds.
 pub fn max_lead_ms(frames: &[(Instant, usize)], rate: u32) -> f64 {

@@ -1,0 +1,92 @@
+//! A byte FIFO with a read cursor: appends at the end, takes whole frames from the
+//! front, and compacts only now and then, so taking a frame never shifts the buffer.
+//! Shared by the `Reframer` (inbound) and the `Pacer` (outbound).
+
+#[derive(Debug)]
+pub(crate) struct ByteFifo {
+    buf: Vec<u8>,
+    read: usize,
+    /// Consumed bytes at the front are dropped once there are this many.
+    compact_at: usize,
+}
+
+impl ByteFifo {
+    pub(crate) fn new(capacity: usize, compact_at: usize) -> ByteFifo {
+        ByteFifo {
+            buf: Vec::with_capacity(capacity),
+            read: 0,
+            compact_at,
+        }
+    }
+
+    /// Bytes not yet taken.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len() - self.read
+    }
+
+    #[inline]
+    pub(crate) fn extend(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Appends `n` copies of `byte` (codec silence).
+    pub(crate) fn pad(&mut self, n: usize, byte: u8) {
+        self.buf.resize(self.buf.len() + n, byte);
+    }
+
+    /// Moves exactly `n` bytes from the front to `out`; false (and nothing moved) if
+    /// fewer are queued.
+    #[inline]
+    pub(crate) fn take_into(&mut self, n: usize, out: &mut Vec<u8>) -> bool {
+        if self.len() < n {
+            return false;
+        }
+        out.extend_from_slice(&self.buf[self.read..self.read + n]);
+        self.read += n;
+        if self.read == self.buf.len() {
+            self.buf.clear();
+            self.read = 0;
+        } else if self.read >= self.compact_at {
+            self.buf.drain(..self.read);
+            self.read = 0;
+        }
+        true
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.buf.clear();
+        self.read = 0;
+    }
+
+    /// Bytes held in memory, consumed ones included (for bounds tests).
+    #[cfg(test)]
+    pub(crate) fn allocated_len(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn takes_in_order_and_stays_bounded() {
+        let mut f = ByteFifo::new(0, 64);
+        let mut out = Vec::new();
+        for i in 0..1000u32 {
+            f.extend(&[(i % 251) as u8; 7]);
+            while f.take_into(10, &mut out) {}
+            assert!(f.allocated_len() < 64 + 20);
+        }
+        assert_eq!(out.len() + f.len(), 7000);
+        assert!(out
+            .iter()
+            .enumerate()
+            .all(|(k, &b)| b == ((k / 7) % 251) as u8));
+        assert!(!f.take_into(f.len() + 1, &mut out));
+        f.pad(3, 0xFF);
+        f.clear();
+        assert_eq!(f.len(), 0);
+    }
+}
