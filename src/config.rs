@@ -22,6 +22,7 @@
 //! The keys, their defaults and their meaning are the user contract in `CONFIG.md`
 //! (and `config/default.toml`, which ships every key with its default).
 
+mod business;
 mod compile;
 mod error;
 mod load;
@@ -29,7 +30,8 @@ mod raw;
 mod secret;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::audio::{Channels, Codec};
@@ -50,6 +52,13 @@ pub struct Config {
     pub freeswitch: FreeswitchConfig,
     pub call: CallConfig,
     pub providers: ProvidersConfig,
+    /// The shared secret every outgoing webhook is signed with.
+    pub webhooks: WebhooksConfig,
+    /// Where the per-call JSON records go.
+    pub records: RecordsConfig,
+    /// Per-provider prices, for the records' estimated cost.
+    pub prices: PricesConfig,
+    pub budgets: BudgetsConfig,
     /// The `call` route, kept apart so it exists by construction.
     default_route: Route,
     /// The other `[[routes]]`, in file order.
@@ -163,6 +172,95 @@ pub struct CallConfig {
     /// Said by the assistant when `max_duration` ends the call (providers that can be
     /// told what to say: OpenAI, Gemini); empty: hang up at once.
     pub goodbye: String,
+    /// Caller lookup before the provider is set up; `None`: no lookup.
+    pub context: Option<ContextLookup>,
+    /// Functions the model may call, each answered by a webhook.
+    pub tools: Arc<[ToolSpec]>,
+    /// Built-in `end_call`: the assistant may hang up once it has said goodbye.
+    pub end_call: bool,
+    /// Built-in `transfer_call` to this `uuid_transfer` destination (`EXT [DIALPLAN
+    /// [CONTEXT]]`); empty: not offered. Needs `[freeswitch.esl]`.
+    pub transfer_to: String,
+    /// Calls accepted on the route per UTC day; 0: no limit.
+    pub daily_max_calls: u64,
+    /// Call minutes on the route per UTC day; 0: no limit.
+    pub daily_max_minutes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMethod {
+    Get,
+    Post,
+}
+
+/// `[call.context]`: who is calling, asked of the business's own system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextLookup {
+    pub url: String,
+    pub method: HttpMethod,
+    /// The call goes ahead with the defaults after this long.
+    pub timeout: Duration,
+}
+
+/// One tool from `[[call.tools]]`: declared to the model, executed by POSTing the
+/// arguments to `url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema (an object schema) of the arguments.
+    pub parameters: serde_json::Value,
+    pub url: String,
+    /// The model gets an error result after this long.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebhooksConfig {
+    /// HMAC-SHA256 key for the `X-Voicebridge-Signature` header; empty: unsigned.
+    /// From the file, else env `VOICEBRIDGE_WEBHOOK_SECRET`.
+    pub secret: Secret,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordsConfig {
+    /// JSON Lines file, one record per call; `None`: no file.
+    pub file: Option<PathBuf>,
+    /// The file is rotated (`.1`, `.2`, ...) when it reaches this size.
+    pub file_max_bytes: u64,
+    /// Rotated files kept.
+    pub file_keep: u32,
+    /// Every record is POSTed here; `None`: no webhook.
+    pub webhook_url: Option<String>,
+    pub webhook_timeout: Duration,
+    /// Records not yet delivered to the webhook wait here (survives restarts).
+    pub spool_dir: Option<PathBuf>,
+    /// Above this the oldest spooled records are dropped (and counted).
+    pub spool_max_bytes: u64,
+}
+
+/// Prices in millionths of the currency unit, so the config stays `Eq`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Price {
+    pub input_per_million_tokens: u64,
+    pub output_per_million_tokens: u64,
+    pub per_minute: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PricesConfig {
+    /// Shown next to the cost in records (informational).
+    pub currency: String,
+    pub echo: Price,
+    pub openai: Price,
+    pub gemini: Price,
+    pub elevenlabs: Price,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BudgetsConfig {
+    /// Today's per-route usage is saved here so a restart does not reset the budgets.
+    pub state_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -404,6 +502,7 @@ named_enum!(PlaybackMode {
 });
 named_enum!(EchoMode { Utterance => "utterance", Stream => "stream" });
 named_enum!(OpenAiAudioFormat { Pcmu => "pcmu", Pcma => "pcma", Pcm24 => "pcm24" });
+named_enum!(HttpMethod { Get => "get", Post => "post" });
 
 // The defaults of CONFIG.md, in one place. compile() starts from these and applies
 // what the file and the environment set.
@@ -476,6 +575,12 @@ impl Default for CallConfig {
             language: String::new(),
             response_timeout: Duration::from_secs(15),
             goodbye: String::new(),
+            context: None,
+            tools: Arc::from(Vec::new()),
+            end_call: false,
+            transfer_to: String::new(),
+            daily_max_calls: 0,
+            daily_max_minutes: 0,
         }
     }
 }
@@ -522,5 +627,52 @@ impl Default for ElevenLabsConfig {
             signed_url_endpoint: "https://api.elevenlabs.io/v1/convai/conversation/get-signed-url"
                 .to_string(),
         }
+    }
+}
+
+impl Default for RecordsConfig {
+    fn default() -> Self {
+        RecordsConfig {
+            file: None,
+            file_max_bytes: 100 * 1024 * 1024,
+            file_keep: 5,
+            webhook_url: None,
+            webhook_timeout: Duration::from_secs(5),
+            spool_dir: None,
+            spool_max_bytes: 100 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for PricesConfig {
+    fn default() -> Self {
+        PricesConfig {
+            currency: "USD".to_string(),
+            echo: Price::default(),
+            openai: Price::default(),
+            gemini: Price::default(),
+            elevenlabs: Price::default(),
+        }
+    }
+}
+
+impl PricesConfig {
+    pub fn of(&self, kind: ProviderKind) -> Price {
+        match kind {
+            ProviderKind::Echo => self.echo,
+            ProviderKind::OpenAi => self.openai,
+            ProviderKind::Gemini => self.gemini,
+            ProviderKind::ElevenLabs => self.elevenlabs,
+        }
+    }
+}
+
+impl Price {
+    /// Estimated cost of a call, in currency units.
+    pub fn cost(&self, input_tokens: u64, output_tokens: u64, duration: Duration) -> f64 {
+        let micro = |v: u64| v as f64 / 1e6;
+        micro(self.input_per_million_tokens) * input_tokens as f64 / 1e6
+            + micro(self.output_per_million_tokens) * output_tokens as f64 / 1e6
+            + micro(self.per_minute) * duration.as_secs_f64() / 60.0
     }
 }

@@ -14,3 +14,5 @@ pub mod registry;
 pub mod server;
 pub mod session;
 pub mod telemetry;
+pub mod tools;
+pub mod webhook;

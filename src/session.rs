@@ -713,6 +713,13 @@ impl Session {
                 }
             }
             ProviderEvent::Audio { item, data } => self.on_assistant_audio(item, &data),
+            ProviderEvent::SpeechStopped => {}
+            ProviderEvent::ToolCall(call) => {
+                let _ = self.provider.commands.try_send(ProviderCommand::ToolResult(
+                    crate::tools::error(&call, "tools are not available yet"),
+                ));
+            }
+            ProviderEvent::ToolCancelled(_) => {}
             ProviderEvent::SpeechStarted => self.barge_in().await?,
             ProviderEvent::ResponseDone => {
                 if self.goodbye == Goodbye::Saying {

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::business;
 use super::load::EnvSecrets;
 use super::raw::{RawCall, RawConfig, RawEsl, RawFreeswitch, RawProviders, RawRoute, RawServer};
 use super::*;
@@ -34,6 +35,10 @@ pub(crate) fn compile(raw: RawConfig, secrets: &EnvSecrets, notes: Vec<String>) 
     let call = call(raw.call)?;
     let providers = providers(raw.providers, secrets)?;
     let (default_route, extra_routes) = routes(&raw.routes, &call, &freeswitch)?;
+    let webhooks = business::webhooks(raw.webhooks, secrets);
+    let records = business::records(raw.records)?;
+    let prices = business::prices(raw.prices)?;
+    let budgets = business::budgets(raw.budgets);
 
     let mut notes = notes;
     if !admin.listen.ip().is_loopback() {
@@ -51,6 +56,10 @@ pub(crate) fn compile(raw: RawConfig, secrets: &EnvSecrets, notes: Vec<String>) 
         freeswitch,
         call,
         providers,
+        webhooks,
+        records,
+        prices,
+        budgets,
         default_route,
         extra_routes,
         load_notes: notes,
@@ -248,7 +257,24 @@ fn call(raw: RawCall) -> Result<CallConfig> {
             d.response_timeout,
         )?,
         goodbye: raw.goodbye.unwrap_or(d.goodbye),
+        context: business::context("call.context", raw.context.as_ref())?,
+        tools: business::tools("call.tools", raw.tools.as_deref().unwrap_or_default())?,
+        end_call: raw.end_call.unwrap_or(d.end_call),
+        transfer_to: business::transfer_to(
+            "call.transfer_to",
+            raw.transfer_to.unwrap_or(d.transfer_to),
+        )?,
+        daily_max_calls: daily("call.daily_max_calls", raw.daily_max_calls, 0)?,
+        daily_max_minutes: daily("call.daily_max_minutes", raw.daily_max_minutes, 0)?,
     })
+}
+
+/// A daily budget: 0 (no limit) or a positive count.
+fn daily(key: &str, raw: Option<i64>, default: u64) -> Result<u64> {
+    match raw {
+        None => Ok(default),
+        Some(v) => int_in(key, v, 0, 100_000_000, ""),
+    }
 }
 
 fn providers(raw: RawProviders, secrets: &EnvSecrets) -> Result<ProvidersConfig> {
@@ -421,6 +447,29 @@ fn resolve(
                 call.response_timeout,
             )?,
             goodbye: r.goodbye.clone().unwrap_or_else(|| call.goodbye.clone()),
+            context: match &r.context {
+                None => call.context.clone(),
+                Some(c) => business::context(&key("context"), Some(c))?,
+            },
+            tools: match &r.tools {
+                None => call.tools.clone(),
+                Some(t) => business::tools(&key("tools"), t)?,
+            },
+            end_call: r.end_call.unwrap_or(call.end_call),
+            transfer_to: match &r.transfer_to {
+                None => call.transfer_to.clone(),
+                Some(t) => business::transfer_to(&key("transfer_to"), t.clone())?,
+            },
+            daily_max_calls: daily(
+                &key("daily_max_calls"),
+                r.daily_max_calls,
+                call.daily_max_calls,
+            )?,
+            daily_max_minutes: daily(
+                &key("daily_max_minutes"),
+                r.daily_max_minutes,
+                call.daily_max_minutes,
+            )?,
         },
         sample_rate: match r.sample_rate {
             None => fs.sample_rate,
@@ -472,6 +521,7 @@ fn resolve(
         route.sample_rate,
     )?;
     check_playback(&key("playback"), route.playback, fs.esl.is_some())?;
+    business::check_route(at, &route, fs.esl.is_some())?;
     Ok(route)
 }
 
@@ -554,7 +604,7 @@ fn listen(key: &str, raw: Option<String>, default: SocketAddr) -> Result<SocketA
     }
 }
 
-fn named_or<T>(
+pub(super) fn named_or<T>(
     key: &str,
     raw: Option<String>,
     default: T,
@@ -574,7 +624,7 @@ fn provider(key: &str, raw: Option<String>, default: ProviderKind) -> Result<Pro
     named_or(key, raw, default, ProviderKind::parse, &names)
 }
 
-fn int_in(key: &str, v: i64, lo: i64, hi: i64, unit: &str) -> Result<u64> {
+pub(super) fn int_in(key: &str, v: i64, lo: i64, hi: i64, unit: &str) -> Result<u64> {
     if v < lo || v > hi {
         return Err(ConfigError::invalid(
             key,
@@ -584,7 +634,13 @@ fn int_in(key: &str, v: i64, lo: i64, hi: i64, unit: &str) -> Result<u64> {
     u64::try_from(v).map_err(|_| ConfigError::invalid(key, format!("{v} must not be negative")))
 }
 
-fn ms_or(key: &str, raw: Option<i64>, lo: i64, hi: i64, default: Duration) -> Result<Duration> {
+pub(super) fn ms_or(
+    key: &str,
+    raw: Option<i64>,
+    lo: i64,
+    hi: i64,
+    default: Duration,
+) -> Result<Duration> {
     match raw {
         None => Ok(default),
         Some(v) => int_in(key, v, lo, hi, " ms").map(Duration::from_millis),
@@ -662,7 +718,7 @@ fn check_playback(key: &str, playback: PlaybackMode, has_esl: bool) -> Result<()
     Ok(())
 }
 
-fn has_scheme(url: &str, schemes: &[&str]) -> bool {
+pub(super) fn has_scheme(url: &str, schemes: &[&str]) -> bool {
     let lower = url.to_ascii_lowercase();
     schemes.iter().any(|scheme| {
         lower
@@ -690,12 +746,12 @@ fn required(key: &str, raw: Option<String>, default: String) -> Result<String> {
     Ok(v)
 }
 
-fn non_empty(raw: Option<String>) -> Option<String> {
+pub(super) fn non_empty(raw: Option<String>) -> Option<String> {
     raw.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
 /// A non-empty value from the file/overrides wins, else the conventional variable.
-fn secret(raw: Option<String>, fallback: &Option<String>) -> Secret {
+pub(super) fn secret(raw: Option<String>, fallback: &Option<String>) -> Secret {
     Secret::new(
         non_empty(raw)
             .or_else(|| fallback.clone())

@@ -15,6 +15,8 @@ use super::{Config, ConfigError};
 const PREFIX: &str = "voicebridge__";
 /// Read by the CLI, not an override; must not trigger the "did you mean" note.
 const CONFIG_PATH_VAR: &str = "VOICEBRIDGE_CONFIG";
+/// The key webhooks are signed with (kept out of the config file).
+const WEBHOOK_SECRET_VAR: &str = "VOICEBRIDGE_WEBHOOK_SECRET";
 
 /// Secrets from the conventional variables, used when the config leaves them empty.
 #[derive(Debug, Default)]
@@ -23,6 +25,7 @@ pub(crate) struct EnvSecrets {
     pub gemini_api_key: Option<String>,
     pub elevenlabs_api_key: Option<String>,
     pub esl_password: Option<String>,
+    pub webhook_secret: Option<String>,
 }
 
 /// What `load` needs from the environment, read once.
@@ -99,7 +102,10 @@ fn scan(env: impl IntoIterator<Item = (String, String)>) -> Result<EnvInput, Con
             out.overrides.insert(name, value);
             continue;
         }
-        if lower.starts_with("voicebridge_") && name != CONFIG_PATH_VAR {
+        if lower.starts_with("voicebridge_")
+            && name != CONFIG_PATH_VAR
+            && name != WEBHOOK_SECRET_VAR
+        {
             out.notes.push(format!(
                 "environment variable {name} is ignored: overrides are spelled \
                  VOICEBRIDGE__SECTION__KEY, with double underscores"
@@ -117,6 +123,7 @@ fn scan(env: impl IntoIterator<Item = (String, String)>) -> Result<EnvInput, Con
             "GEMINI_API_KEY" => &mut out.secrets.gemini_api_key,
             "ELEVENLABS_API_KEY" => &mut out.secrets.elevenlabs_api_key,
             "FREESWITCH_ESL_PASSWORD" => &mut out.secrets.esl_password,
+            WEBHOOK_SECRET_VAR => &mut out.secrets.webhook_secret,
             _ => continue,
         };
         *slot = Some(value.to_string());

@@ -22,6 +22,84 @@ pub(crate) struct RawConfig {
     pub call: RawCall,
     pub providers: RawProviders,
     pub routes: Vec<RawRoute>,
+    pub webhooks: RawWebhooks,
+    pub records: RawRecords,
+    pub prices: RawPrices,
+    pub budgets: RawBudgets,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawWebhooks {
+    pub secret: Option<String>,
+}
+
+/// `[call.context]` / a route's `context`: the caller lookup.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawContext {
+    pub url: Option<String>,
+    pub method: Option<String>,
+    #[serde(deserialize_with = "int")]
+    pub timeout_ms: Option<i64>,
+}
+
+/// One `[[call.tools]]` / `[[routes.tools]]` entry: a function the model may call,
+/// answered by a webhook.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawTool {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    /// JSON Schema of the arguments, as JSON text (TOML tables would lose key case
+    /// and order through the `config` crate).
+    pub parameters: Option<String>,
+    pub url: Option<String>,
+    #[serde(deserialize_with = "int")]
+    pub timeout_ms: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawRecords {
+    pub file: Option<String>,
+    #[serde(deserialize_with = "int")]
+    pub file_max_mb: Option<i64>,
+    #[serde(deserialize_with = "int")]
+    pub file_keep: Option<i64>,
+    pub webhook_url: Option<String>,
+    #[serde(deserialize_with = "int")]
+    pub webhook_timeout_ms: Option<i64>,
+    pub spool_dir: Option<String>,
+    #[serde(deserialize_with = "int")]
+    pub spool_max_mb: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawPrices {
+    pub currency: Option<String>,
+    pub echo: RawPrice,
+    pub openai: RawPrice,
+    pub gemini: RawPrice,
+    pub elevenlabs: RawPrice,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawPrice {
+    #[serde(deserialize_with = "number")]
+    pub input_per_million_tokens: Option<f64>,
+    #[serde(deserialize_with = "number")]
+    pub output_per_million_tokens: Option<f64>,
+    #[serde(deserialize_with = "number")]
+    pub per_minute: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawBudgets {
+    pub state_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,6 +172,14 @@ pub(crate) struct RawCall {
     #[serde(deserialize_with = "int")]
     pub response_timeout_secs: Option<i64>,
     pub goodbye: Option<String>,
+    pub context: Option<RawContext>,
+    pub tools: Option<Vec<RawTool>>,
+    pub end_call: Option<bool>,
+    pub transfer_to: Option<String>,
+    #[serde(deserialize_with = "int")]
+    pub daily_max_calls: Option<i64>,
+    #[serde(deserialize_with = "int")]
+    pub daily_max_minutes: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,6 +248,14 @@ pub(crate) struct RawRoute {
     #[serde(deserialize_with = "int")]
     pub response_timeout_secs: Option<i64>,
     pub goodbye: Option<String>,
+    pub context: Option<RawContext>,
+    pub tools: Option<Vec<RawTool>>,
+    pub end_call: Option<bool>,
+    pub transfer_to: Option<String>,
+    #[serde(deserialize_with = "int")]
+    pub daily_max_calls: Option<i64>,
+    #[serde(deserialize_with = "int")]
+    pub daily_max_minutes: Option<i64>,
     #[serde(deserialize_with = "int")]
     pub sample_rate: Option<i64>,
     pub channels: Option<String>,
@@ -241,4 +335,39 @@ fn int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     }
 
     d.deserialize_any(Int)
+}
+
+/// A decimal number (prices): TOML integers and floats, or a string from the
+/// environment. Negative and non-finite values are left for `compile()` to reject.
+fn number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    struct Number;
+
+    impl<'de> Visitor<'de> for Number {
+        type Value = Option<f64>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a number")
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v as f64))
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v as f64))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            v.trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| E::custom(format!("expected a number, found {v:?}")))
+        }
+    }
+
+    d.deserialize_any(Number)
 }

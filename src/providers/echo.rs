@@ -72,7 +72,10 @@ pub async fn run(config: EchoConfig, call_format: AudioFormat, mut ends: Provide
             ProviderCommand::Truncate { item, played_ms } => {
                 tracing::debug!(%item, played_ms, "echo: truncate");
             }
-            ProviderCommand::Cancel | ProviderCommand::Context(_) | ProviderCommand::Say(_) => {}
+            ProviderCommand::Cancel
+            | ProviderCommand::Context(_)
+            | ProviderCommand::Say(_)
+            | ProviderCommand::ToolResult(_) => {}
             ProviderCommand::Close => break,
         }
     }

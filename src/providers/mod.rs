@@ -68,8 +68,18 @@ pub enum ProviderEvent {
     },
     /// The caller started talking: barge-in if the assistant is playing.
     SpeechStarted,
+    /// The caller finished a turn (the provider's end-of-speech, or its final
+    /// transcript of the turn where it signals nothing earlier): per-turn latency
+    /// is measured from here to the first assistant audio played.
+    SpeechStopped,
     /// The provider finished generating the current response.
     ResponseDone,
+    /// The model calls a function; the session runs it and answers with
+    /// [`ProviderCommand::ToolResult`] carrying the same `id`.
+    ToolCall(ToolCall),
+    /// The provider withdrew these calls (Gemini, on barge-in): their results are not
+    /// wanted any more.
+    ToolCancelled(Vec<String>),
     Transcript {
         who: Speaker,
         text: String,
@@ -103,8 +113,52 @@ pub enum ProviderCommand {
     Say(String),
     /// Call metadata arrived (or it was decided none will come); template variables.
     Context(Arc<CallContext>),
+    /// The answer to a [`ProviderEvent::ToolCall`].
+    ToolResult(ToolResult),
     /// Close the provider connection politely.
     Close,
+}
+
+/// A function call from the model, in provider-neutral form.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolCall {
+    /// The provider's id for this call (OpenAI `call_id`, Gemini `id`, ElevenLabs
+    /// `tool_call_id`), echoed in the result.
+    pub id: String,
+    pub name: String,
+    /// The arguments as the model gave them; a JSON object when well-formed (OpenAI
+    /// sends a JSON string, which the provider parses; unparsable text is kept as a
+    /// JSON string so the session can answer with an error).
+    pub arguments: serde_json::Value,
+}
+
+/// The outcome of a tool call, for the provider to send back in its own format.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolResult {
+    pub id: String,
+    pub name: String,
+    /// The webhook's JSON answer, or for an error `{"error": "<message>"}`.
+    pub output: serde_json::Value,
+    pub is_error: bool,
+}
+
+impl ToolResult {
+    /// The error message of a failed call (for providers that carry it apart).
+    pub fn error_message(&self) -> Option<&str> {
+        if !self.is_error {
+            return None;
+        }
+        self.output.get("error").and_then(|e| e.as_str())
+    }
+
+    /// The output as text (ElevenLabs and OpenAI carry a string): a JSON string is
+    /// sent as is, anything else as its JSON text.
+    pub fn output_text(&self) -> String {
+        match &self.output {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// What a provider may know about the call.

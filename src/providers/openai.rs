@@ -730,6 +730,10 @@ impl Connection {
                 }
                 Ok(())
             }
+            ProviderCommand::ToolResult(r) => {
+                debug!(tool = %r.name, "openai: tool results not wired yet");
+                Ok(())
+            }
             ProviderCommand::Close => Err(Exit::CloseRequested),
         }
     }

@@ -10,3 +10,4 @@ pub mod http;
 pub mod mock_elevenlabs;
 pub mod mock_gemini;
 pub mod mock_openai;
+pub mod webhook_server;

@@ -384,6 +384,9 @@ impl Live {
             ProviderCommand::Cancel => debug!("elevenlabs: cancel has no equivalent: ignored"),
             // The agent cannot be told what to say; the session does not ask.
             ProviderCommand::Context(_) | ProviderCommand::Say(_) => {}
+            ProviderCommand::ToolResult(r) => {
+                debug!(tool = %r.name, "elevenlabs: tool results not wired yet")
+            }
             ProviderCommand::Close => return Some(End::Session),
         }
         None

@@ -605,6 +605,9 @@ impl Gemini {
                 self.send_active(Message::Text(msg.into())).await;
             }
             Some(ProviderCommand::Context(_)) => debug!("gemini: second context ignored"),
+            Some(ProviderCommand::ToolResult(r)) => {
+                debug!(tool = %r.name, "gemini: tool results not wired yet")
+            }
         }
         Ok(())
     }

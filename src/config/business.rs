@@ -1,0 +1,246 @@
+//! The business sections: caller lookup, tools, records, prices, budgets and the
+//! webhook secret. Same rules as `compile.rs`: every problem is found at startup and
+//! named by its key.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::compile::{has_scheme, int_in, ms_or, named_or, non_empty, secret};
+use super::load::EnvSecrets;
+use super::raw::{RawBudgets, RawContext, RawPrice, RawPrices, RawRecords, RawTool, RawWebhooks};
+use super::*;
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+/// Names the built-in tools take; a webhook tool may not reuse them.
+pub const BUILTIN_TOOLS: [&str; 2] = ["end_call", "transfer_call"];
+
+const MB: u64 = 1024 * 1024;
+
+pub(super) fn webhooks(raw: RawWebhooks, secrets: &EnvSecrets) -> WebhooksConfig {
+    WebhooksConfig {
+        secret: secret(raw.secret, &secrets.webhook_secret),
+    }
+}
+
+fn http_url(key: &str, url: &str) -> Result<()> {
+    if !has_scheme(url, &["http://", "https://"]) {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{url:?} is not an HTTP URL: expected http://HOST/... or https://HOST/..."),
+        ));
+    }
+    Ok(())
+}
+
+/// A `context` table: `None` when absent or when its `url` is empty (a route can switch
+/// the `[call]` lookup off with `url = ""`).
+pub(super) fn context(at: &str, raw: Option<&RawContext>) -> Result<Option<ContextLookup>> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let Some(url) = non_empty(raw.url.clone()) else {
+        return Ok(None);
+    };
+    http_url(&format!("{at}.url"), &url)?;
+    Ok(Some(ContextLookup {
+        url,
+        method: named_or(
+            &format!("{at}.method"),
+            raw.method.clone(),
+            HttpMethod::Post,
+            HttpMethod::parse,
+            HttpMethod::NAMES,
+        )?,
+        timeout: ms_or(
+            &format!("{at}.timeout_ms"),
+            raw.timeout_ms,
+            50,
+            10_000,
+            Duration::from_millis(1500),
+        )?,
+    }))
+}
+
+/// OpenAI's rule for function names, which the other providers also accept.
+fn valid_tool_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+pub(super) fn tools(at: &str, raw: &[RawTool]) -> Result<Arc<[ToolSpec]>> {
+    let mut out: Vec<ToolSpec> = Vec::with_capacity(raw.len());
+    for (i, t) in raw.iter().enumerate() {
+        let key = |field: &str| format!("{at}[{i}].{field}");
+        let name = t.name.clone().unwrap_or_default().trim().to_string();
+        if !valid_tool_name(&name) {
+            return Err(ConfigError::invalid(
+                key("name"),
+                format!("{name:?} is not a valid tool name: 1 to 64 letters, digits, '_' or '-'"),
+            ));
+        }
+        if BUILTIN_TOOLS.contains(&name.as_str()) {
+            return Err(ConfigError::invalid(
+                key("name"),
+                format!(
+                    "{name:?} is a built-in tool: enable it with end_call = true / \
+                     transfer_to = \"...\" instead of declaring it"
+                ),
+            ));
+        }
+        if out.iter().any(|o| o.name == name) {
+            return Err(ConfigError::invalid(
+                key("name"),
+                format!("duplicate tool name {name:?}"),
+            ));
+        }
+        let description = t.description.clone().unwrap_or_default().trim().to_string();
+        if description.is_empty() {
+            return Err(ConfigError::invalid(
+                key("description"),
+                "must not be empty: the model decides when to call the tool from it",
+            ));
+        }
+        let parameters = match t.parameters.as_deref().map(str::trim) {
+            None | Some("") => serde_json::json!({"type": "object", "properties": {}}),
+            Some(text) => {
+                let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+                    ConfigError::invalid(key("parameters"), format!("is not valid JSON: {e}"))
+                })?;
+                if v.get("type").and_then(|t| t.as_str()) != Some("object") {
+                    return Err(ConfigError::invalid(
+                        key("parameters"),
+                        "must be a JSON Schema of an object: {\"type\": \"object\", \
+                         \"properties\": {...}, \"required\": [...]}",
+                    ));
+                }
+                v
+            }
+        };
+        let url = t.url.clone().unwrap_or_default().trim().to_string();
+        http_url(&key("url"), &url)?;
+        out.push(ToolSpec {
+            name,
+            description,
+            parameters,
+            url,
+            timeout: ms_or(
+                &key("timeout_ms"),
+                t.timeout_ms,
+                100,
+                60_000,
+                Duration::from_secs(5),
+            )?,
+        });
+    }
+    Ok(Arc::from(out))
+}
+
+/// `transfer_to` as `uuid_transfer` takes it: `EXT [DIALPLAN [CONTEXT]]`.
+pub(super) fn transfer_to(key: &str, raw: String) -> Result<String> {
+    let t = raw.trim().to_string();
+    let parts = t.split_whitespace().count();
+    if parts > 3 || t.chars().any(|c| c.is_control()) {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "{t:?} is not a transfer destination: expected \"EXTENSION [DIALPLAN \
+                 [CONTEXT]]\", e.g. \"1000 XML default\""
+            ),
+        ));
+    }
+    Ok(t)
+}
+
+/// Rules that involve the route and the rest of the config.
+pub(super) fn check_route(at: &str, route: &Route, has_esl: bool) -> Result<()> {
+    if !route.call.transfer_to.is_empty() && !has_esl {
+        return Err(ConfigError::invalid(
+            format!("{at}.transfer_to"),
+            "transfer_call hands the call over with uuid_transfer over FreeSWITCH's Event \
+             Socket: add a [freeswitch.esl] section (host, port, password)",
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn records(raw: RawRecords) -> Result<RecordsConfig> {
+    let d = RecordsConfig::default();
+    let webhook_url = non_empty(raw.webhook_url);
+    if let Some(url) = &webhook_url {
+        http_url("records.webhook_url", url)?;
+    }
+    let spool_dir = non_empty(raw.spool_dir).map(PathBuf::from);
+    if webhook_url.is_some() && spool_dir.is_none() {
+        return Err(ConfigError::invalid(
+            "records.spool_dir",
+            "records.webhook_url needs a spool directory, where records wait while the \
+             webhook is down (e.g. \"/var/lib/voicebridge/spool\")",
+        ));
+    }
+    Ok(RecordsConfig {
+        file: non_empty(raw.file).map(PathBuf::from),
+        file_max_bytes: match raw.file_max_mb {
+            None => d.file_max_bytes,
+            Some(v) => int_in("records.file_max_mb", v, 1, 100_000, " MB")? * MB,
+        },
+        file_keep: match raw.file_keep {
+            None => d.file_keep,
+            Some(v) => {
+                u32::try_from(int_in("records.file_keep", v, 0, 1000, "")?).unwrap_or(d.file_keep)
+            }
+        },
+        webhook_url,
+        webhook_timeout: ms_or(
+            "records.webhook_timeout_ms",
+            raw.webhook_timeout_ms,
+            100,
+            60_000,
+            d.webhook_timeout,
+        )?,
+        spool_dir,
+        spool_max_bytes: match raw.spool_max_mb {
+            None => d.spool_max_bytes,
+            Some(v) => int_in("records.spool_max_mb", v, 1, 100_000, " MB")? * MB,
+        },
+    })
+}
+
+fn price(at: &str, raw: RawPrice) -> Result<Price> {
+    let one = |field: &str, v: Option<f64>| -> Result<u64> {
+        match v {
+            None => Ok(0),
+            Some(v) if v.is_finite() && (0.0..=1e9).contains(&v) => Ok((v * 1e6).round() as u64),
+            Some(v) => Err(ConfigError::invalid(
+                format!("{at}.{field}"),
+                format!("{v} is not a price: must be a number from 0 to 1000000000"),
+            )),
+        }
+    };
+    Ok(Price {
+        input_per_million_tokens: one("input_per_million_tokens", raw.input_per_million_tokens)?,
+        output_per_million_tokens: one("output_per_million_tokens", raw.output_per_million_tokens)?,
+        per_minute: one("per_minute", raw.per_minute)?,
+    })
+}
+
+pub(super) fn prices(raw: RawPrices) -> Result<PricesConfig> {
+    let d = PricesConfig::default();
+    Ok(PricesConfig {
+        currency: non_empty(raw.currency).unwrap_or(d.currency),
+        echo: price("prices.echo", raw.echo)?,
+        openai: price("prices.openai", raw.openai)?,
+        gemini: price("prices.gemini", raw.gemini)?,
+        elevenlabs: price("prices.elevenlabs", raw.elevenlabs)?,
+    })
+}
+
+pub(super) fn budgets(raw: RawBudgets) -> BudgetsConfig {
+    BudgetsConfig {
+        state_file: non_empty(raw.state_file).map(PathBuf::from),
+    }
+}

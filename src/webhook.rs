@@ -1,0 +1,214 @@
+//! Outgoing HTTP to the business's own systems: caller lookup, tool webhooks and call
+//! records. One pooled client for the process, and one signing scheme for all three so
+//! a receiver verifies every request the same way:
+//!
+//! ```text
+//! X-Voicebridge-Timestamp: <unix seconds>
+//! X-Voicebridge-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>
+//! ```
+//!
+//! The body is the exact bytes sent (for a GET, the query string without `?`). The
+//! timestamp is inside the MAC so a captured request cannot be replayed later than
+//! the receiver's tolerance. Without `[webhooks] secret` requests go unsigned.
+
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::config::Secret;
+
+pub const SIGNATURE_HEADER: &str = "x-voicebridge-signature";
+pub const TIMESTAMP_HEADER: &str = "x-voicebridge-timestamp";
+pub const CALL_ID_HEADER: &str = "x-voicebridge-call-id";
+
+/// Why a webhook gave no usable answer; the text goes into logs and tool errors, so it
+/// never contains the URL's query (which may carry a key).
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("no answer within {} ms", .0.as_millis())]
+    Timeout(Duration),
+    #[error("cannot reach the webhook: {0}")]
+    Connect(String),
+    #[error("HTTP {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("the answer is not JSON: {0}")]
+    NotJson(String),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+impl WebhookError {
+    /// Worth trying again later (records delivery): the receiver may come back.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            WebhookError::Timeout(_) | WebhookError::Connect(_) => true,
+            WebhookError::Status { status, .. } => {
+                *status == 408 || *status == 429 || *status >= 500
+            }
+            WebhookError::NotJson(_) | WebhookError::Client(_) => false,
+        }
+    }
+}
+
+/// `sha256=<hex>` over `"<timestamp>.<body>"`.
+pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
+    // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        return String::new();
+    };
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The process-wide client (keep-alive connections to the business's hosts).
+pub fn client() -> Result<reqwest::Client, WebhookError> {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    if let Some(c) = CLIENT.get() {
+        return Ok(c.clone());
+    }
+    // reqwest is built without a crypto provider; main installs ring, this covers
+    // library users (tests) that did not.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .user_agent(concat!("voicebridge/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(5))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| WebhookError::Client(e.to_string()))?;
+    Ok(CLIENT.get_or_init(|| client).clone())
+}
+
+/// The URL without its query, for log lines (a query may carry a key).
+pub fn shown_url(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
+}
+
+/// One signed request; the answer's body parsed as JSON (an empty body is `null`).
+/// `body` is the JSON for a POST, or the query string for a GET.
+pub async fn send(
+    method: reqwest::Method,
+    url: &str,
+    body: Vec<u8>,
+    secret: &Secret,
+    call_id: &str,
+    timeout: Duration,
+) -> Result<serde_json::Value, WebhookError> {
+    let client = client()?;
+    let ts = now_secs();
+    let is_get = method == reqwest::Method::GET;
+    let mut req = if is_get {
+        let query = String::from_utf8_lossy(&body).into_owned();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let full = if query.is_empty() {
+            url.to_owned()
+        } else {
+            format!("{url}{sep}{query}")
+        };
+        client.get(full)
+    } else {
+        client
+            .request(method, url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.clone())
+    };
+    req = req
+        .header(reqwest::header::ACCEPT, "application/json")
+        .header(TIMESTAMP_HEADER, ts.to_string())
+        .header(CALL_ID_HEADER, call_id)
+        .timeout(timeout);
+    if !secret.is_empty() {
+        req = req.header(
+            SIGNATURE_HEADER,
+            signature(secret.expose().as_bytes(), ts, &body),
+        );
+    }
+    let resp = req.send().await.map_err(|e| classify(e, timeout))?;
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(|e| classify(e, timeout))?;
+    if !status.is_success() {
+        return Err(WebhookError::Status {
+            status: status.as_u16(),
+            body: preview(&bytes),
+        });
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_slice(&bytes).map_err(|e| WebhookError::NotJson(e.to_string()))
+}
+
+fn classify(e: reqwest::Error, timeout: Duration) -> WebhookError {
+    if e.is_timeout() {
+        return WebhookError::Timeout(timeout);
+    }
+    // reqwest's text names the URL; keep only the cause chain.
+    let mut msg = String::new();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    if msg.is_empty() {
+        msg = "request failed".to_owned();
+    }
+    WebhookError::Connect(msg)
+}
+
+/// The start of an error body, one line.
+fn preview(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out: String = text.chars().take(200).collect();
+    out = out.replace(['\n', '\r'], " ");
+    out.trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_a_known_hmac() {
+        // HMAC-SHA256("key", "The quick brown fox jumps over the lazy dog") from RFC
+        // test material, reached through our "<ts>.<body>" framing.
+        let sig = signature(b"key", 0, b"x");
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"key").unwrap();
+        mac.update(b"0.x");
+        assert_eq!(
+            sig,
+            format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+        );
+        let mut fox = Hmac::<Sha256>::new_from_slice(b"key").unwrap();
+        fox.update(b"The quick brown fox jumps over the lazy dog");
+        assert_eq!(
+            hex::encode(fox.finalize().into_bytes()),
+            "f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8"
+        );
+    }
+
+    #[test]
+    fn signature_depends_on_timestamp_and_body() {
+        let a = signature(b"s", 1, b"{}");
+        assert_ne!(a, signature(b"s", 2, b"{}"));
+        assert_ne!(a, signature(b"s", 1, b"{ }"));
+        assert_ne!(a, signature(b"t", 1, b"{}"));
+    }
+
+    #[test]
+    fn shown_url_drops_the_query() {
+        assert_eq!(shown_url("https://h/p?key=abc"), "https://h/p");
+        assert_eq!(shown_url("https://h/p"), "https://h/p");
+    }
+}
