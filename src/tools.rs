@@ -114,6 +114,7 @@ pub fn ok(call: &ToolCall, output: Value) -> ToolResult {
         name: call.name.clone(),
         output,
         is_error: false,
+        reply: true,
     }
 }
 
@@ -124,6 +125,7 @@ pub fn error(call: &ToolCall, message: impl Into<String>) -> ToolResult {
         name: call.name.clone(),
         output: json!({"error": message.into()}),
         is_error: true,
+        reply: true,
     }
 }
 

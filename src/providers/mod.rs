@@ -140,6 +140,10 @@ pub struct ToolResult {
     /// The webhook's JSON answer, or for an error `{"error": "<message>"}`.
     pub output: serde_json::Value,
     pub is_error: bool,
+    /// The model should go on talking after this result (OpenAI: `response.create`).
+    /// False for `end_call`/`transfer_call`: the model has already said its last
+    /// words and the call is ending, so a new response would only be cut off.
+    pub reply: bool,
 }
 
 impl ToolResult {
