@@ -15,6 +15,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tracing::warn;
 
+use crate::budget::Budgets;
 use crate::config::Config;
 use crate::registry::Registry;
 use crate::server::Shutdown;
@@ -25,6 +26,7 @@ struct AdminState {
     shutdown: Shutdown,
     config: Arc<ArcSwap<Config>>,
     metrics: PrometheusHandle,
+    budgets: Arc<Budgets>,
 }
 
 /// Serves until `shutdown.stop` is cancelled.
@@ -34,6 +36,7 @@ pub async fn serve(
     shutdown: Shutdown,
     config: Arc<ArcSwap<Config>>,
     metrics: PrometheusHandle,
+    budgets: Arc<Budgets>,
 ) {
     let stop = shutdown.stop.clone();
     let state = AdminState {
@@ -41,6 +44,7 @@ pub async fn serve(
         shutdown,
         config,
         metrics,
+        budgets,
     };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -66,6 +70,8 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn render_metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    // Running calls' time grows continuously: computed at scrape time, not on a timer.
+    s.budgets.publish_metrics();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),

@@ -25,6 +25,9 @@ pub const FIRST_RESPONSE: &str = "voicebridge_first_response_seconds";
 pub const BARGE_IN_CUT: &str = "voicebridge_barge_in_cut_seconds";
 pub const ESL_UP: &str = "voicebridge_esl_up";
 pub const ESL_DROPPED: &str = "voicebridge_esl_commands_dropped_total";
+pub const BUDGET_REFUSED: &str = "voicebridge_budget_refused_total";
+pub const BUDGET_CALLS: &str = "voicebridge_budget_calls_today";
+pub const BUDGET_SECONDS: &str = "voicebridge_budget_seconds_today";
 
 /// Latency buckets: from sub-millisecond (barge-in cut) to seconds (first response).
 const BUCKETS: &[f64] = &[
@@ -53,6 +56,19 @@ fn describe() {
         "ESL commands dropped because the Event Socket was down or its queue full."
     );
     describe_gauge!(ACTIVE_CALLS, "Calls in progress.");
+    describe_counter!(
+        BUDGET_REFUSED,
+        "Calls refused by a route's daily budget, by route and limit (calls, minutes)."
+    );
+    describe_gauge!(
+        BUDGET_CALLS,
+        "Calls admitted today (UTC) on the route, counted against daily_max_calls."
+    );
+    describe_gauge!(
+        BUDGET_SECONDS,
+        Unit::Seconds,
+        "Call time used today (UTC) on the route, running calls included, counted against daily_max_minutes."
+    );
     describe_counter!(CALLS, "Calls ended, by route, provider and end reason.");
     describe_counter!(REJECTED, "WebSocket upgrades refused, by reason.");
     describe_counter!(
@@ -91,6 +107,15 @@ pub fn esl_dropped(n: u64) {
 
 pub fn upgrade_rejected(reason: &'static str) {
     counter!(REJECTED, "reason" => reason).increment(1);
+}
+
+pub fn budget_refused(route: &str, limit: &'static str) {
+    counter!(BUDGET_REFUSED, "route" => route.to_owned(), "limit" => limit).increment(1);
+}
+
+pub fn budget_usage(route: &str, calls: u64, time: Duration) {
+    gauge!(BUDGET_CALLS, "route" => route.to_owned()).set(calls as f64);
+    gauge!(BUDGET_SECONDS, "route" => route.to_owned()).set(time.as_secs_f64());
 }
 
 pub fn call_ended(route: &str, provider: &'static str, end_reason: &'static str) {

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod audio;
+pub mod budget;
 pub mod call_client;
 pub mod call_metrics;
 pub mod config;

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use voicebridge::admin;
+use voicebridge::budget::Budgets;
 use voicebridge::call_client::{self, CallArgs};
 use voicebridge::call_metrics;
 use voicebridge::config::Config;
@@ -123,6 +124,14 @@ async fn serve(path: &std::path::Path) -> ExitCode {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    // Before the listener accepts anything, so the first call already sees today's usage.
+    let budgets = Budgets::open(config.budgets.state_file.clone());
+    let limited = config
+        .routes()
+        .any(|r| r.call.daily_max_calls > 0 || r.call.daily_max_minutes > 0);
+    if limited && config.budgets.state_file.is_none() {
+        warn!("daily budgets are counted in memory only ([budgets] state_file is not set): a restart resets today's counts");
+    }
     let config = Arc::new(ArcSwap::from_pointee(config));
     let registry = Registry::new();
     let shutdown = Shutdown::default();
@@ -143,7 +152,9 @@ async fn serve(path: &std::path::Path) -> ExitCode {
         shutdown.clone(),
         Arc::clone(&config),
         metrics,
+        Arc::clone(&budgets),
     ));
+    let saver = tokio::spawn(Arc::clone(&budgets).run_saver(shutdown.stop.clone()));
     tokio::spawn(watch_signals(
         Arc::clone(&registry),
         shutdown.clone(),
@@ -158,8 +169,19 @@ async fn serve(path: &std::path::Path) -> ExitCode {
         .esl
         .as_ref()
         .map(|c| Esl::spawn(c, shutdown.stop.clone()));
-    server::serve(listener, config, registry, shutdown, esl).await;
+    server::serve(
+        listener,
+        config,
+        registry,
+        shutdown,
+        esl,
+        Arc::clone(&budgets),
+    )
+    .await;
     let _ = admin.await;
+    // Every call has ended (and charged its time): the final save has it all.
+    let _ = saver.await;
+    budgets.save();
     info!("stopped");
     ExitCode::SUCCESS
 }
@@ -229,6 +251,9 @@ async fn watch_reload(path: PathBuf, config: Arc<ArcSwap<Config>>) {
         }
         if new.freeswitch.esl != old.freeswitch.esl {
             restart_only.push("freeswitch.esl");
+        }
+        if new.budgets != old.budgets {
+            restart_only.push("budgets.state_file");
         }
         for w in new.warnings() {
             warn!(warning = %w, "configuration");

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
+use crate::budget::{Budgets, Exceeded, Ticket};
 use crate::call_metrics;
 use crate::config::{Config, Route};
 use crate::freeswitch::{Esl, StreamRequest};
@@ -56,6 +57,7 @@ struct Shared {
     /// New connections per source IP (`server.per_ip_rate_limit`).
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     esl: Option<Esl>,
+    budgets: Arc<Budgets>,
 }
 
 /// How often the per-IP limiter forgets idle addresses, so its memory stays bounded.
@@ -70,13 +72,15 @@ fn per_ip_limiter(per_sec: u32) -> Option<DefaultKeyedRateLimiter<IpAddr>> {
 }
 
 /// Serves until `shutdown.stop` is cancelled and every session has ended. `esl` is
-/// the daemon's Event Socket connection, handed to every call.
+/// the daemon's Event Socket connection, handed to every call; `budgets` admits calls
+/// against their route's daily limits.
 pub async fn serve(
     listener: TcpListener,
     config: Arc<ArcSwap<Config>>,
     registry: Arc<Registry>,
     shutdown: Shutdown,
     esl: Option<Esl>,
+    budgets: Arc<Budgets>,
 ) {
     let shared = Arc::new(Shared {
         limiter: per_ip_limiter(config.load().server.per_ip_rate_limit),
@@ -84,6 +88,7 @@ pub async fn serve(
         registry,
         shutdown: shutdown.clone(),
         esl,
+        budgets,
     });
     let tracker = TaskTracker::new();
     let mut sweep = tokio::time::interval(LIMITER_SWEEP);
@@ -118,7 +123,14 @@ struct Rejection {
     /// Short body, also the `reason` label of the rejection metric.
     body: &'static str,
     reason: String,
+    /// `Retry-After` of a 503, in seconds; `None`: the default.
+    retry_after: Option<u64>,
+    /// Refused by a daily budget: logged (rate-limited) as such, not as a plain rejection.
+    budget: Option<Box<Exceeded>>,
 }
+
+/// `Retry-After` of a 503 for a transient condition (capacity, drain).
+const RETRY_AFTER_SECS: u64 = 5;
 
 /// What the upgrade callback decided for an accepted call.
 struct Accepted {
@@ -126,6 +138,7 @@ struct Accepted {
     route: Route,
     call_id: String,
     guard: CallGuard,
+    budget: Ticket,
 }
 
 async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
@@ -146,9 +159,10 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
                 let mut error = ErrorResponse::new(Some(format!("{}\n", rejection.body)));
                 *error.status_mut() = rejection.status;
                 if rejection.status == StatusCode::SERVICE_UNAVAILABLE {
+                    let secs = rejection.retry_after.unwrap_or(RETRY_AFTER_SECS);
                     error
                         .headers_mut()
-                        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+                        .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
                 }
                 decision = Some(Err(rejection));
                 Err(error)
@@ -176,7 +190,12 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
             match decision {
                 Some(Err(r)) => {
                     call_metrics::upgrade_rejected(metric_label(r.body));
-                    warn!(%peer, status = r.status.as_u16(), reason = %r.reason, "upgrade rejected")
+                    match &r.budget {
+                        Some(b) => log_budget_refusal(peer, b),
+                        None => {
+                            warn!(%peer, status = r.status.as_u16(), reason = %r.reason, "upgrade rejected")
+                        }
+                    }
                 }
                 _ => warn!(%peer, error = %e, "handshake failed: not a valid WebSocket upgrade"),
             }
@@ -198,6 +217,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
         config: Arc::clone(&config),
         peer,
         guard: accepted.guard,
+        budget: Some(accepted.budget),
         stop: shared.shutdown.stop.clone(),
         esl: shared.esl.clone(),
     };
@@ -222,6 +242,8 @@ fn decide(
         status,
         body,
         reason,
+        retry_after: None,
+        budget: None,
     };
     if shared
         .limiter
@@ -275,6 +297,21 @@ fn decide(
             ));
         }
     }
+    // After auth, so strangers cannot use up a route's budget; before capacity, so a
+    // route out of budget says so (with the real Retry-After) even when also full.
+    // The limits are this snapshot's: a SIGHUP changes them for new calls.
+    let budget = match shared.budgets.try_admit(route) {
+        Ok(ticket) => ticket,
+        Err(exceeded) => {
+            return Err(Rejection {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                body: "daily budget reached",
+                reason: exceeded.to_string(),
+                retry_after: Some(exceeded.retry_after.as_secs().max(1)),
+                budget: Some(Box::new(exceeded)),
+            })
+        }
+    };
     let call_id = request
         .call_id
         .clone()
@@ -291,6 +328,8 @@ fn decide(
     {
         Ok(guard) => guard,
         Err(full) => {
+            // A call refused here never happened: it must not use the budget.
+            budget.cancel();
             let which = match full {
                 Full::Server(n) => format!("server.max_calls ({n})"),
                 Full::Route(n) => format!("max_calls of route {:?} ({n})", route.name),
@@ -307,7 +346,26 @@ fn decide(
         route: route.clone(),
         call_id,
         guard,
+        budget,
     })
+}
+
+/// One line per route per minute at most, however many calls the dialplan keeps
+/// sending: the count says how many were refused since the previous line.
+fn log_budget_refusal(peer: SocketAddr, b: &Exceeded) {
+    call_metrics::budget_refused(&b.route, b.limit.as_str());
+    if let Some(refused) = b.log {
+        warn!(
+            %peer,
+            route = %b.route,
+            limit = b.limit.as_str(),
+            used = b.used,
+            max = b.max,
+            refused,
+            retry_after_secs = b.retry_after.as_secs().max(1),
+            "daily budget reached: calls on this route refused until UTC midnight"
+        );
+    }
 }
 
 /// The `reason` label of a rejection.
@@ -319,6 +377,7 @@ fn metric_label(body: &'static str) -> &'static str {
         "unauthorized" => "unauthorized",
         "at capacity" => "at_capacity",
         "rate limited" => "rate_limited",
+        "daily budget reached" => "budget",
         _ => "other",
     }
 }

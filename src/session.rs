@@ -79,6 +79,8 @@ pub struct CallSetup {
     pub config: Arc<Config>,
     pub peer: SocketAddr,
     pub guard: CallGuard,
+    /// The route's daily budget; dropped when the session ends, charging its time.
+    pub budget: Option<crate::budget::Ticket>,
     pub stop: CancellationToken,
     /// The daemon's Event Socket, when `[freeswitch.esl]` is configured.
     pub esl: Option<Esl>,
@@ -256,6 +258,7 @@ pub async fn run(ws: Ws, setup: CallSetup) {
         config,
         peer: _,
         guard,
+        budget,
         stop,
         esl,
     } = setup;
@@ -351,6 +354,7 @@ pub async fn run(ws: Ws, setup: CallSetup) {
     let reason = s.run_loop(&mut stream, &stop).await;
     s.finish(stream, reason).await;
     drop(guard);
+    drop(budget);
 }
 
 impl Session {
