@@ -353,7 +353,6 @@ fn decide(
 /// One line per route per minute at most, however many calls the dialplan keeps
 /// sending: the count says how many were refused since the previous line.
 fn log_budget_refusal(peer: SocketAddr, b: &Exceeded) {
-    call_metrics::budget_refused(&b.route, b.limit.as_str());
     if let Some(refused) = b.log {
         warn!(
             %peer,
@@ -366,6 +365,8 @@ fn log_budget_refusal(peer: SocketAddr, b: &Exceeded) {
             "daily budget reached: calls on this route refused until UTC midnight"
         );
     }
+    // Counted after the line is written, so whoever sees the count can find the line.
+    call_metrics::budget_refused(&b.route, b.limit.as_str());
 }
 
 /// The `reason` label of a rejection.
