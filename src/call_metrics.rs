@@ -86,7 +86,11 @@ fn describe() {
         Unit::Seconds,
         "From the caller's end of turn (provider VAD) to the first assistant audio sent to FreeSWITCH."
     );
-    describe_histogram!(TOOL_SECONDS, Unit::Seconds, "Webhook tool call duration, by tool.");
+    describe_histogram!(
+        TOOL_SECONDS,
+        Unit::Seconds,
+        "Webhook tool call duration, by tool."
+    );
     describe_counter!(
         LOOKUPS,
         "Caller context lookups, by route and outcome (ok, error, timeout)."

@@ -272,7 +272,12 @@ mod tests {
         assert_eq!(r.audio_played(t0 + Duration::from_millis(1500)), None);
         r.assistant_turn_done();
         r.transcript(Speaker::Caller, "hello", t0 + Duration::from_millis(900));
-        r.tool_started("c1", "lookup", &json!({"a":1}), t0 + Duration::from_millis(2000));
+        r.tool_started(
+            "c1",
+            "lookup",
+            &json!({"a":1}),
+            t0 + Duration::from_millis(2000),
+        );
         r.tool_finished("c1", "ok", Duration::from_millis(30), None);
         let v = r.build(&Ending {
             call_id: "abc",

@@ -975,8 +975,12 @@ impl Session {
     fn on_tool_done(&mut self, done: ToolDone) {
         let took_ms = done.took.as_millis() as u64;
         match &done.error {
-            None => info!(tool = %done.name, tool_call_id = %done.id, took_ms, "tool call answered"),
-            Some(e) => warn!(tool = %done.name, tool_call_id = %done.id, took_ms, error = %e, "tool call failed: the model was told"),
+            None => {
+                info!(tool = %done.name, tool_call_id = %done.id, took_ms, "tool call answered")
+            }
+            Some(e) => {
+                warn!(tool = %done.name, tool_call_id = %done.id, took_ms, error = %e, "tool call failed: the model was told")
+            }
         }
         call_metrics::tool_call(&self.route.name, &done.name, done.outcome.name());
         call_metrics::tool_duration(&done.name, done.took);
@@ -1049,7 +1053,9 @@ impl Session {
                 }
             }
             ProviderEvent::Audio { item, data } => self.on_assistant_audio(item, &data),
-            ProviderEvent::SpeechStopped => self.record.caller_turn_ended(Instant::now().into_std()),
+            ProviderEvent::SpeechStopped => {
+                self.record.caller_turn_ended(Instant::now().into_std())
+            }
             ProviderEvent::ToolCall(call) => self.on_tool_call(call),
             ProviderEvent::ToolCancelled(ids) => {
                 for id in &ids {
@@ -1079,7 +1085,8 @@ impl Session {
                 is_final,
             } => {
                 if is_final {
-                    self.record.transcript(who, &text, Instant::now().into_std());
+                    self.record
+                        .transcript(who, &text, Instant::now().into_std());
                 }
                 if self.config.log.transcripts && is_final {
                     info!(who = who.name(), text = %text, "transcript");
