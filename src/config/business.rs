@@ -342,4 +342,20 @@ output_per_million_tokens = 64.5
             assert!(err.starts_with(key), "{key}: {err}");
         }
     }
+
+    #[test]
+    fn webhook_secret_comes_from_the_file_or_the_environment() {
+        let env = vec![(
+            "VOICEBRIDGE_WEBHOOK_SECRET".to_string(),
+            "from-env-0123456789".to_string(),
+        )];
+        let c = Config::from_toml_str("", env.clone()).unwrap();
+        assert_eq!(c.webhooks.secret.expose(), "from-env-0123456789");
+        assert!(c
+            .warnings()
+            .iter()
+            .all(|w| !w.contains("VOICEBRIDGE_WEBHOOK_SECRET")));
+        let c = Config::from_toml_str("[webhooks]\nsecret = \"in-file\"", env).unwrap();
+        assert_eq!(c.webhooks.secret.expose(), "in-file");
+    }
 }
