@@ -163,9 +163,20 @@ impl RecordBuilder {
         error: Option<&str>,
     ) {
         if let Some(t) = self.tools.iter_mut().rev().find(|t| t.id == id) {
+            // A withdrawn call's webhook may still finish; the model never saw it.
+            if t.outcome == "cancelled" {
+                return;
+            }
             t.outcome = outcome;
             t.duration_ms = Some(took.as_millis() as u64);
             t.error = error.map(str::to_owned);
+        }
+    }
+
+    /// The call ended while these webhooks were still running.
+    pub fn abandon_running(&mut self) {
+        for t in self.tools.iter_mut().filter(|t| t.outcome == "running") {
+            t.outcome = "abandoned";
         }
     }
 

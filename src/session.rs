@@ -1386,6 +1386,7 @@ impl Session {
         }
         // Tool calls still running are of no use any more.
         self.tools.abort_all();
+        self.record.abandon_running();
         if let Some(lookup) = self.lookup.take() {
             lookup.abort();
         }
