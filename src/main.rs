@@ -175,6 +175,7 @@ async fn serve(path: &std::path::Path) -> ExitCode {
         registry,
         shutdown,
         esl,
+        None,
         Arc::clone(&budgets),
     )
     .await;

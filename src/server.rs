@@ -24,6 +24,7 @@ use crate::budget::{Budgets, Exceeded, Ticket};
 use crate::call_metrics;
 use crate::config::{Config, Route};
 use crate::freeswitch::{Esl, StreamRequest};
+use crate::records::Records;
 use crate::registry::{CallEntry, CallGuard, Full, Registry};
 use crate::session::{self, CallSetup};
 
@@ -57,6 +58,7 @@ struct Shared {
     /// New connections per source IP (`server.per_ip_rate_limit`).
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     esl: Option<Esl>,
+    records: Option<Records>,
     budgets: Arc<Budgets>,
 }
 
@@ -72,14 +74,15 @@ fn per_ip_limiter(per_sec: u32) -> Option<DefaultKeyedRateLimiter<IpAddr>> {
 }
 
 /// Serves until `shutdown.stop` is cancelled and every session has ended. `esl` is
-/// the daemon's Event Socket connection, handed to every call; `budgets` admits calls
-/// against their route's daily limits.
+/// the daemon's Event Socket connection, handed to every call; `records` where each
+/// call's record goes; `budgets` admits calls against their route's daily limits.
 pub async fn serve(
     listener: TcpListener,
     config: Arc<ArcSwap<Config>>,
     registry: Arc<Registry>,
     shutdown: Shutdown,
     esl: Option<Esl>,
+    records: Option<Records>,
     budgets: Arc<Budgets>,
 ) {
     let shared = Arc::new(Shared {
@@ -88,6 +91,7 @@ pub async fn serve(
         registry,
         shutdown: shutdown.clone(),
         esl,
+        records,
         budgets,
     });
     let tracker = TaskTracker::new();
@@ -220,6 +224,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
         budget: Some(accepted.budget),
         stop: shared.shutdown.stop.clone(),
         esl: shared.esl.clone(),
+        records: shared.records.clone(),
     };
     async move {
         info!(%peer, handshake_ms = format!("{handshake_ms:.2}"), "call accepted");
