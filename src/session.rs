@@ -456,9 +456,7 @@ pub async fn run(ws: Ws, setup: CallSetup) {
     );
 
     let reason = s.run_loop(&mut stream, &stop).await;
-    s.finish(stream, reason).await;
-    drop(guard);
-    drop(budget);
+    s.finish(stream, reason, (guard, budget)).await;
 }
 
 impl Session {
@@ -1377,7 +1375,14 @@ impl Session {
         })
     }
 
-    async fn finish(mut self, stream: SplitStream<Ws>, reason: EndReason) {
+    /// `slots`: the call's registry entry and budget ticket, released just before the
+    /// summary line, so whoever reads "call ended" sees the slot free and the time charged.
+    async fn finish(
+        mut self,
+        stream: SplitStream<Ws>,
+        reason: EndReason,
+        slots: (CallGuard, Option<crate::budget::Ticket>),
+    ) {
         let fs_initiated = matches!(reason, EndReason::FreeswitchClosed(_));
         let fs_alive = !matches!(
             reason,
@@ -1418,6 +1423,7 @@ impl Session {
         self.flush_metrics();
         call_metrics::call_ended(&self.route.name, self.provider.name, reason.tag());
         call_metrics::esl_dropped(self.stats.esl_dropped);
+        drop(slots);
         let record = self.build_record(&reason);
         if let Some(records) = &self.records {
             records.submit(record);
