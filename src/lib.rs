@@ -10,6 +10,7 @@ pub mod config;
 pub mod freeswitch;
 pub mod loadtest;
 pub mod providers;
+pub mod records;
 pub mod registry;
 pub mod server;
 pub mod session;
