@@ -220,6 +220,33 @@ async fn records_spooled_before_a_restart_are_delivered_by_the_next_instance() {
 }
 
 #[tokio::test]
+async fn a_long_outage_drops_the_oldest_records_to_stay_within_the_bound() {
+    let server = WebhookServer::start().await;
+    let url = server.url(PATH);
+    let addr = server.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let sent: Vec<Value> = (0..6).map(record).collect();
+    // Every body has the same length: room for 3.
+    let size = serde_json::to_vec(&sent[0]).unwrap().len() as u64;
+    let config = RecordsConfig {
+        spool_max_bytes: 3 * size + size / 2,
+        ..webhook_config(url, dir.path())
+    };
+    let records = spawn(&config);
+    for r in &sent {
+        records.submit(r.clone());
+    }
+    until(&records, "bounded", |s| s.dropped == 3 && s.spooled == 3).await;
+    assert_eq!(spooled_files(dir.path()).len(), 3);
+    let server = WebhookServer::start_at(addr).await;
+    until(&records, "delivered", |s| {
+        s.delivered == 3 && s.spooled == 0
+    })
+    .await;
+    assert_eq!(ns(&server.requests(PATH)), [3, 4, 5], "the newest survive");
+}
+
+#[tokio::test]
 async fn a_refused_record_moves_to_rejected_and_the_queue_goes_on() {
     let server = WebhookServer::start().await;
     server.respond(PATH, Reply::Status(400, "missing field".into()));

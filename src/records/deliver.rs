@@ -194,19 +194,10 @@ impl Delivery {
     /// case is that the record is sent again after the next start.
     async fn blocking(&self, f: impl FnOnce(&Spool) -> std::io::Result<()> + Send + 'static) {
         let spool = self.spool.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            let r = f(&spool);
-            metrics::spooled(spool.len());
-            (r, spool.len())
-        })
-        .await;
-        match r {
-            Ok((Ok(()), n)) => self.stats.update(|s| s.spooled = n as u64),
-            Ok((Err(e), n)) => {
-                self.stats.update(|s| s.spooled = n as u64);
-                error!(dir = %self.spool.dir().display(), error = %e,
-                    "call records spool: cannot remove or move a record file; it may be sent again after a restart");
-            }
+        match tokio::task::spawn_blocking(move || f(&spool)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(dir = %self.spool.dir().display(), error = %e,
+                "call records spool: cannot remove or move a record file; it may be sent again after a restart"),
             Err(e) => error!(error = %e, "call records spool task failed"),
         }
     }
@@ -250,6 +241,15 @@ mod tests {
             classify(Ok(serde_json::Value::Null)),
             Outcome::Delivered
         ));
+    }
+
+    #[test]
+    fn docs_test_vector_matches_the_signer() {
+        // docs/records.md gives this vector to receivers checking their verifier.
+        assert_eq!(
+            webhook::signature(b"key", 0, b"x"),
+            "sha256=01648d624c0b511b0449a63394418e2d5b018e4cc2f753e42127d445f3ca5dd0"
+        );
     }
 
     #[test]

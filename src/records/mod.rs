@@ -174,7 +174,11 @@ impl Records {
                             source,
                         }
                     })?;
-                let spool = Arc::new(spool);
+                let gauge = stats.clone();
+                let spool = Arc::new(spool.observe(move |n| {
+                    metrics::spooled(n);
+                    gauge.update(|s| s.spooled = n as u64);
+                }));
                 if !evicted.is_empty() {
                     report_evicted(&spool, &evicted, &stats);
                 }
@@ -185,9 +189,6 @@ impl Records {
                         "call records from a previous run are waiting in the spool: delivering them first"
                     );
                 }
-                let n = spool.len();
-                metrics::spooled(n);
-                stats.update(|s| s.spooled = n as u64);
                 let writer = SpoolWriter {
                     spool: spool.clone(),
                     failing: None,
@@ -407,9 +408,6 @@ impl Sink for SpoolWriter {
                 if !evicted.is_empty() {
                     report_evicted(&self.spool, &evicted, &self.stats);
                 }
-                let n = self.spool.len();
-                metrics::spooled(n);
-                self.stats.update(|s| s.spooled = n as u64);
             }
             Err(e) => {
                 metrics::dropped("spool_error", 1);
@@ -440,4 +438,63 @@ fn report_evicted(spool: &Spool, evicted: &spool::Evicted, stats: &Stats) {
         spooled_bytes = spool.bytes(),
         "call records spool is full (records.spool_max_mb): dropped the oldest record(s)"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(call_id: &str) -> Rec {
+        Rec {
+            line: format!("{{\"call_id\":\"{call_id}\"}}").into_bytes(),
+            call_id: call_id.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_without_waiting() {
+        let (tx, _rx) = mpsc::channel(1);
+        let records = Records {
+            inner: Arc::new(Inner {
+                file: Some(tx),
+                spool: None,
+                delivery: std::sync::Mutex::new(None),
+                stop: CancellationToken::new(),
+                stats: Stats::new(),
+            }),
+        };
+        // Nobody reads the queue: the first record fits, the others are dropped.
+        for i in 0..3 {
+            records.submit(serde_json::json!({"call_id": format!("c{i}")}));
+        }
+        assert_eq!(records.stats().borrow().dropped, 2);
+    }
+
+    #[test]
+    fn a_file_outage_drops_records_until_the_file_can_be_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        let path = logs.join("records.jsonl");
+        let stats = Stats::new();
+        let mut w = FileWriter {
+            sink: FileSink::open(&path, 1 << 20, 1).unwrap(),
+            lost: None,
+            stats: stats.clone(),
+        };
+        w.write(&rec("a"));
+        // The directory goes away: the file cannot be reopened at its path.
+        std::fs::remove_dir_all(&logs).unwrap();
+        w.write(&rec("b"));
+        w.write(&rec("c"));
+        assert_eq!(w.lost, Some(2));
+        std::fs::create_dir_all(&logs).unwrap();
+        w.write(&rec("d"));
+        assert_eq!(w.lost, None);
+        let s = *stats.0.borrow();
+        assert_eq!((s.written, s.dropped), (2, 2));
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"call_id\":\"d\"}\n"
+        );
+    }
 }

@@ -123,6 +123,9 @@ pub struct Spool {
     state: Mutex<State>,
     /// Signalled when a record is added (the delivery loop waits on it when idle).
     pub added: Notify,
+    /// Told the number of waiting records after every change, under the lock, so
+    /// reports from the writer and the delivery loop cannot overtake each other.
+    observer: Option<Box<dyn Fn(usize) + Send + Sync>>,
 }
 
 impl Spool {
@@ -156,8 +159,22 @@ impl Spool {
                 rejected,
             }),
             added: Notify::new(),
+            observer: None,
         };
         Ok((spool, Evicted { entries: evicted }))
+    }
+
+    /// Reports the queue length now and after every change.
+    pub fn observe(mut self, f: impl Fn(usize) + Send + Sync + 'static) -> Spool {
+        f(self.lock().queue.entries.len());
+        self.observer = Some(Box::new(f));
+        self
+    }
+
+    fn changed(&self, st: &State) {
+        if let Some(f) = &self.observer {
+            f(st.queue.entries.len());
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -210,7 +227,9 @@ impl Spool {
         let evicted = {
             let mut st = self.lock();
             st.queue.push(entry.clone());
-            st.queue.evict_to(self.max_bytes)
+            let evicted = st.queue.evict_to(self.max_bytes);
+            self.changed(&st);
+            evicted
         };
         remove_all(&self.dir, &evicted);
         self.added.notify_one();
@@ -236,17 +255,24 @@ impl Spool {
 
     /// Delivered (or vanished): out of the index and off the disk.
     pub fn remove(&self, e: &Entry) -> io::Result<()> {
-        self.lock().queue.remove(&e.name);
+        self.forget(e);
         match fs::remove_file(self.path_of(e)) {
             Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
             _ => Ok(()),
         }
     }
 
+    fn forget(&self, e: &Entry) {
+        let mut st = self.lock();
+        if st.queue.remove(&e.name).is_some() {
+            self.changed(&st);
+        }
+    }
+
     /// Refused by the receiver: moved to `rejected/` (bounded to a quarter of the spool
     /// bound, oldest out first) so it no longer blocks the queue but can be inspected.
     pub fn reject(&self, e: &Entry) -> io::Result<()> {
-        self.lock().queue.remove(&e.name);
+        self.forget(e);
         fs::rename(self.path_of(e), self.rejected_dir.join(&e.name))?;
         let old = {
             let mut st = self.lock();
