@@ -436,7 +436,7 @@ fn report_evicted(spool: &Spool, evicted: &spool::Evicted, stats: &Stats) {
         dropped = n,
         call_ids = %evicted.call_ids(),
         spooled_bytes = spool.bytes(),
-        "call records spool is full (records.spool_max_mb): dropped the oldest record(s)"
+        "call records spool is full: dropped record(s), oldest first, to stay within records.spool_max_mb"
     );
 }
 
