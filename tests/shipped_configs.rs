@@ -176,6 +176,32 @@ fn default_toml_ships_every_key() {
         "providers.elevenlabs.agent_id",
         "providers.elevenlabs.api_key",
         "providers.elevenlabs.signed_url_endpoint",
+        "call.end_call",
+        "call.transfer_to",
+        "call.daily_max_calls",
+        "call.daily_max_minutes",
+        "webhooks.secret",
+        "records.file",
+        "records.file_max_mb",
+        "records.file_keep",
+        "records.webhook_url",
+        "records.webhook_timeout_ms",
+        "records.spool_dir",
+        "records.spool_max_mb",
+        "prices.currency",
+        "prices.openai.input_per_million_tokens",
+        "prices.openai.output_per_million_tokens",
+        "prices.openai.per_minute",
+        "prices.gemini.input_per_million_tokens",
+        "prices.gemini.output_per_million_tokens",
+        "prices.gemini.per_minute",
+        "prices.elevenlabs.input_per_million_tokens",
+        "prices.elevenlabs.output_per_million_tokens",
+        "prices.elevenlabs.per_minute",
+        "prices.echo.input_per_million_tokens",
+        "prices.echo.output_per_million_tokens",
+        "prices.echo.per_minute",
+        "budgets.state_file",
     ]
     .into_iter()
     .map(String::from)
@@ -183,6 +209,8 @@ fn default_toml_ships_every_key() {
     assert_eq!(shipped, contract);
     // The optional sections are documented, commented out.
     assert!(text.contains("# [freeswitch.esl]"));
+    assert!(text.contains("# [call.context]"));
+    assert!(text.contains("# [[call.tools]]"));
     assert!(text.contains("# [[routes]]"));
 }
 

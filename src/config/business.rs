@@ -244,3 +244,118 @@ pub(super) fn budgets(raw: RawBudgets) -> BudgetsConfig {
         state_file: non_empty(raw.state_file).map(PathBuf::from),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, HttpMethod};
+
+    fn load(toml: &str) -> Result<Config, String> {
+        Config::from_toml_str(toml, Vec::<(String, String)>::new()).map_err(|e| e.to_string())
+    }
+
+    const TOOL: &str = r#"
+[[call.tools]]
+name = "book"
+description = "Books an appointment."
+parameters = '{"type":"object","properties":{"day":{"type":"string"}},"required":["day"]}'
+url = "https://crm.example/book"
+timeout_ms = 3000
+"#;
+
+    #[test]
+    fn receptionist_config_compiles_and_routes_inherit_or_replace() {
+        let c = load(&format!(
+            r#"
+[freeswitch.esl]
+password = "x"
+[call]
+end_call = true
+transfer_to = "1000 XML default"
+daily_max_calls = 100
+[call.context]
+url = "https://crm.example/lookup"
+method = "GET"
+timeout_ms = 800
+{TOOL}
+[[routes]]
+name = "plain"
+tools = []
+context = {{ url = "" }}
+daily_max_minutes = 30
+[prices.openai]
+input_per_million_tokens = 32
+output_per_million_tokens = 64.5
+"#
+        ))
+        .unwrap();
+        let call = &c.default_route().call;
+        assert_eq!(call.tools.len(), 1);
+        assert_eq!(call.tools[0].parameters["required"][0], "day");
+        assert_eq!(call.context.as_ref().unwrap().method, HttpMethod::Get);
+        assert!(call.end_call);
+        let plain = &c.route("plain").unwrap().call;
+        assert!(plain.tools.is_empty() && plain.context.is_none());
+        assert_eq!((plain.daily_max_calls, plain.daily_max_minutes), (100, 30));
+        assert_eq!(plain.transfer_to, "1000 XML default");
+        assert_eq!(c.prices.openai.output_per_million_tokens, 64_500_000);
+    }
+
+    #[test]
+    fn mistakes_name_the_key() {
+        let cases = [
+            (
+                TOOL.replace(r#"'{"type""#, r#"'{"typ""#),
+                "call.tools[0].parameters",
+            ),
+            (
+                TOOL.replace("\"book\"", "\"end_call\""),
+                "call.tools[0].name",
+            ),
+            (
+                TOOL.replace("\"book\"", "\"bad name\""),
+                "call.tools[0].name",
+            ),
+            (
+                TOOL.replace("https://crm.example/book", "crm"),
+                "call.tools[0].url",
+            ),
+            (
+                format!("{TOOL}{}", TOOL.replace("Books", "Again")),
+                "call.tools[1].name",
+            ),
+            ("[call]\ntransfer_to = \"1000\"".into(), "call.transfer_to"),
+            (
+                "[records]\nwebhook_url = \"https://x/r\"".into(),
+                "records.spool_dir",
+            ),
+            (
+                "[prices.gemini]\nper_minute = -1".into(),
+                "prices.gemini.per_minute",
+            ),
+            (
+                "[call.context]\nurl = \"https://x\"\nmethod = \"PUT\"".into(),
+                "call.context.method",
+            ),
+        ];
+        for (toml, key) in cases {
+            let err = load(&toml).expect_err(&toml);
+            assert!(err.starts_with(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn webhook_secret_comes_from_the_file_or_the_environment() {
+        let env = vec![(
+            "VOICEBRIDGE_WEBHOOK_SECRET".to_string(),
+            "from-env-0123456789".to_string(),
+        )];
+        let c = Config::from_toml_str("", env.clone()).unwrap();
+        assert_eq!(c.webhooks.secret.expose(), "from-env-0123456789");
+        assert!(c
+            .warnings()
+            .iter()
+            .all(|w| !w.contains("VOICEBRIDGE_WEBHOOK_SECRET")));
+        let c = Config::from_toml_str("[webhooks]\nsecret = \"in-file\"", env).unwrap();
+        assert_eq!(c.webhooks.secret.expose(), "in-file");
+    }
+}

@@ -2,8 +2,9 @@
 
 use std::collections::BTreeMap;
 
-/// Replaces `{{ name }}` by `vars[name]`; unknown names become empty, so a dialplan
-/// that does not send a key never leaks a raw placeholder into the assistant's prompt.
+/// Replaces `{{ name }}` by `vars[name]`; unknown names become empty (or the fallback
+/// of `{{ name | fallback }}`), so a dialplan that does not send a key never leaks a
+/// raw placeholder into the assistant's prompt.
 pub fn render(template: &str, vars: &BTreeMap<String, String>) -> String {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
@@ -12,9 +13,15 @@ pub fn render(template: &str, vars: &BTreeMap<String, String>) -> String {
         let after = &rest[start + 2..];
         match after.find("}}") {
             Some(end) => {
-                let name = after[..end].trim();
-                if let Some(v) = vars.get(name) {
-                    out.push_str(v);
+                // `{{ name | fallback }}`: the fallback when the variable is missing or
+                // empty (a caller lookup that failed or did not know the caller).
+                let (name, fallback) = match after[..end].split_once('|') {
+                    Some((n, f)) => (n.trim(), f.trim()),
+                    None => (after[..end].trim(), ""),
+                };
+                match vars.get(name) {
+                    Some(v) if !v.is_empty() => out.push_str(v),
+                    _ => out.push_str(fallback),
                 }
                 rest = &after[end + 2..];
             }
@@ -44,5 +51,20 @@ mod tests {
         );
         assert_eq!(render("open {{ brace", &vars), "open {{ brace");
         assert_eq!(render("", &vars), "");
+    }
+
+    #[test]
+    fn fallback_fills_missing_and_empty_values() {
+        let vars = BTreeMap::from([
+            ("customer.name".to_owned(), "Ada".to_owned()),
+            ("empty".to_owned(), String::new()),
+        ]);
+        assert_eq!(
+            render(
+                "Hi {{ customer.name | there }}, {{empty|friend}} {{nope | you}}",
+                &vars
+            ),
+            "Hi Ada, friend you"
+        );
     }
 }
