@@ -51,6 +51,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
+    crate::records::metrics::describe();
     describe_gauge!(
         ESL_UP,
         "1 while the FreeSWITCH Event Socket is connected (absent without [freeswitch.esl])."
