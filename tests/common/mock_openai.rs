@@ -102,6 +102,10 @@ pub struct MockOptions {
     pub greeting_ms: u64,
     /// Audio (ms) answered to a `response.create` that follows function outputs.
     pub tool_reply_ms: u64,
+    /// In a response with several calls, each call after the first waits for the
+    /// client's output of the previous one, so that output deterministically arrives
+    /// while the response is still active (a slow model; any timing is legal).
+    pub calls_wait_for_outputs: bool,
     /// Serve over TLS with this config.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Each delta carries this much audio...
@@ -118,6 +122,7 @@ impl MockOptions {
             refuse: None,
             greeting_ms: 1000,
             tool_reply_ms: 800,
+            calls_wait_for_outputs: false,
             tls: None,
             burst_ms: 100,
             burst_every: Duration::from_millis(25),
@@ -424,8 +429,14 @@ struct Active {
     transcript: String,
     caller_turn: bool,
     bursts: usize,
-    /// Functions called once the audio (if any) is out.
-    calls: Vec<MockCall>,
+    /// Functions still to call once the audio (if any) is out, one per tick.
+    calls: VecDeque<MockCall>,
+    /// The audio item's tail went out (or there was no audio).
+    audio_done: bool,
+    /// Completed output items so far, for `response.done`.
+    output: Vec<Value>,
+    /// With `calls_wait_for_outputs`: the call whose output must come before the next.
+    waiting_for: Option<String>,
 }
 
 struct Conn {
@@ -722,6 +733,11 @@ impl Conn {
             return;
         }
         self.outputs_since_response = true;
+        if let Some(active) = self.active.as_mut() {
+            if active.waiting_for.as_deref() == Some(call_id.as_str()) {
+                active.waiting_for = None;
+            }
+        }
         let item_id = self.id("item");
         let item = json!({"id": item_id, "type": "function_call_output", "object": "realtime.item",
                           "status": "completed", "call_id": call_id, "output": output});
@@ -799,10 +815,6 @@ impl Conn {
                     self.caller_vad_turn();
                 }
                 self.start_response(speech_ms, seed, caller_turn, calls);
-                if speech_ms == 0 {
-                    // Nothing to stream: the call goes out at once.
-                    self.finish_active("completed");
-                }
             }
             Script::SilentTurn => self.caller_vad_turn(),
             Script::BargeIn => self.barge_in(),
@@ -883,7 +895,10 @@ impl Conn {
             transcript: format!("Mock answer number {}.", index + 1),
             caller_turn,
             bursts: 0,
-            calls,
+            calls: calls.into(),
+            audio_done: ms == 0,
+            output: Vec::new(),
+            waiting_for: None,
         });
     }
 
@@ -900,6 +915,10 @@ impl Conn {
         let Some(active) = self.active.as_mut() else {
             return;
         };
+        if active.audio_done {
+            self.next_call();
+            return;
+        }
         let n = self.shared.options.burst_ms as usize * self.format.bytes_per_ms();
         let end = (active.pos + n).min(active.bytes.len());
         let chunk = active.bytes[active.pos..end].to_vec();
@@ -916,7 +935,41 @@ impl Conn {
                              "output_index": 0, "content_index": 0, "delta": "Mock "}));
         }
         if done {
+            self.finish_audio("completed");
+            if self.active.as_ref().is_some_and(|a| a.calls.is_empty()) {
+                self.finish_active("completed");
+            }
+        }
+    }
+
+    /// Streams the next function call of the active response (one per tick); the
+    /// response is done after the last.
+    fn next_call(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        if active.waiting_for.is_some() {
+            return;
+        }
+        let Some(call) = active.calls.pop_front() else {
             self.finish_active("completed");
+            return;
+        };
+        let index = active.index;
+        let output_index = active.output.len();
+        let (response_id, _) = self.ids(index);
+        let item = self.function_call_item(&response_id, output_index, &call);
+        let call_id = item["call_id"].as_str().unwrap_or("").to_owned();
+        self.shared
+            .update(|s| s.responses[index].function_calls.push(call_id.clone()));
+        let wait = self.shared.options.calls_wait_for_outputs;
+        if let Some(active) = self.active.as_mut() {
+            active.output.push(item);
+            if active.calls.is_empty() {
+                self.finish_active("completed");
+            } else if wait {
+                active.waiting_for = Some(call_id);
+            }
         }
     }
 
@@ -938,18 +991,23 @@ impl Conn {
         );
     }
 
-    /// The tail of the typical turn, from output_audio.done to rate_limits.updated.
-    fn finish_active(&mut self, status: &str) {
-        let Some(active) = self.active.take() else {
+    /// The audio item's tail, from output_audio.done to conversation.item.done.
+    fn finish_audio(&mut self, status: &str) {
+        let Some(active) = self.active.as_mut() else {
             return;
         };
-        let (response_id, item_id) = self.ids(active.index);
+        if active.audio_done {
+            return;
+        }
+        active.audio_done = true;
+        let transcript = active.transcript.clone();
+        let index = active.index;
+        let (response_id, item_id) = self.ids(index);
         let item_status = if status == "completed" {
             "completed"
         } else {
             "incomplete"
         };
-        let transcript = active.transcript.clone();
         let item = json!({"id": item_id, "type": "message", "object": "realtime.item",
                           "status": item_status, "role": "assistant",
                           "content": [{"type": "output_audio", "transcript": transcript}]});
@@ -964,40 +1022,36 @@ impl Conn {
             }
             v
         };
-        let has_audio = !active.bytes.is_empty();
-        let mut output = Vec::new();
-        if has_audio {
-            self.emit(with("response.output_audio.done", json!({})));
-            self.emit(with(
-                "response.output_audio_transcript.done",
-                json!({"transcript": transcript}),
-            ));
-            self.emit(with(
-                "response.content_part.done",
-                json!({"part": {"type": "audio", "transcript": transcript}}),
-            ));
-            self.emit(
-                json!({"type": "response.output_item.done", "response_id": response_id,
-                             "output_index": 0, "item": item}),
-            );
-            self.emit(
-                json!({"type": "conversation.item.done", "previous_item_id": null, "item": item}),
-            );
-            output.push(item);
+        self.emit(with("response.output_audio.done", json!({})));
+        self.emit(with(
+            "response.output_audio_transcript.done",
+            json!({"transcript": transcript}),
+        ));
+        self.emit(with(
+            "response.content_part.done",
+            json!({"part": {"type": "audio", "transcript": transcript}}),
+        ));
+        self.emit(
+            json!({"type": "response.output_item.done", "response_id": response_id,
+                         "output_index": 0, "item": item}),
+        );
+        self.emit(
+            json!({"type": "conversation.item.done", "previous_item_id": null, "item": item}),
+        );
+        if let Some(active) = self.active.as_mut() {
+            active.output.push(item);
         }
-        // A cancelled response never got as far as its calls.
-        if status == "completed" {
-            for call in &active.calls {
-                let index = output.len();
-                output.push(self.function_call_item(&response_id, index, call));
-            }
-            let call_ids: Vec<String> = output
-                .iter()
-                .filter_map(|o| o["call_id"].as_str().map(str::to_owned))
-                .collect();
-            self.shared
-                .update(|s| s.responses[active.index].function_calls = call_ids);
-        }
+    }
+
+    /// The end of a response: the audio tail if it was cut short, `response.done` and
+    /// `rate_limits.updated` (a cancelled response never gets to its remaining calls).
+    fn finish_active(&mut self, status: &str) {
+        self.finish_audio(status);
+        let Some(active) = self.active.take() else {
+            return;
+        };
+        let (response_id, _) = self.ids(active.index);
+        let output = active.output;
         let (input_tokens, output_tokens) = usage_of(active.index);
         self.emit(json!({"type": "response.done", "response": {
             "id": response_id, "object": "realtime.response", "status": status,

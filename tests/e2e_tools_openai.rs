@@ -1,0 +1,436 @@
+//! Function calling end to end with the OpenAI Realtime (GA) provider: the real
+//! `voicebridge` binary, the fake FreeSWITCH, the validating Realtime mock (which calls
+//! functions the way the server does) and a local webhook server standing in for the
+//! business's systems.
+//!
+//! What is checked on the wire: the `tools` declared in `session.update`, the signed
+//! webhook POST, the `function_call_output` item the model gets back (a JSON string),
+//! exactly one `response.create` once the calling response is done and every call of
+//! it has its result, and the assistant's follow-up audio at FreeSWITCH.
+
+mod common;
+
+use common::call::{Call, Collected};
+use common::daemon::{field, Daemon, HANG_GUARD};
+use common::mock_openai::{
+    FunctionOutput, MockCall, MockFormat, MockOpenAi, MockOptions, MockState, Script,
+};
+use common::webhook_server::{Reply, WebhookServer};
+use serde_json::{json, Value};
+use voicebridge::audio::signal::speech_like;
+
+const KEY: &str = "fake-openai-test-key-0123456789abcdefXYZ";
+const SECRET: &str = "test-webhook-secret-not-a-real-one";
+const ORDER_PARAMS: &str = r#"{"type":"object","properties":{"order_id":{"type":"string","description":"The order number, e.g. A42"}},"required":["order_id"]}"#;
+
+/// A `[[call.tools]]` table.
+fn tool(name: &str, description: &str, parameters: &str, url: &str, timeout_ms: u64) -> String {
+    format!(
+        r#"
+[[call.tools]]
+name = "{name}"
+description = "{description}"
+parameters = '{parameters}'
+url = "{url}"
+timeout_ms = {timeout_ms}
+"#
+    )
+}
+
+fn config(tools: &str) -> String {
+    format!(
+        r#"
+[freeswitch]
+playback = "binary"
+playback_lead_ms = 60
+
+[webhooks]
+secret = "{SECRET}"
+
+[call]
+provider = "openai"
+instructions = "You answer the phone for ACME."
+
+[providers.openai]
+model = "gpt-realtime"
+voice = "marin"
+audio_format = "pcmu"
+{tools}
+"#
+    )
+}
+
+async fn start(tools: &str, mock: &MockOpenAi) -> Daemon {
+    let url = mock.url();
+    Daemon::start(
+        &config(tools),
+        &[
+            ("VOICEBRIDGE__PROVIDERS__OPENAI__URL", url.as_str()),
+            ("OPENAI_API_KEY", KEY),
+        ],
+    )
+    .await
+}
+
+/// A call whose caller keeps talking (quietly) until the test closes it.
+async fn connect(daemon: &Daemon, id: &str) -> Call {
+    let call = Call::connect(daemon, "call", id, "rate=8000&channels=mono").await;
+    call.writer
+        .send_text(&format!(
+            r#"{{"uuid":"{id}","caller_id":"+3902123","called":"100"}}"#
+        ))
+        .await
+        .unwrap();
+    let writer = call.writer.clone();
+    let caller = speech_like(8000, 30.0, 3);
+    tokio::spawn(async move {
+        let mut clock = tokio::time::interval(std::time::Duration::from_millis(20));
+        for chunk in caller.chunks(160) {
+            clock.tick().await;
+            if writer.send_audio(&common::call::l16(chunk)).await.is_err() {
+                return;
+            }
+        }
+    });
+    call
+}
+
+fn assert_no_problems(mock: &MockOpenAi) {
+    let (problems, errors) = mock.with(|s| (s.problems.clone(), s.errors_sent.clone()));
+    assert!(
+        problems.is_empty(),
+        "the mock found problems: {problems:#?}"
+    );
+    assert!(errors.is_empty(), "the mock sent errors: {errors:?}");
+}
+
+/// The types of the client events after index `from`.
+fn types_after(s: &MockState, from: usize) -> Vec<String> {
+    s.client_events[from + 1..]
+        .iter()
+        .map(|v| v["type"].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+/// Waits for the follow-up response to the tool outputs to have been streamed.
+async fn wait_follow_up(mock: &MockOpenAi) {
+    mock.wait("the response after the tool outputs", |s| {
+        s.responses
+            .iter()
+            .any(|r| r.after_tool_output && r.status == "completed")
+    })
+    .await;
+}
+
+/// The single output the model got, after waiting for it.
+async fn the_output(mock: &MockOpenAi) -> FunctionOutput {
+    mock.wait("a function_call_output", |s| !s.function_outputs.is_empty())
+        .await;
+    let outputs = mock.with(|s| s.function_outputs.clone());
+    assert_eq!(outputs.len(), 1, "{outputs:#?}");
+    outputs.into_iter().next().unwrap()
+}
+
+/// PCMU passes through untouched, so what FreeSWITCH got is exactly the mock's audio.
+fn assert_heard_everything(mock: &MockOpenAi, got: &Collected) {
+    let reference: Vec<i16> =
+        mock.with(|s| s.responses.iter().flat_map(|r| r.samples.clone()).collect());
+    let audio = got.audio();
+    assert!(
+        audio.len() >= reference.len(),
+        "{} < {}",
+        audio.len(),
+        reference.len()
+    );
+    assert_eq!(&audio[..reference.len()], &reference[..]);
+}
+
+/// The model says "let me check", calls `lookup_order`; the signed webhook answers, the
+/// model gets the answer as a JSON string, one `response.create`, and speaks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_answer_goes_back_to_the_model_and_the_conversation_goes_on() {
+    let hooks = WebhookServer::start().await;
+    let answer =
+        json!({"order_id": "A42", "status": "shipped", "eta": "tomorrow", "items": [1, 2]});
+    hooks.respond("/orders", Reply::Json(answer.clone()));
+    let mock = MockOpenAi::start(MockOptions::new(MockFormat::Pcmu, KEY)).await;
+    let tools = tool(
+        "lookup_order",
+        "Find an order by its number.",
+        ORDER_PARAMS,
+        &hooks.url("/orders"),
+        2000,
+    );
+    let daemon = start(&tools, &mock).await;
+    let id = "oai-tool-ok";
+    let call = connect(&daemon, id).await;
+
+    mock.wait("session.updated", |s| s.session_updated_sent)
+        .await;
+    let session = mock.with(|s| s.session_update.clone()).unwrap()["session"].clone();
+    assert_eq!(
+        session["tools"],
+        json!([{"type": "function", "name": "lookup_order",
+                "description": "Find an order by its number.",
+                "parameters": serde_json::from_str::<Value>(ORDER_PARAMS).unwrap()}])
+    );
+    assert_eq!(session["tool_choice"], "auto");
+
+    mock.script(Script::say_then_call(
+        600,
+        41,
+        "lookup_order",
+        json!({"order_id": "A42"}),
+    ));
+    let requests = hooks.wait_for("/orders", 1).await;
+    let output = the_output(&mock).await;
+    wait_follow_up(&mock).await;
+    call.wait_received(30 + 40).await;
+    let (_, got) = call.close().await;
+    assert!(got.error.is_none(), "{:?}", got.error);
+
+    // The webhook: one signed POST naming the tool, the call, the route and the arguments.
+    assert_eq!(hooks.requests("/orders").len(), 1);
+    let req = &requests[0];
+    assert_eq!(req.method, "POST");
+    assert!(
+        req.signature_valid(SECRET),
+        "bad signature: {:?}",
+        req.headers
+    );
+    assert!(!req.signature_valid("another-secret"));
+    let body = req.json();
+    let issued = mock.with(|s| s.function_calls.clone());
+    assert_eq!(issued.len(), 1);
+    assert_eq!(body["tool"], "lookup_order");
+    assert_eq!(body["tool_call_id"], issued[0].call_id.as_str());
+    assert_eq!(body["call_id"], id);
+    assert_eq!(body["route"], "call");
+    assert_eq!(body["arguments"], json!({"order_id": "A42"}));
+
+    // The model: the webhook's answer as a JSON string, then exactly one response.create,
+    // sent once the calling response was done (the mock flags one during a response).
+    assert_eq!(output.call_id, issued[0].call_id);
+    assert_eq!(output.parsed.as_ref(), Some(&answer), "{}", output.output);
+    let after = mock.with(|s| types_after(s, output.event_index));
+    assert_eq!(
+        after.iter().filter(|t| *t == "response.create").count(),
+        1,
+        "{after:?}"
+    );
+    assert_eq!(after[0], "response.create", "{after:?}");
+    let (responses, creates) = mock.with(|s| {
+        (
+            s.responses.clone(),
+            s.client_types()
+                .iter()
+                .filter(|t| *t == "response.create")
+                .count(),
+        )
+    });
+    assert_eq!(creates, 1, "no greeting here: the only response.create");
+    assert_eq!(responses.len(), 2);
+    assert_eq!(responses[0].function_calls, [issued[0].call_id.clone()]);
+    assert!(responses[1].after_tool_output);
+    assert_no_problems(&mock);
+
+    // FreeSWITCH: "let me check" and the answer after the lookup, bit-exact.
+    assert_heard_everything(&mock, &got);
+
+    let summary = daemon.wait_call_end(id).await;
+    assert_eq!(field(&summary, "tool_calls"), 1);
+    assert_eq!(field(&summary, "end_reason"), "freeswitch_closed");
+    daemon.stop().await;
+}
+
+/// One response calls two functions: each gets its output, and ONE `response.create`
+/// follows the last of them, once the response is done, not one per result. The mock
+/// holds the second call until the first output is in, so that output arrives while
+/// the response is still active (where a `response.create` would be refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_calls_in_one_response_get_one_response_create() {
+    let hooks = WebhookServer::start().await;
+    hooks.respond("/orders", Reply::Json(json!({"status": "shipped"})));
+    hooks.respond("/stock", Reply::Json(json!({"in_stock": 3})));
+    let mut options = MockOptions::new(MockFormat::Pcmu, KEY);
+    options.calls_wait_for_outputs = true;
+    let mock = MockOpenAi::start(options).await;
+    let tools = tool(
+        "lookup_order",
+        "Find an order by its number.",
+        ORDER_PARAMS,
+        &hooks.url("/orders"),
+        2000,
+    ) + &tool(
+        "check_stock",
+        "How many of an item are in stock.",
+        r#"{"type":"object","properties":{"sku":{"type":"string"}}}"#,
+        &hooks.url("/stock"),
+        5000,
+    );
+    let daemon = start(&tools, &mock).await;
+    let id = "oai-tool-two";
+    let call = connect(&daemon, id).await;
+    mock.wait("session.updated", |s| s.session_updated_sent)
+        .await;
+    let declared: Vec<Value> = mock.with(|s| {
+        s.session_update.as_ref().unwrap()["session"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].clone())
+            .collect()
+    });
+    assert_eq!(declared, [json!("lookup_order"), json!("check_stock")]);
+
+    mock.script(Script::FunctionCall {
+        caller_turn: true,
+        speech_ms: 0,
+        seed: 0,
+        calls: vec![
+            MockCall::new("lookup_order", json!({"order_id": "A42"})),
+            MockCall::new("check_stock", json!({"sku": "X-1"})),
+        ],
+    });
+    mock.wait("both outputs", |s| s.function_outputs.len() == 2)
+        .await;
+    wait_follow_up(&mock).await;
+    call.wait_received(40).await;
+    let (_, got) = call.close().await;
+    assert!(got.error.is_none(), "{:?}", got.error);
+
+    let (issued, outputs, types) = mock.with(|s| {
+        (
+            s.function_calls.clone(),
+            s.function_outputs.clone(),
+            s.client_types(),
+        )
+    });
+    let by_id = |call_id: &str| {
+        outputs
+            .iter()
+            .find(|o| o.call_id == call_id)
+            .unwrap_or_else(|| panic!("no output for {call_id}: {outputs:#?}"))
+    };
+    assert_eq!(
+        by_id(&issued[0].call_id).parsed,
+        Some(json!({"status": "shipped"}))
+    );
+    assert_eq!(
+        by_id(&issued[1].call_id).parsed,
+        Some(json!({"in_stock": 3}))
+    );
+    assert_eq!(outputs[0].call_id, issued[0].call_id);
+    assert!(
+        outputs[0].during_response,
+        "the first result came mid-response"
+    );
+    assert!(!outputs[1].during_response);
+    let last_output = outputs.iter().map(|o| o.event_index).max().unwrap();
+    let creates: Vec<usize> = types
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| *t == "response.create")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(creates.len(), 1, "{types:?}");
+    assert!(creates[0] > last_output, "{types:?}");
+    assert_no_problems(&mock);
+    assert_heard_everything(&mock, &got);
+    let summary = daemon.wait_call_end(id).await;
+    assert_eq!(field(&summary, "tool_calls"), 2);
+    daemon.stop().await;
+}
+
+/// The webhook fails with HTTP 500: the model gets an `error` to talk about, and the
+/// conversation goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_failure_becomes_an_error_output() {
+    let hooks = WebhookServer::start().await;
+    hooks.respond("/orders", Reply::Status(500, "database on fire".to_owned()));
+    let mock = MockOpenAi::start(MockOptions::new(MockFormat::Pcmu, KEY)).await;
+    let tools = tool(
+        "lookup_order",
+        "Find an order by its number.",
+        ORDER_PARAMS,
+        &hooks.url("/orders"),
+        2000,
+    );
+    let daemon = start(&tools, &mock).await;
+    let id = "oai-tool-500";
+    let call = connect(&daemon, id).await;
+    mock.wait("session.updated", |s| s.session_updated_sent)
+        .await;
+    mock.script(Script::function_call(
+        "lookup_order",
+        json!({"order_id": "A42"}),
+    ));
+    let output = the_output(&mock).await;
+    wait_follow_up(&mock).await;
+    call.wait_received(40).await;
+    let (_, got) = call.close().await;
+    assert!(got.error.is_none(), "{:?}", got.error);
+
+    assert_eq!(hooks.requests("/orders").len(), 1, "no retry for the model");
+    let parsed = output.parsed.expect("the output is JSON text");
+    let error = parsed["error"].as_str().expect("an error field");
+    println!("error output: {error}");
+    assert!(error.contains("500"), "{error}");
+    let after = mock.with(|s| types_after(s, output.event_index));
+    assert_eq!(
+        after.iter().filter(|t| *t == "response.create").count(),
+        1,
+        "{after:?}"
+    );
+    assert_no_problems(&mock);
+    assert_heard_everything(&mock, &got);
+    daemon.wait_call_end(id).await;
+    daemon.stop().await;
+}
+
+/// The webhook is slower than the tool's `timeout_ms`: the model gets an error output
+/// without waiting for the webhook (which answers only after the test's hang guard),
+/// and speaks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_webhook_times_out_and_the_call_goes_on() {
+    let hooks = WebhookServer::start().await;
+    hooks.respond(
+        "/orders",
+        Reply::Delayed(
+            HANG_GUARD * 2,
+            Box::new(Reply::Json(json!({"status": "too late"}))),
+        ),
+    );
+    let mock = MockOpenAi::start(MockOptions::new(MockFormat::Pcmu, KEY)).await;
+    let tools = tool(
+        "lookup_order",
+        "Find an order by its number.",
+        ORDER_PARAMS,
+        &hooks.url("/orders"),
+        300,
+    );
+    let daemon = start(&tools, &mock).await;
+    let id = "oai-tool-slow";
+    let call = connect(&daemon, id).await;
+    mock.wait("session.updated", |s| s.session_updated_sent)
+        .await;
+    mock.script(Script::function_call(
+        "lookup_order",
+        json!({"order_id": "A42"}),
+    ));
+    let output = the_output(&mock).await;
+    let parsed = output.parsed.clone().expect("the output is JSON text");
+    let error = parsed["error"].as_str().expect("an error field");
+    println!("timeout output: {error}");
+    assert!(error.contains("300 ms"), "{error}");
+    wait_follow_up(&mock).await;
+    call.wait_received(40).await;
+    let (_, got) = call.close().await;
+    assert!(got.error.is_none(), "{:?}", got.error);
+    assert_eq!(hooks.requests("/orders").len(), 1);
+    assert_no_problems(&mock);
+    assert_heard_everything(&mock, &got);
+    let summary = daemon.wait_call_end(id).await;
+    assert_eq!(field(&summary, "end_reason"), "freeswitch_closed");
+    daemon.stop().await;
+}
