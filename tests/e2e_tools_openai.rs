@@ -211,6 +211,7 @@ async fn webhook_answer_goes_back_to_the_model_and_the_conversation_goes_on() {
     // The model: the webhook's answer as a JSON string, then exactly one response.create,
     // sent once the calling response was done (the mock flags one during a response).
     assert_eq!(output.call_id, issued[0].call_id);
+    assert!(output.accepted);
     assert_eq!(output.parsed.as_ref(), Some(&answer), "{}", output.output);
     let after = mock.with(|s| types_after(s, output.event_index));
     assert_eq!(
@@ -433,4 +434,215 @@ async fn slow_webhook_times_out_and_the_call_goes_on() {
     let summary = daemon.wait_call_end(id).await;
     assert_eq!(field(&summary, "end_reason"), "freeswitch_closed");
     daemon.stop().await;
+}
+
+/// The mock itself, driven by a bare WebSocket client: the server's event order for a
+/// response that speaks and then calls a function, the tools validation of
+/// `session.update` (fed voicebridge's real one, then broken copies), and the protocol
+/// errors the real server gives: a second active response, an unknown `call_id`, an
+/// output that is not a string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_speaks_the_function_call_protocol() {
+    use common::mock_openai::validate_tools;
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    use voicebridge::providers::openai::Setup;
+    use voicebridge::providers::CallContext;
+
+    let toml = config(&tool(
+        "lookup_order",
+        "Find an order by its number.",
+        ORDER_PARAMS,
+        "http://127.0.0.1:9/orders",
+        2000,
+    ));
+    let cfg = voicebridge::config::Config::from_toml_str(
+        &toml,
+        [("OPENAI_API_KEY".to_owned(), KEY.to_owned())],
+    )
+    .unwrap();
+    let update = Setup::new(
+        &cfg.providers.openai,
+        cfg.default_route(),
+        &CallContext::default(),
+    )
+    .session_update();
+    let session = &update["session"];
+    assert_eq!(validate_tools(session), Vec::<String>::new());
+    let broken = |f: &dyn Fn(&mut Value)| {
+        let mut s = session.clone();
+        f(&mut s);
+        validate_tools(&s)
+    };
+    // The Chat Completions shape, a missing description, a bad name, no schema type,
+    // a tool_choice naming nothing, tool_choice without tools: each is caught.
+    assert!(!broken(&|s| {
+        let t = s["tools"][0].clone();
+        s["tools"][0] = json!({"type": "function", "function": t});
+    })
+    .is_empty());
+    assert!(!broken(&|s| s["tools"][0]["description"] = json!("")).is_empty());
+    assert!(!broken(&|s| s["tools"][0]["name"] = json!("lookup order")).is_empty());
+    assert!(!broken(&|s| s["tools"][0]["parameters"] = json!({"properties": {}})).is_empty());
+    assert!(
+        !broken(&|s| s["tool_choice"] = json!({"type": "function", "name": "nope"})).is_empty()
+    );
+    assert!(!broken(&|s| {
+        s.as_object_mut().unwrap().remove("tools");
+    })
+    .is_empty());
+
+    let mock = MockOpenAi::start(MockOptions::new(MockFormat::Pcmu, KEY)).await;
+    let mut req = mock.url().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+    *req.uri_mut() = format!("{}?model=gpt-realtime", mock.url())
+        .parse()
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(next_event(&mut ws).await["type"], "session.created");
+    ws.send(Message::text(update.to_string())).await.unwrap();
+    let ev = next_event(&mut ws).await;
+    assert_eq!(ev["type"], "session.updated");
+    assert_eq!(ev["session"]["tools"], session["tools"]);
+
+    mock.script(Script::say_then_call(
+        200,
+        1,
+        "lookup_order",
+        json!({"order_id": "A42"}),
+    ));
+    let mut kinds: Vec<String> = Vec::new();
+    let mut done_call = Value::Null;
+    let mut response_done = Value::Null;
+    loop {
+        let ev = next_event(&mut ws).await;
+        let kind = ev["type"].as_str().unwrap().to_owned();
+        if kind == "response.function_call_arguments.done" {
+            done_call = ev.clone();
+        }
+        if kind == "response.done" {
+            response_done = ev.clone();
+        }
+        // Deltas collapse to one entry per run.
+        let is_delta = kind.ends_with(".delta");
+        if !(is_delta && kinds.last().is_some_and(|k| k.ends_with(".delta"))) {
+            kinds.push(if is_delta {
+                "*.delta".into()
+            } else {
+                kind.clone()
+            });
+        }
+        if kind == "rate_limits.updated" {
+            break;
+        }
+    }
+    assert_eq!(
+        kinds,
+        [
+            "response.created",
+            "response.output_item.added",
+            "conversation.item.added",
+            "response.content_part.added",
+            "*.delta",
+            "response.output_audio.done",
+            "response.output_audio_transcript.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "conversation.item.done",
+            "response.output_item.added",
+            "conversation.item.added",
+            "*.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "conversation.item.done",
+            "response.done",
+            "rate_limits.updated",
+        ]
+    );
+    let call_id = done_call["call_id"].as_str().unwrap().to_owned();
+    for key in ["event_id", "response_id", "item_id", "output_index", "name"] {
+        assert!(!done_call[key].is_null(), "{key} missing: {done_call}");
+    }
+    assert_eq!(done_call["arguments"], r#"{"order_id":"A42"}"#);
+    assert_eq!(done_call["output_index"], 1);
+    let output = response_done["response"]["output"].as_array().unwrap();
+    assert_eq!(output.len(), 2);
+    assert_eq!(output[1]["type"], "function_call");
+    assert_eq!(output[1]["status"], "completed");
+    assert_eq!(output[1]["call_id"], call_id.as_str());
+    assert!(response_done["response"]["usage"]["total_tokens"].is_u64());
+
+    // Protocol errors, as the server reports them.
+    let send = |v: Value| Message::text(v.to_string());
+    ws.send(send(
+        json!({"type": "conversation.item.create", "event_id": "c1",
+        "item": {"type": "function_call_output", "call_id": "call_nope", "output": "{}"}}),
+    ))
+    .await
+    .unwrap();
+    let ev = next_event(&mut ws).await;
+    assert_eq!(ev["error"]["code"], "invalid_tool_call_id");
+    assert_eq!(ev["error"]["event_id"], "c1");
+    ws.send(send(json!({"type": "conversation.item.create",
+        "item": {"type": "function_call_output", "call_id": call_id, "output": {"ok": true}}})))
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut ws).await["error"]["code"], "invalid_value");
+    mock.script(Script::Respond { ms: 2000, seed: 2 });
+    assert_eq!(next_event(&mut ws).await["type"], "response.created");
+    ws.send(send(json!({"type": "response.create", "event_id": "c2"})))
+        .await
+        .unwrap();
+    let ev = loop {
+        let ev = next_event(&mut ws).await;
+        if ev["type"] == "error" {
+            break ev;
+        }
+    };
+    assert_eq!(
+        ev["error"]["code"],
+        "conversation_already_has_active_response"
+    );
+    assert_eq!(ev["error"]["event_id"], "c2");
+    let accepted: Vec<bool> =
+        mock.with(|s| s.function_outputs.iter().map(|o| o.accepted).collect());
+    assert_eq!(accepted, [false, false]);
+    let problems = mock.with(|s| s.problems.clone());
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert!(
+        problems[2].contains("response.create while"),
+        "{problems:#?}"
+    );
+    assert_eq!(
+        mock.with(|s| s.errors_sent.clone()),
+        [
+            "invalid_tool_call_id",
+            "invalid_value",
+            "conversation_already_has_active_response"
+        ]
+    );
+}
+
+async fn next_event<S>(ws: &mut S) -> Value
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures_util::StreamExt;
+    loop {
+        let msg = tokio::time::timeout(HANG_GUARD, ws.next())
+            .await
+            .expect("mock event")
+            .expect("mock open")
+            .expect("mock message");
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            return serde_json::from_str(t.as_str()).unwrap();
+        }
+    }
 }

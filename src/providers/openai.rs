@@ -19,6 +19,11 @@
 //! response that was in progress, and answer the session's `Truncate` with
 //! `conversation.item.truncate` so the model forgets what the caller never heard.
 //!
+//! Tools: the route's functions are declared in `session.update`; a
+//! `response.function_call_arguments.done` becomes `ToolCall`, each `ToolResult` a
+//! `function_call_output` item at once, and one `response.create` follows once the
+//! calling response is done and every call has its result (see `ToolTurns`).
+//!
 //! The wire shapes are in `docs/protocols/openai-realtime.md` (shared docs) and
 //! `docs/providers/openai.md`.
 

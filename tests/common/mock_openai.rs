@@ -224,6 +224,8 @@ pub struct FunctionOutput {
     pub during_response: bool,
     /// Index in `client_events`, to check what came after it.
     pub event_index: usize,
+    /// It passed the checks and joined the conversation (else an `error` was sent).
+    pub accepted: bool,
 }
 
 /// One response the mock generated.
@@ -695,12 +697,15 @@ impl Conn {
         let (issued, answered) = self.shared.update(|s| {
             (
                 s.function_calls.iter().any(|c| c.call_id == call_id),
-                s.function_outputs.iter().any(|o| o.call_id == call_id),
+                s.function_outputs
+                    .iter()
+                    .any(|o| o.accepted && o.call_id == call_id),
             )
         });
         if answered {
             bad.push(format!("a second output for {call_id:?}"));
         }
+        let accepted = issued && bad.is_empty();
         let output = output.unwrap_or_default();
         let parsed = serde_json::from_str(&output).ok();
         self.shared.update(|s| {
@@ -712,6 +717,7 @@ impl Conn {
                 parsed,
                 during_response,
                 event_index,
+                accepted,
             });
         });
         if !issued {
@@ -1342,18 +1348,18 @@ pub fn validate_tools(session: &Value) -> Vec<String> {
             .unwrap_or_default();
         check(extra.is_empty(), &format!("unexpected fields {extra:?}"));
     }
-    match session.get("tool_choice") {
-        None => {}
-        Some(Value::String(c)) => {
-            if !["auto", "none", "required"].contains(&c.as_str()) {
-                p.push(format!("tool_choice {c:?} is not auto|none|required"));
-            }
-        }
+    let choice_ok = match session.get("tool_choice") {
+        None => true,
+        Some(Value::String(c)) => ["auto", "none", "required"].contains(&c.as_str()),
         Some(c) => {
-            if c["type"] != "function" || !c["name"].as_str().is_some_and(|n| names.contains(&n)) {
-                p.push(format!("tool_choice must name a declared function: {c}"));
-            }
+            c["type"] == "function" && c["name"].as_str().is_some_and(|n| names.contains(&n))
         }
+    };
+    if !choice_ok {
+        p.push(format!(
+            "tool_choice must be auto|none|required or name a declared function: {}",
+            session["tool_choice"]
+        ));
     }
     p
 }
