@@ -646,3 +646,64 @@ where
         }
     }
 }
+
+/// `end_call` after a goodbye: its result goes back with no `response.create` (the model
+/// has said its last words), the goodbye plays out, then the daemon hangs up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_call_result_asks_for_no_response() {
+    let mock = MockOpenAi::start(MockOptions::new(MockFormat::Pcmu, KEY)).await;
+    let toml = config("").replace(
+        "instructions = \"You answer the phone for ACME.\"",
+        "instructions = \"You answer the phone for ACME.\"\nend_call = true",
+    );
+    let url = mock.url();
+    let daemon = Daemon::start(
+        &toml,
+        &[
+            ("VOICEBRIDGE__PROVIDERS__OPENAI__URL", url.as_str()),
+            ("OPENAI_API_KEY", KEY),
+        ],
+    )
+    .await;
+    let id = "oai-tool-end";
+    let call = connect(&daemon, id).await;
+    mock.wait("session.updated", |s| s.session_updated_sent)
+        .await;
+    let declared = mock.with(|s| s.session_update.as_ref().unwrap()["session"]["tools"].clone());
+    assert_eq!(declared[0]["name"], "end_call");
+    mock.script(Script::say_then_call(
+        600,
+        9,
+        "end_call",
+        json!({"reason": "the caller said goodbye"}),
+    ));
+    let summary = daemon.wait_call_end(id).await;
+    let got = tokio::time::timeout(HANG_GUARD, call.reader)
+        .await
+        .expect("the daemon closed the stream")
+        .expect("reader task");
+    assert_eq!(field(&summary, "end_reason"), "assistant_hangup");
+    let output = the_output(&mock).await;
+    assert!(output.accepted);
+    assert_eq!(output.parsed.as_ref().unwrap()["status"], "ending");
+    let types = mock.with(|s| s.client_types());
+    assert!(
+        !types.iter().any(|t| t == "response.create"),
+        "no response after end_call: {types:?}"
+    );
+    assert_no_problems(&mock);
+    let close_at = got
+        .events
+        .iter()
+        .position(|e| matches!(e, common::call::Playback::Close(..)))
+        .expect("a Close");
+    let frames = got.events[..close_at]
+        .iter()
+        .filter(|e| matches!(e, common::call::Playback::Audio { .. }))
+        .count();
+    assert_eq!(
+        frames, 30,
+        "the 600 ms goodbye played out before the hang-up"
+    );
+    daemon.stop().await;
+}
