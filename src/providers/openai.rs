@@ -19,6 +19,11 @@
 //! response that was in progress, and answer the session's `Truncate` with
 //! `conversation.item.truncate` so the model forgets what the caller never heard.
 //!
+//! Tools: the route's functions are declared in `session.update`; a
+//! `response.function_call_arguments.done` becomes `ToolCall`, each `ToolResult` a
+//! `function_call_output` item at once, and one `response.create` follows once the
+//! calling response is done and every call has its result (see `ToolTurns`).
+//!
 //! The wire shapes are in `docs/protocols/openai-realtime.md` (shared docs) and
 //! `docs/providers/openai.md`.
 
@@ -38,9 +43,13 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 
 use super::ws::{self, ProviderWs};
-use super::{template, CallContext, ProviderChannels, ProviderCommand, ProviderEvent, Speaker};
+use super::{
+    template, CallContext, ProviderChannels, ProviderCommand, ProviderEvent, Speaker, ToolCall,
+    ToolResult,
+};
 use crate::audio::{AudioFormat, ItemId};
 use crate::config::{Config, OpenAiAudioFormat, OpenAiConfig, Route};
+use crate::tools::ToolDecl;
 
 /// Keepalive: the protocol has no application-level ping.
 const PING_EVERY: Duration = Duration::from_secs(15);
@@ -121,6 +130,8 @@ pub struct Setup {
     pub language: Option<String>,
     pub instructions: String,
     pub greeting: String,
+    /// The functions the model may call (webhook tools and enabled built-ins).
+    pub tools: Vec<ToolDecl>,
 }
 
 impl Setup {
@@ -141,6 +152,7 @@ impl Setup {
             greeting: template::render(&route.call.greeting, &ctx.vars)
                 .trim()
                 .to_owned(),
+            tools: crate::tools::declarations(&route.call),
         }
     }
 
@@ -151,7 +163,7 @@ impl Setup {
         if let Some(lang) = &self.language {
             transcription["language"] = json!(lang);
         }
-        json!({
+        let mut update = json!({
             "type": "session.update",
             "event_id": SETUP_EVENT_ID,
             "session": {
@@ -179,7 +191,26 @@ impl Setup {
                     }
                 }
             }
-        })
+        });
+        // Without tools both keys are left out, so a route without tools sends the
+        // same session as before tools existed.
+        if !self.tools.is_empty() {
+            let tools: Vec<Value> = self
+                .tools
+                .iter()
+                .map(|t| {
+                    json!({
+                        "type": "function",
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": t.parameters
+                    })
+                })
+                .collect();
+            update["session"]["tools"] = Value::Array(tools);
+            update["session"]["tool_choice"] = json!("auto");
+        }
+        update
     }
 
     /// The greeting's `response.create`, if there is a greeting.
@@ -226,6 +257,25 @@ struct ServerEvent {
     response: Option<ResponseObject>,
     #[serde(default)]
     error: Option<ErrorObject>,
+    /// `response.function_call_arguments.done`: the function call.
+    #[serde(default)]
+    call_id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    /// The arguments as JSON text (the model's, not always valid JSON).
+    #[serde(default)]
+    arguments: Option<String>,
+    /// `conversation.item.added`: to see our function outputs enter the conversation.
+    #[serde(default)]
+    item: Option<ItemObject>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+struct ItemObject {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    call_id: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -296,7 +346,26 @@ pub struct Turns {
     /// The caller finished a turn and no answer audio has started since (watchdog).
     awaiting_answer: bool,
     expired: bool,
+    tools: ToolTurns,
     decode_buf: Vec<u8>,
+}
+
+/// Function calls in flight, and whether the model owes the caller an answer to
+/// their results.
+///
+/// One `response.create` follows the results: only once none of the calls the model
+/// made is still awaiting its result (a response may call several functions; one
+/// answer covers them all) and no response is active (the server refuses a second one
+/// with `conversation_already_has_active_response`).
+#[derive(Debug, Default)]
+struct ToolTurns {
+    /// `call_id`s handed to the session whose results have not come back.
+    open: Vec<String>,
+    /// A result that wants an answer went out and no response has seen it yet.
+    reply_owed: bool,
+    /// Outputs sent that the server has not yet added to the conversation
+    /// (`conversation.item.added`): a response created before that does not see them.
+    unconfirmed: Vec<String>,
 }
 
 impl Default for Turns {
@@ -317,6 +386,7 @@ impl Turns {
             caller_done: false,
             awaiting_answer: false,
             expired: false,
+            tools: ToolTurns::default(),
             decode_buf: Vec::with_capacity(8 * 1024),
         }
     }
@@ -371,6 +441,9 @@ impl Turns {
                 out.push(ProviderEvent::SpeechStarted);
             }
             "input_audio_buffer.speech_stopped" | "input_audio_buffer.committed" => {
+                if ev.kind == "input_audio_buffer.speech_stopped" {
+                    out.push(ProviderEvent::SpeechStopped);
+                }
                 // End of the caller's turn (both events come; the first counts): the
                 // watchdog waits for the answer's audio.
                 if !self.caller_done {
@@ -380,7 +453,27 @@ impl Turns {
             }
             "response.created" => {
                 self.current_response = ev.response.and_then(|r| r.id);
+                // A response started after our outputs joined the conversation answers
+                // them (the server started one on the caller's speech, say): asking
+                // for another would make the model answer twice.
+                if self.tools.unconfirmed.is_empty() {
+                    self.tools.reply_owed = false;
+                }
             }
+            "conversation.item.added" => {
+                if let Some(ItemObject {
+                    kind: Some(kind),
+                    call_id: Some(call_id),
+                }) = &ev.item
+                {
+                    if kind == "function_call_output" {
+                        self.tools.unconfirmed.retain(|c| c != call_id);
+                    }
+                }
+            }
+            "response.function_call_arguments.done" => self.on_function_call(ev, out),
+            // Argument tokens as they stream; `.done` carries them whole.
+            "response.function_call_arguments.delta" => {}
             "response.output_audio.delta" => self.on_delta(ev, out),
             "response.output_audio_transcript.done" => {
                 if let Some(text) = ev.transcript {
@@ -433,6 +526,70 @@ impl Turns {
             other => debug!(event = other, "OpenAI event ignored"),
         }
         Step::Continue
+    }
+
+    fn on_function_call(&mut self, ev: ServerEvent, out: &mut Vec<ProviderEvent>) {
+        let (Some(id), Some(name)) = (ev.call_id, ev.name) else {
+            warn!("response.function_call_arguments.done without call_id or name: ignored");
+            return;
+        };
+        if ev.response_id.is_some() && ev.response_id == self.interrupted_response {
+            // The caller spoke over the response that made this call, and the server
+            // cancelled it: its arguments may be cut short, and running it anyway
+            // could, for end_call, hang up on a caller who is talking.
+            info!(tool = %name, call_id = %id, "function call of an interrupted response not run");
+            return;
+        }
+        let raw = ev.arguments.unwrap_or_default();
+        let arguments = if raw.trim().is_empty() {
+            Value::Object(Default::default())
+        } else {
+            serde_json::from_str(&raw).unwrap_or(Value::String(raw))
+        };
+        // The model answered (with a call, not audio): the watchdog re-arms when the
+        // result asks for the next answer.
+        self.awaiting_answer = false;
+        self.tools.open.push(id.clone());
+        out.push(ProviderEvent::ToolCall(ToolCall {
+            id,
+            name,
+            arguments,
+        }));
+    }
+
+    /// The `conversation.item.create` carrying a function's result. Sent at once even
+    /// during a response: the item joins the conversation, and the answer to it is
+    /// asked for separately (see [`reply_due`](Self::reply_due)).
+    pub fn tool_result(&mut self, r: &ToolResult) -> Value {
+        let before = self.tools.open.len();
+        self.tools.open.retain(|c| *c != r.id);
+        if self.tools.open.len() == before {
+            debug!(call_id = %r.id, tool = %r.name, "result for a call_id not awaited: sent anyway");
+        }
+        if r.reply {
+            self.tools.reply_owed = true;
+        }
+        self.tools.unconfirmed.push(r.id.clone());
+        json!({
+            "type": "conversation.item.create",
+            "item": {
+                "type": "function_call_output",
+                "call_id": r.id,
+                "output": r.output.to_string()
+            }
+        })
+    }
+
+    /// Whether to send `response.create` now for the results sent (true at most once
+    /// per batch of results; the watchdog then waits for the answer's audio).
+    pub fn reply_due(&mut self) -> bool {
+        let t = &self.tools;
+        if !t.reply_owed || !t.open.is_empty() || self.current_response.is_some() {
+            return false;
+        }
+        self.tools.reply_owed = false;
+        self.awaiting_answer = true;
+        true
     }
 
     fn on_delta(&mut self, ev: ServerEvent, out: &mut Vec<ProviderEvent>) {
@@ -731,11 +888,23 @@ impl Connection {
                 Ok(())
             }
             ProviderCommand::ToolResult(r) => {
-                debug!(tool = %r.name, "openai: tool results not wired yet");
-                Ok(())
+                let item = self.turns.tool_result(&r);
+                self.send_json(&item).await?;
+                self.maybe_reply().await
             }
             ProviderCommand::Close => Err(Exit::CloseRequested),
         }
+    }
+
+    /// Asks the model to answer the tool results, when they are all in and it is idle.
+    async fn maybe_reply(&mut self) -> Result<(), Exit> {
+        if !self.turns.reply_due() {
+            return Ok(());
+        }
+        debug!("OpenAI: response.create after the tool results");
+        self.send_json(&json!({"type": "response.create"})).await?;
+        self.update_watchdog();
+        Ok(())
     }
 
     /// Sends `session.update` once the socket is set up and the context is known.
@@ -835,6 +1004,8 @@ impl Connection {
         self.events = events;
         result?;
         self.update_watchdog();
+        // After a `response.done`, results that came in during the response are due.
+        self.maybe_reply().await?;
         if is_created {
             self.created = true;
             self.maybe_setup().await?;
@@ -1219,6 +1390,254 @@ audio_format = "pcm24"
             &mut out,
         );
         assert!(matches!(&out[..], [ProviderEvent::Audio { data, .. }] if data[..] == [0, 1, 2]));
+    }
+
+    #[test]
+    fn tools_are_declared_as_functions_with_auto_choice() {
+        let s = setup_for(
+            r#"
+[call]
+end_call = true
+[[call.tools]]
+name = "lookup_order"
+description = "Find an order."
+parameters = '{"type":"object","properties":{"order_id":{"type":"string"}},"required":["order_id"]}'
+url = "http://127.0.0.1:9/orders"
+"#,
+        );
+        let v = s.session_update();
+        let tools = v["session"]["tools"].as_array().unwrap();
+        assert_eq!(
+            tools[0],
+            json!({"type": "function", "name": "lookup_order", "description": "Find an order.",
+                   "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}},
+                                  "required": ["order_id"]}})
+        );
+        assert_eq!(tools[1]["type"], "function");
+        assert_eq!(tools[1]["name"], "end_call");
+        assert_eq!(tools[1]["parameters"]["type"], "object");
+        assert_eq!(tools.len(), 2);
+        assert_eq!(v["session"]["tool_choice"], "auto");
+
+        let none = setup_for("").session_update();
+        assert!(none["session"].get("tools").is_none());
+        assert!(none["session"].get("tool_choice").is_none());
+    }
+
+    fn ready_turns() -> Turns {
+        let mut t = Turns::new();
+        t.setup_sent = true;
+        t.ready = true;
+        t
+    }
+
+    fn function_call_response(t: &mut Turns, out: &mut Vec<ProviderEvent>, calls: &[(&str, &str)]) {
+        t.on_event(
+            ev(json!({"type":"response.created","response":{"id":"r1","status":"in_progress"}})),
+            out,
+        );
+        for (i, (call_id, args)) in calls.iter().enumerate() {
+            let item = json!({"id": format!("fc{i}"), "type": "function_call", "status": "in_progress",
+                              "call_id": call_id, "name": "lookup_order", "arguments": ""});
+            t.on_event(
+                ev(json!({"type":"response.output_item.added","response_id":"r1","output_index":i,"item":item})),
+                out,
+            );
+            t.on_event(
+                ev(json!({"type":"response.function_call_arguments.delta","response_id":"r1",
+                          "item_id":format!("fc{i}"),"output_index":i,"call_id":call_id,"delta":"{\""})),
+                out,
+            );
+            t.on_event(
+                ev(json!({"type":"response.function_call_arguments.done","event_id":"e1","response_id":"r1",
+                          "item_id":format!("fc{i}"),"output_index":i,"call_id":call_id,
+                          "name":"lookup_order","arguments":args})),
+                out,
+            );
+        }
+    }
+
+    fn result(id: &str, reply: bool) -> ToolResult {
+        ToolResult {
+            id: id.into(),
+            name: "lookup_order".into(),
+            output: json!({"status": "shipped", "eta": "tomorrow"}),
+            is_error: false,
+            reply,
+        }
+    }
+
+    #[test]
+    fn function_calls_become_tool_calls_and_not_audio() {
+        let mut t = ready_turns();
+        let mut out = Vec::new();
+        t.on_event(
+            ev(json!({"type":"input_audio_buffer.speech_stopped","audio_end_ms":900,"item_id":"u1"})),
+            &mut out,
+        );
+        assert!(matches!(&out[..], [ProviderEvent::SpeechStopped]));
+        assert!(t.awaiting_answer);
+        out.clear();
+        function_call_response(
+            &mut t,
+            &mut out,
+            &[("call_a", r#"{"order_id":"A42"}"#), ("call_b", "{not json")],
+        );
+        assert_eq!(
+            out.iter()
+                .map(|e| match e {
+                    ProviderEvent::ToolCall(c) => c.clone(),
+                    other => panic!("only tool calls expected, got {other:?}"),
+                })
+                .collect::<Vec<_>>(),
+            [
+                ToolCall {
+                    id: "call_a".into(),
+                    name: "lookup_order".into(),
+                    arguments: json!({"order_id": "A42"})
+                },
+                ToolCall {
+                    id: "call_b".into(),
+                    name: "lookup_order".into(),
+                    arguments: json!("{not json")
+                },
+            ]
+        );
+        assert!(!t.awaiting_answer, "a call is an answer: no watchdog");
+        assert_eq!(t.current_response.as_deref(), Some("r1"));
+        out.clear();
+        t.on_event(
+            ev(
+                json!({"type":"response.done","response":{"id":"r1","status":"completed",
+                      "output":[{"type":"function_call","call_id":"call_a"}],
+                      "usage":{"input_tokens":5,"output_tokens":2}}}),
+            ),
+            &mut out,
+        );
+        assert!(matches!(
+            &out[..],
+            [ProviderEvent::Usage(_), ProviderEvent::ResponseDone]
+        ));
+        assert!(t.current_response.is_none());
+        assert!(t.item.is_none(), "no audio item came of it");
+    }
+
+    #[test]
+    fn one_response_create_after_the_last_result_and_the_response_done() {
+        let mut t = ready_turns();
+        let mut out = Vec::new();
+        function_call_response(
+            &mut t,
+            &mut out,
+            &[("call_a", "{}"), ("call_b", r#"{"x":1}"#)],
+        );
+        let item = t.tool_result(&result("call_a", true));
+        assert_eq!(
+            item,
+            json!({"type": "conversation.item.create", "item": {"type": "function_call_output",
+                   "call_id": "call_a", "output": r#"{"eta":"tomorrow","status":"shipped"}"#}})
+        );
+        let output: Value = serde_json::from_str(item["item"]["output"].as_str().unwrap()).unwrap();
+        assert_eq!(output, json!({"status": "shipped", "eta": "tomorrow"}));
+        assert!(!t.reply_due(), "response active and call_b open");
+        t.on_event(
+            ev(json!({"type":"response.done","response":{"id":"r1","status":"completed"}})),
+            &mut out,
+        );
+        assert!(!t.reply_due(), "call_b still open");
+        t.tool_result(&result("call_b", true));
+        assert!(t.reply_due());
+        assert!(t.awaiting_answer, "the watchdog waits for the answer");
+        assert!(!t.reply_due(), "one response.create per batch");
+    }
+
+    #[test]
+    fn results_without_reply_never_ask_for_one() {
+        let mut t = ready_turns();
+        let mut out = Vec::new();
+        function_call_response(&mut t, &mut out, &[("call_end", "{}")]);
+        t.on_event(
+            ev(json!({"type":"response.done","response":{"id":"r1","status":"completed"}})),
+            &mut out,
+        );
+        t.tool_result(&result("call_end", false));
+        assert!(!t.reply_due());
+        // A result nobody asked for still goes out, and does not block later replies.
+        let item = t.tool_result(&result("call_unknown", true));
+        assert_eq!(item["item"]["call_id"], "call_unknown");
+        assert!(t.reply_due());
+    }
+
+    #[test]
+    fn a_response_started_after_the_output_joined_answers_it() {
+        let mut t = ready_turns();
+        let mut out = Vec::new();
+        function_call_response(&mut t, &mut out, &[("call_a", "{}")]);
+        t.on_event(
+            ev(json!({"type":"response.done","response":{"id":"r1","status":"completed"}})),
+            &mut out,
+        );
+        // The caller talks while the webhook runs: the result arrives during the
+        // server's own response, which started before the output was added.
+        t.on_event(
+            ev(json!({"type":"response.created","response":{"id":"r2"}})),
+            &mut out,
+        );
+        t.tool_result(&result("call_a", true));
+        t.on_event(
+            ev(json!({"type":"conversation.item.added","previous_item_id":null,
+                      "item":{"id":"o1","type":"function_call_output","call_id":"call_a","output":"{}"}})),
+            &mut out,
+        );
+        assert!(!t.reply_due(), "r2 is active");
+        t.on_event(
+            ev(json!({"type":"response.done","response":{"id":"r2","status":"completed"}})),
+            &mut out,
+        );
+        assert!(t.reply_due(), "r2 did not see the result");
+
+        // Now a server response created after the output was added does see it.
+        function_call_response(&mut t, &mut out, &[("call_c", "{}")]);
+        t.on_event(
+            ev(json!({"type":"response.done","response":{"id":"r1","status":"completed"}})),
+            &mut out,
+        );
+        t.tool_result(&result("call_c", true));
+        t.on_event(
+            ev(json!({"type":"conversation.item.added","previous_item_id":null,
+                      "item":{"id":"o2","type":"function_call_output","call_id":"call_c","output":"{}"}})),
+            &mut out,
+        );
+        t.on_event(
+            ev(json!({"type":"response.created","response":{"id":"r3"}})),
+            &mut out,
+        );
+        t.on_event(
+            ev(json!({"type":"response.done","response":{"id":"r3","status":"completed"}})),
+            &mut out,
+        );
+        assert!(!t.reply_due(), "r3 answered the result already");
+    }
+
+    #[test]
+    fn calls_of_an_interrupted_response_are_not_run() {
+        let mut t = ready_turns();
+        let mut out = Vec::new();
+        t.on_event(
+            ev(json!({"type":"response.created","response":{"id":"r1"}})),
+            &mut out,
+        );
+        t.on_event(
+            ev(json!({"type":"input_audio_buffer.speech_started","audio_start_ms":10,"item_id":"u2"})),
+            &mut out,
+        );
+        t.on_event(
+            ev(json!({"type":"response.function_call_arguments.done","response_id":"r1","item_id":"fc",
+                      "output_index":0,"call_id":"call_x","name":"end_call","arguments":"{\"rea"})),
+            &mut out,
+        );
+        assert!(matches!(&out[..], [ProviderEvent::SpeechStarted]));
+        assert!(t.tools.open.is_empty());
     }
 
     #[test]

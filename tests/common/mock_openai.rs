@@ -100,6 +100,12 @@ pub struct MockOptions {
     pub refuse: Option<(u16, String)>,
     /// Audio (ms) answered to a client `response.create` (the greeting).
     pub greeting_ms: u64,
+    /// Audio (ms) answered to a `response.create` that follows function outputs.
+    pub tool_reply_ms: u64,
+    /// In a response with several calls, each call after the first waits for the
+    /// client's output of the previous one, so that output deterministically arrives
+    /// while the response is still active (a slow model; any timing is legal).
+    pub calls_wait_for_outputs: bool,
     /// Serve over TLS with this config.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Each delta carries this much audio...
@@ -115,6 +121,8 @@ impl MockOptions {
             api_key: api_key.to_owned(),
             refuse: None,
             greeting_ms: 1000,
+            tool_reply_ms: 800,
+            calls_wait_for_outputs: false,
             tls: None,
             burst_ms: 100,
             burst_every: Duration::from_millis(25),
@@ -135,10 +143,89 @@ pub enum Script {
     /// `speech_started` while a response streams: the server cancels it (a couple of
     /// late deltas first, as happens on the wire).
     BargeIn,
+    /// The model calls functions, as the server does: a response whose output is
+    /// `function_call` items (after `speech_ms` of audio when non-zero: "let me check"),
+    /// each streamed as `response.output_item.added`, argument deltas,
+    /// `response.function_call_arguments.done` and `response.output_item.done`, then
+    /// `response.done`. With `caller_turn`, the caller's VAD turn comes first (as when
+    /// the caller asked for it). The mock then expects a `function_call_output` per call
+    /// and answers a following `response.create` with `tool_reply_ms` of audio.
+    FunctionCall {
+        caller_turn: bool,
+        speech_ms: u64,
+        seed: u64,
+        calls: Vec<MockCall>,
+    },
     /// An `error` event.
     Error { code: String, message: String },
     /// A server-initiated Close.
     Close { code: u16, reason: String },
+}
+
+/// A function the mock model calls; `arguments` is the JSON text the model produces
+/// (it need not be valid JSON, as with a real model).
+#[derive(Debug, Clone)]
+pub struct MockCall {
+    pub name: String,
+    pub arguments: String,
+}
+
+impl MockCall {
+    pub fn new(name: &str, arguments: Value) -> MockCall {
+        MockCall {
+            name: name.to_owned(),
+            arguments: arguments.to_string(),
+        }
+    }
+}
+
+impl Script {
+    /// The caller asks, and the model calls `name` with `arguments` (no audio first).
+    pub fn function_call(name: &str, arguments: Value) -> Script {
+        Script::FunctionCall {
+            caller_turn: true,
+            speech_ms: 0,
+            seed: 0,
+            calls: vec![MockCall::new(name, arguments)],
+        }
+    }
+
+    /// The model says `speech_ms` of audio, then calls `name` in the same response
+    /// (a goodbye then `end_call`, "let me check" then a lookup).
+    pub fn say_then_call(speech_ms: u64, seed: u64, name: &str, arguments: Value) -> Script {
+        Script::FunctionCall {
+            caller_turn: false,
+            speech_ms,
+            seed,
+            calls: vec![MockCall::new(name, arguments)],
+        }
+    }
+}
+
+/// A function call the mock model made.
+#[derive(Debug, Clone)]
+pub struct IssuedCall {
+    pub call_id: String,
+    pub name: String,
+    pub arguments: String,
+    pub response_id: String,
+    pub item_id: String,
+}
+
+/// A `function_call_output` item the client created.
+#[derive(Debug, Clone)]
+pub struct FunctionOutput {
+    pub call_id: String,
+    /// The `output` string as sent.
+    pub output: String,
+    /// `output` parsed as JSON, when it is JSON.
+    pub parsed: Option<Value>,
+    /// A response was streaming when it arrived (legal: it joins the conversation).
+    pub during_response: bool,
+    /// Index in `client_events`, to check what came after it.
+    pub event_index: usize,
+    /// It passed the checks and joined the conversation (else an `error` was sent).
+    pub accepted: bool,
 }
 
 /// One response the mock generated.
@@ -152,6 +239,10 @@ pub struct MockResponse {
     pub sent_bytes: usize,
     pub first_delta_at: Option<Instant>,
     pub status: String,
+    /// The `call_id`s of the function calls in its output.
+    pub function_calls: Vec<String>,
+    /// It answered a `response.create` that followed function outputs.
+    pub after_tool_output: bool,
 }
 
 impl MockResponse {
@@ -189,6 +280,12 @@ pub struct MockState {
     /// Each truncate with the generated ms of its item when it arrived.
     pub truncates: Vec<(Value, u64)>,
     pub caller_transcripts_sent: usize,
+    /// Function calls the mock model made, in order.
+    pub function_calls: Vec<IssuedCall>,
+    /// `function_call_output` items the client created, in order.
+    pub function_outputs: Vec<FunctionOutput>,
+    /// The `code` of every `error` event the mock sent.
+    pub errors_sent: Vec<String>,
     pub client_closed: bool,
     pub connection_ended: bool,
 }
@@ -297,6 +394,9 @@ impl std::fmt::Debug for Summary<'_> {
             .field("problems", &s.problems)
             .field("responses", &s.responses.len())
             .field("truncates", &s.truncates)
+            .field("function_calls", &s.function_calls)
+            .field("function_outputs", &s.function_outputs)
+            .field("errors_sent", &s.errors_sent)
             .field("client_closed", &s.client_closed)
             .finish()
     }
@@ -331,6 +431,14 @@ struct Active {
     transcript: String,
     caller_turn: bool,
     bursts: usize,
+    /// Functions still to call once the audio (if any) is out, one per tick.
+    calls: VecDeque<MockCall>,
+    /// The audio item's tail went out (or there was no audio).
+    audio_done: bool,
+    /// Completed output items so far, for `response.done`.
+    output: Vec<Value>,
+    /// With `calls_wait_for_outputs`: the call whose output must come before the next.
+    waiting_for: Option<String>,
 }
 
 struct Conn {
@@ -342,6 +450,9 @@ struct Conn {
     queued: VecDeque<Script>,
     caller_items: u64,
     pending_caller_transcript: Option<String>,
+    /// Function outputs arrived since the last response: the next `response.create`
+    /// answers them.
+    outputs_since_response: bool,
 }
 
 impl Conn {
@@ -358,6 +469,7 @@ impl Conn {
     }
 
     fn error(&mut self, code: &str, message: &str, client_event_id: Option<&str>) {
+        self.shared.update(|s| s.errors_sent.push(code.to_owned()));
         self.emit(json!({
             "type": "error",
             "error": {"type": "invalid_request_error", "code": code, "message": message,
@@ -438,8 +550,36 @@ impl Conn {
                         ));
                     }
                 }
-                let ms = self.shared.options.greeting_ms;
-                self.start_or_queue(Script::Respond { ms, seed: 101 });
+                if let Some(active) = &self.active {
+                    // The real server allows one response at a time.
+                    let (response_id, _) = self.ids(active.index);
+                    self.shared.problem(format!(
+                        "response.create while {response_id} is active: {v}"
+                    ));
+                    self.error(
+                        "conversation_already_has_active_response",
+                        &format!(
+                            "Conversation already has an active response in progress: \
+                             {response_id}. Wait until the response is finished before \
+                             creating a new one."
+                        ),
+                        event_id.as_deref(),
+                    );
+                    return;
+                }
+                if std::mem::take(&mut self.outputs_since_response) {
+                    let ms = self.shared.options.tool_reply_ms;
+                    self.start_response(ms, 202, false, Vec::new());
+                    let index = self.active.as_ref().map(|a| a.index);
+                    self.shared.update(|s| {
+                        if let Some(i) = index {
+                            s.responses[i].after_tool_output = true;
+                        }
+                    });
+                } else {
+                    let ms = self.shared.options.greeting_ms;
+                    self.start_or_queue(Script::Respond { ms, seed: 101 });
+                }
             }
             "conversation.item.truncate" => self.on_truncate(&v, event_id.as_deref()),
             "response.cancel" => {
@@ -453,6 +593,9 @@ impl Conn {
                         event_id.as_deref(),
                     );
                 }
+            }
+            "conversation.item.create" if v["item"]["type"] == "function_call_output" => {
+                self.on_function_output(&v, event_id.as_deref())
             }
             "input_audio_buffer.commit"
             | "input_audio_buffer.clear"
@@ -529,6 +672,89 @@ impl Conn {
         }
     }
 
+    /// A function's result: checked as the server would, recorded, and added to the
+    /// conversation (`conversation.item.added` / `.done`).
+    fn on_function_output(&mut self, v: &Value, event_id: Option<&str>) {
+        let item = &v["item"];
+        let during_response = self.active.is_some();
+        let call_id = item["call_id"].as_str().unwrap_or("").to_owned();
+        let mut bad = Vec::new();
+        let extra: Vec<&String> = item
+            .as_object()
+            .map(|o| {
+                o.keys()
+                    .filter(|k| !["type", "call_id", "output", "id"].contains(&k.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !extra.is_empty() {
+            bad.push(format!("unexpected fields {extra:?}"));
+        }
+        let output = item["output"].as_str().map(str::to_owned);
+        if output.is_none() {
+            bad.push(format!("output must be a string: {}", item["output"]));
+        }
+        let (issued, answered) = self.shared.update(|s| {
+            (
+                s.function_calls.iter().any(|c| c.call_id == call_id),
+                s.function_outputs
+                    .iter()
+                    .any(|o| o.accepted && o.call_id == call_id),
+            )
+        });
+        if answered {
+            bad.push(format!("a second output for {call_id:?}"));
+        }
+        let accepted = issued && bad.is_empty();
+        let output = output.unwrap_or_default();
+        let parsed = serde_json::from_str(&output).ok();
+        self.shared.update(|s| {
+            s.client_events.push(v.clone());
+            let event_index = s.client_events.len() - 1;
+            s.function_outputs.push(FunctionOutput {
+                call_id: call_id.clone(),
+                output: output.clone(),
+                parsed,
+                during_response,
+                event_index,
+                accepted,
+            });
+        });
+        if !issued {
+            self.shared.problem(format!(
+                "function_call_output for a call_id the model never issued: {v}"
+            ));
+            self.error(
+                "invalid_tool_call_id",
+                &format!("Tool call ID '{call_id}' not found in conversation."),
+                event_id,
+            );
+            return;
+        }
+        if !bad.is_empty() {
+            for b in &bad {
+                self.shared.problem(format!("function_call_output: {b}"));
+            }
+            self.error("invalid_value", &bad.join("; "), event_id);
+            return;
+        }
+        self.outputs_since_response = true;
+        if let Some(active) = self.active.as_mut() {
+            if active.waiting_for.as_deref() == Some(call_id.as_str()) {
+                active.waiting_for = None;
+            }
+        }
+        let item_id = self.id("item");
+        let item = json!({"id": item_id, "type": "function_call_output", "object": "realtime.item",
+                          "status": "completed", "call_id": call_id, "output": output});
+        self.emit(
+            json!({"type": "conversation.item.added", "previous_item_id": null, "item": item}),
+        );
+        self.emit(
+            json!({"type": "conversation.item.done", "previous_item_id": null, "item": item}),
+        );
+    }
+
     fn on_truncate(&mut self, v: &Value, event_id: Option<&str>) {
         let item = v["item_id"].as_str().unwrap_or("").to_owned();
         let content_index = v["content_index"].as_u64();
@@ -572,13 +798,29 @@ impl Conn {
     fn start_or_queue(&mut self, step: Script) {
         let busy = self.active.is_some();
         match step {
-            Script::Respond { .. } | Script::CallerTurn { .. } | Script::SilentTurn if busy => {
+            Script::Respond { .. }
+            | Script::CallerTurn { .. }
+            | Script::SilentTurn
+            | Script::FunctionCall { .. }
+                if busy =>
+            {
                 self.queued.push_back(step)
             }
-            Script::Respond { ms, seed } => self.start_response(ms, seed, false),
+            Script::Respond { ms, seed } => self.start_response(ms, seed, false, Vec::new()),
             Script::CallerTurn { ms, seed } => {
                 self.caller_vad_turn();
-                self.start_response(ms, seed, true);
+                self.start_response(ms, seed, true, Vec::new());
+            }
+            Script::FunctionCall {
+                caller_turn,
+                speech_ms,
+                seed,
+                calls,
+            } => {
+                if caller_turn {
+                    self.caller_vad_turn();
+                }
+                self.start_response(speech_ms, seed, caller_turn, calls);
             }
             Script::SilentTurn => self.caller_vad_turn(),
             Script::BargeIn => self.barge_in(),
@@ -606,7 +848,7 @@ impl Conn {
         self.pending_caller_transcript = Some(item);
     }
 
-    fn start_response(&mut self, ms: u64, seed: u64, caller_turn: bool) {
+    fn start_response(&mut self, ms: u64, seed: u64, caller_turn: bool, calls: Vec<MockCall>) {
         let rate = self.format.rate();
         let samples_wanted = rate as usize * ms as usize / 1000;
         let speech = speech_like(rate, ms as f64 / 1000.0, seed);
@@ -624,6 +866,8 @@ impl Conn {
                 sent_bytes: 0,
                 first_delta_at: None,
                 status: "in_progress".into(),
+                function_calls: Vec::new(),
+                after_tool_output: false,
             });
             s.responses.len() - 1
         });
@@ -635,18 +879,21 @@ impl Conn {
             "output_modalities": ["audio"], "max_output_tokens": "inf",
             "audio": {"output": {"format": self.format.json(), "voice": "marin"}},
             "usage": null, "metadata": null}}));
-        self.emit(
-            json!({"type": "response.output_item.added", "response_id": response_id,
-                         "output_index": 0, "item": item}),
-        );
-        self.emit(
-            json!({"type": "conversation.item.added", "previous_item_id": null, "item": item}),
-        );
-        self.emit(
-            json!({"type": "response.content_part.added", "response_id": response_id,
-                         "item_id": item_id, "output_index": 0, "content_index": 0,
-                         "part": {"type": "audio", "transcript": ""}}),
-        );
+        if ms > 0 {
+            self.emit(
+                json!({"type": "response.output_item.added", "response_id": response_id,
+                             "output_index": 0, "item": item}),
+            );
+            self.emit(
+                json!({"type": "conversation.item.added", "previous_item_id": null, "item": item}),
+            );
+            self.emit(
+                json!({"type": "response.content_part.added", "response_id": response_id,
+                             "item_id": item_id, "output_index": 0, "content_index": 0,
+                             "part": {"type": "audio", "transcript": ""}}),
+            );
+        }
+        self.outputs_since_response = false;
         self.active = Some(Active {
             index,
             bytes,
@@ -654,6 +901,10 @@ impl Conn {
             transcript: format!("Mock answer number {}.", index + 1),
             caller_turn,
             bursts: 0,
+            calls: calls.into(),
+            audio_done: ms == 0,
+            output: Vec::new(),
+            waiting_for: None,
         });
     }
 
@@ -670,6 +921,10 @@ impl Conn {
         let Some(active) = self.active.as_mut() else {
             return;
         };
+        if active.audio_done {
+            self.next_call();
+            return;
+        }
         let n = self.shared.options.burst_ms as usize * self.format.bytes_per_ms();
         let end = (active.pos + n).min(active.bytes.len());
         let chunk = active.bytes[active.pos..end].to_vec();
@@ -686,7 +941,41 @@ impl Conn {
                              "output_index": 0, "content_index": 0, "delta": "Mock "}));
         }
         if done {
+            self.finish_audio("completed");
+            if self.active.as_ref().is_some_and(|a| a.calls.is_empty()) {
+                self.finish_active("completed");
+            }
+        }
+    }
+
+    /// Streams the next function call of the active response (one per tick); the
+    /// response is done after the last.
+    fn next_call(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        if active.waiting_for.is_some() {
+            return;
+        }
+        let Some(call) = active.calls.pop_front() else {
             self.finish_active("completed");
+            return;
+        };
+        let index = active.index;
+        let output_index = active.output.len();
+        let (response_id, _) = self.ids(index);
+        let item = self.function_call_item(&response_id, output_index, &call);
+        let call_id = item["call_id"].as_str().unwrap_or("").to_owned();
+        self.shared
+            .update(|s| s.responses[index].function_calls.push(call_id.clone()));
+        let wait = self.shared.options.calls_wait_for_outputs;
+        if let Some(active) = self.active.as_mut() {
+            active.output.push(item);
+            if active.calls.is_empty() {
+                self.finish_active("completed");
+            } else if wait {
+                active.waiting_for = Some(call_id);
+            }
         }
     }
 
@@ -708,18 +997,23 @@ impl Conn {
         );
     }
 
-    /// The tail of the typical turn, from output_audio.done to rate_limits.updated.
-    fn finish_active(&mut self, status: &str) {
-        let Some(active) = self.active.take() else {
+    /// The audio item's tail, from output_audio.done to conversation.item.done.
+    fn finish_audio(&mut self, status: &str) {
+        let Some(active) = self.active.as_mut() else {
             return;
         };
-        let (response_id, item_id) = self.ids(active.index);
+        if active.audio_done {
+            return;
+        }
+        active.audio_done = true;
+        let transcript = active.transcript.clone();
+        let index = active.index;
+        let (response_id, item_id) = self.ids(index);
         let item_status = if status == "completed" {
             "completed"
         } else {
             "incomplete"
         };
-        let transcript = active.transcript.clone();
         let item = json!({"id": item_id, "type": "message", "object": "realtime.item",
                           "status": item_status, "role": "assistant",
                           "content": [{"type": "output_audio", "transcript": transcript}]});
@@ -750,11 +1044,25 @@ impl Conn {
         self.emit(
             json!({"type": "conversation.item.done", "previous_item_id": null, "item": item}),
         );
+        if let Some(active) = self.active.as_mut() {
+            active.output.push(item);
+        }
+    }
+
+    /// The end of a response: the audio tail if it was cut short, `response.done` and
+    /// `rate_limits.updated` (a cancelled response never gets to its remaining calls).
+    fn finish_active(&mut self, status: &str) {
+        self.finish_audio(status);
+        let Some(active) = self.active.take() else {
+            return;
+        };
+        let (response_id, _) = self.ids(active.index);
+        let output = active.output;
         let (input_tokens, output_tokens) = usage_of(active.index);
         self.emit(json!({"type": "response.done", "response": {
             "id": response_id, "object": "realtime.response", "status": status,
             "status_details": if status == "completed" { Value::Null } else { json!({"type": status, "reason": "turn_detected"}) },
-            "output": [item], "conversation_id": "conv_mock", "output_modalities": ["audio"],
+            "output": output, "conversation_id": "conv_mock", "output_modalities": ["audio"],
             "max_output_tokens": "inf", "metadata": null,
             "audio": {"output": {"format": self.format.json(), "voice": "marin"}},
             "usage": {"total_tokens": input_tokens + output_tokens, "input_tokens": input_tokens,
@@ -780,6 +1088,59 @@ impl Conn {
                 self.shared.update(|s| s.caller_transcripts_sent += 1);
             }
         }
+    }
+
+    /// One `function_call` output item, streamed as the server does; returns the
+    /// completed item for `response.done`.
+    fn function_call_item(
+        &mut self,
+        response_id: &str,
+        output_index: usize,
+        call: &MockCall,
+    ) -> Value {
+        let item_id = self.id("item");
+        let call_id = format!("call_{}", self.id("fc"));
+        let mut item = json!({"id": item_id, "type": "function_call", "object": "realtime.item",
+                              "status": "in_progress", "name": call.name, "call_id": call_id,
+                              "arguments": ""});
+        self.emit(
+            json!({"type": "response.output_item.added", "response_id": response_id,
+                         "output_index": output_index, "item": item}),
+        );
+        self.emit(
+            json!({"type": "conversation.item.added", "previous_item_id": null, "item": item}),
+        );
+        // The arguments stream in a few pieces (split on char boundaries).
+        let chars: Vec<char> = call.arguments.chars().collect();
+        for piece in chars.chunks(8) {
+            let delta: String = piece.iter().collect();
+            self.emit(json!({"type": "response.function_call_arguments.delta",
+                             "response_id": response_id, "item_id": item_id,
+                             "output_index": output_index, "call_id": call_id, "delta": delta}));
+        }
+        self.emit(json!({"type": "response.function_call_arguments.done",
+                         "response_id": response_id, "item_id": item_id,
+                         "output_index": output_index, "call_id": call_id,
+                         "name": call.name, "arguments": call.arguments}));
+        item["status"] = json!("completed");
+        item["arguments"] = json!(call.arguments);
+        self.emit(
+            json!({"type": "response.output_item.done", "response_id": response_id,
+                         "output_index": output_index, "item": item}),
+        );
+        self.emit(
+            json!({"type": "conversation.item.done", "previous_item_id": null, "item": item}),
+        );
+        self.shared.update(|s| {
+            s.function_calls.push(IssuedCall {
+                call_id: call_id.clone(),
+                name: call.name.clone(),
+                arguments: call.arguments.clone(),
+                response_id: response_id.to_owned(),
+                item_id: item_id.clone(),
+            })
+        });
+        item
     }
 
     /// The server cancels the active response after `late` more deltas.
@@ -924,6 +1285,82 @@ pub fn validate_session_update(v: &Value, format: MockFormat) -> Vec<String> {
         td["interrupt_response"].is_boolean(),
         "turn_detection.interrupt_response boolean",
     );
+    p.extend(validate_tools(s));
+    p
+}
+
+/// Everything wrong with `session.tools` / `session.tool_choice` (GA function tools are
+/// flat: `{"type":"function","name","description","parameters"}`, not the Chat
+/// Completions `{"type":"function","function":{...}}`).
+pub fn validate_tools(session: &Value) -> Vec<String> {
+    let mut p = Vec::new();
+    let Some(tools) = session.get("tools") else {
+        if session.get("tool_choice").is_some() {
+            p.push("tool_choice without tools".to_owned());
+        }
+        return p;
+    };
+    let Some(tools) = tools.as_array() else {
+        return vec![format!("tools must be an array: {tools}")];
+    };
+    let mut names = Vec::new();
+    for (i, t) in tools.iter().enumerate() {
+        let mut check = |cond: bool, what: &str| {
+            if !cond {
+                p.push(format!("tools[{i}]: {what}: {t}"));
+            }
+        };
+        check(t["type"] == "function", "type must be \"function\"");
+        let name = t["name"].as_str().unwrap_or("");
+        check(
+            !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+            "name must match ^[a-zA-Z0-9_-]{1,64}$",
+        );
+        check(!names.contains(&name), "duplicate name");
+        names.push(name);
+        check(
+            t["description"].as_str().is_some_and(|d| !d.is_empty()),
+            "description must be a non-empty string",
+        );
+        check(
+            t["parameters"]["type"] == "object",
+            "parameters must be a JSON Schema object",
+        );
+        check(
+            t["parameters"]
+                .get("properties")
+                .is_none_or(|props| props.is_object()),
+            "parameters.properties must be an object",
+        );
+        let extra: Vec<&String> = t
+            .as_object()
+            .map(|o| {
+                o.keys()
+                    .filter(|k| {
+                        !["type", "name", "description", "parameters"].contains(&k.as_str())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        check(extra.is_empty(), &format!("unexpected fields {extra:?}"));
+    }
+    let choice_ok = match session.get("tool_choice") {
+        None => true,
+        Some(Value::String(c)) => ["auto", "none", "required"].contains(&c.as_str()),
+        Some(c) => {
+            c["type"] == "function" && c["name"].as_str().is_some_and(|n| names.contains(&n))
+        }
+    };
+    if !choice_ok {
+        p.push(format!(
+            "tool_choice must be auto|none|required or name a declared function: {}",
+            session["tool_choice"]
+        ));
+    }
     p
 }
 
@@ -1005,6 +1442,7 @@ where
         queued: VecDeque::new(),
         caller_items: 0,
         pending_caller_transcript: None,
+        outputs_since_response: false,
     };
     let session = conn.session_object("gpt-realtime");
     conn.emit(json!({"type": "session.created", "session": session}));
