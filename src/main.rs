@@ -19,6 +19,7 @@ use voicebridge::config::Config;
 use voicebridge::freeswitch::Esl;
 use voicebridge::loadtest::{self, LoadtestArgs};
 use voicebridge::providers;
+use voicebridge::records::Records;
 use voicebridge::registry::Registry;
 use voicebridge::server::{self, Shutdown};
 use voicebridge::telemetry;
@@ -56,6 +57,9 @@ enum Command {
     /// provider, and measure added latency, pacing, barge-in, CPU and RSS.
     Loadtest(LoadtestArgs),
 }
+
+/// At exit, how long the record writers may take to write or spool what is queued.
+const RECORDS_SHUTDOWN: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -132,6 +136,15 @@ async fn serve(path: &std::path::Path) -> ExitCode {
     if limited && config.budgets.state_file.is_none() {
         warn!("daily budgets are counted in memory only ([budgets] state_file is not set): a restart resets today's counts");
     }
+    // The record writers start before the first call can end, and deliver what an
+    // earlier run left in the spool.
+    let records = match Records::spawn(&config.records, config.webhooks.secret.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            error!(error = %e, "call records");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = Arc::new(ArcSwap::from_pointee(config));
     let registry = Registry::new();
     let shutdown = Shutdown::default();
@@ -175,10 +188,13 @@ async fn serve(path: &std::path::Path) -> ExitCode {
         registry,
         shutdown,
         esl,
-        None,
+        records.is_enabled().then(|| records.clone()),
         Arc::clone(&budgets),
     )
     .await;
+    // Every call has ended and submitted its record: write them out (or spool them for
+    // the webhook) before exiting.
+    records.shutdown(RECORDS_SHUTDOWN).await;
     let _ = admin.await;
     // Every call has ended (and charged its time): the final save has it all.
     let _ = saver.await;
@@ -255,6 +271,14 @@ async fn watch_reload(path: PathBuf, config: Arc<ArcSwap<Config>>) {
         }
         if new.budgets != old.budgets {
             restart_only.push("budgets.state_file");
+        }
+        if new.records != old.records {
+            restart_only.push("records");
+        }
+        if new.webhooks != old.webhooks && new.records.webhook_url.is_some() {
+            // Lookups and tools sign with the new secret at once; the record sender
+            // keeps the one it started with.
+            restart_only.push("webhooks.secret (for call records)");
         }
         for w in new.warnings() {
             warn!(warning = %w, "configuration");
