@@ -154,9 +154,7 @@ pub async fn check(config: &Config, route: &Route) -> Result<String, String> {
     let tools = match &s.tools {
         None => String::new(),
         Some(t) => {
-            let n = t[0]["functionDeclarations"]
-                .as_array()
-                .map_or(0, Vec::len);
+            let n = t[0]["functionDeclarations"].as_array().map_or(0, Vec::len);
             if s.tools_dropped.is_empty() {
                 format!(", {n} tool(s)")
             } else {
@@ -1327,7 +1325,10 @@ mod tests {
             {"id":"fc_2","name":"end_call"},
             {"name":"no_id","args":{}}]}}"#;
         assert!(g.on_message(call, false).await.is_ok());
-        assert!(g.watchdog.is_none(), "a call is an answer: no silence warning");
+        assert!(
+            g.watchdog.is_none(),
+            "a call is an answer: no silence warning"
+        );
         let cancel = r#"{"toolCallCancellation":{"ids":["fc_2"]}}"#;
         assert!(g.on_message(cancel, false).await.is_ok());
         let events = drain(&mut rx);
