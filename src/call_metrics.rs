@@ -25,6 +25,10 @@ pub const FIRST_RESPONSE: &str = "voicebridge_first_response_seconds";
 pub const BARGE_IN_CUT: &str = "voicebridge_barge_in_cut_seconds";
 pub const ESL_UP: &str = "voicebridge_esl_up";
 pub const ESL_DROPPED: &str = "voicebridge_esl_commands_dropped_total";
+pub const TOOL_CALLS: &str = "voicebridge_tool_calls_total";
+pub const TOOL_SECONDS: &str = "voicebridge_tool_call_seconds";
+pub const LOOKUPS: &str = "voicebridge_context_lookups_total";
+pub const TURN_LATENCY: &str = "voicebridge_turn_latency_seconds";
 
 /// Latency buckets: from sub-millisecond (barge-in cut) to seconds (first response).
 const BUCKETS: &[f64] = &[
@@ -73,6 +77,37 @@ fn describe() {
         Unit::Seconds,
         "From the provider's barge-in event to clearAudio flushed to FreeSWITCH."
     );
+    describe_counter!(
+        TOOL_CALLS,
+        "Tool calls from the model, by route, tool and outcome (ok, error, timeout, unknown, cancelled)."
+    );
+    describe_histogram!(
+        TURN_LATENCY,
+        Unit::Seconds,
+        "From the caller's end of turn (provider VAD) to the first assistant audio sent to FreeSWITCH."
+    );
+    describe_histogram!(TOOL_SECONDS, Unit::Seconds, "Webhook tool call duration, by tool.");
+    describe_counter!(
+        LOOKUPS,
+        "Caller context lookups, by route and outcome (ok, error, timeout)."
+    );
+}
+
+pub fn turn_latency(provider: &'static str, latency: Duration) {
+    histogram!(TURN_LATENCY, "provider" => provider).record(latency.as_secs_f64());
+}
+
+pub fn tool_call(route: &str, tool: &str, outcome: &'static str) {
+    counter!(TOOL_CALLS, "route" => route.to_owned(), "tool" => sanitise(tool), "outcome" => outcome)
+        .increment(1);
+}
+
+pub fn tool_duration(tool: &str, took: Duration) {
+    histogram!(TOOL_SECONDS, "tool" => sanitise(tool)).record(took.as_secs_f64());
+}
+
+pub fn context_lookup(route: &str, outcome: &'static str) {
+    counter!(LOOKUPS, "route" => route.to_owned(), "outcome" => outcome).increment(1);
 }
 
 pub fn set_active_calls(n: usize) {

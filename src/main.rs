@@ -158,7 +158,7 @@ async fn serve(path: &std::path::Path) -> ExitCode {
         .esl
         .as_ref()
         .map(|c| Esl::spawn(c, shutdown.stop.clone()));
-    server::serve(listener, config, registry, shutdown, esl).await;
+    server::serve(listener, config, registry, shutdown, esl, None).await;
     let _ = admin.await;
     info!("stopped");
     ExitCode::SUCCESS

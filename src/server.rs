@@ -23,6 +23,7 @@ use tracing::{info, warn, Instrument};
 use crate::call_metrics;
 use crate::config::{Config, Route};
 use crate::freeswitch::{Esl, StreamRequest};
+use crate::records::Records;
 use crate::registry::{CallEntry, CallGuard, Full, Registry};
 use crate::session::{self, CallSetup};
 
@@ -56,6 +57,7 @@ struct Shared {
     /// New connections per source IP (`server.per_ip_rate_limit`).
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     esl: Option<Esl>,
+    records: Option<Records>,
 }
 
 /// How often the per-IP limiter forgets idle addresses, so its memory stays bounded.
@@ -70,13 +72,15 @@ fn per_ip_limiter(per_sec: u32) -> Option<DefaultKeyedRateLimiter<IpAddr>> {
 }
 
 /// Serves until `shutdown.stop` is cancelled and every session has ended. `esl` is
-/// the daemon's Event Socket connection, handed to every call.
+/// the daemon's Event Socket connection, handed to every call; `records` where each
+/// call's record goes.
 pub async fn serve(
     listener: TcpListener,
     config: Arc<ArcSwap<Config>>,
     registry: Arc<Registry>,
     shutdown: Shutdown,
     esl: Option<Esl>,
+    records: Option<Records>,
 ) {
     let shared = Arc::new(Shared {
         limiter: per_ip_limiter(config.load().server.per_ip_rate_limit),
@@ -84,6 +88,7 @@ pub async fn serve(
         registry,
         shutdown: shutdown.clone(),
         esl,
+        records,
     });
     let tracker = TaskTracker::new();
     let mut sweep = tokio::time::interval(LIMITER_SWEEP);
@@ -200,6 +205,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
         guard: accepted.guard,
         stop: shared.shutdown.stop.clone(),
         esl: shared.esl.clone(),
+        records: shared.records.clone(),
     };
     async move {
         info!(%peer, handshake_ms = format!("{handshake_ms:.2}"), "call accepted");

@@ -24,21 +24,28 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::audio::{AudioFormat, Channels, Codec, ItemId, Pacer, Reframer, Transcoder};
 use crate::call_metrics::{self, Traffic};
+use crate::call_record::{self, RecordBuilder};
 use crate::config::{Config, Route};
 use crate::freeswitch::esl::{Esl, PlayEvent, PlayEvents};
 use crate::freeswitch::{metadata, playback, Playback, StreamRequest};
-use crate::providers::{self, CallContext, ProviderCommand, ProviderEvent, ProviderHandle, Usage};
+use crate::providers::{
+    self, CallContext, ProviderCommand, ProviderEvent, ProviderHandle, ToolCall, ToolResult, Usage,
+};
+use crate::records::Records;
 use crate::registry::CallGuard;
+use crate::tools::{self, CallInfo, Resolved};
+use crate::webhook::WebhookError;
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -53,6 +60,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 const METADATA_WAIT: Duration = Duration::from_millis(500);
 /// Longest time the goodbye may take (generated and played) before we hang up anyway.
 const GOODBYE_MAX: Duration = Duration::from_secs(10);
+/// `end_call`/`transfer_call` after the reply was already complete: how long we wait
+/// for more words from the model before acting.
+const END_GRACE: Duration = Duration::from_secs(2);
 
 /// The goodbye at `max_duration_secs`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +92,8 @@ pub struct CallSetup {
     pub stop: CancellationToken,
     /// The daemon's Event Socket, when `[freeswitch.esl]` is configured.
     pub esl: Option<Esl>,
+    /// Where the call's record goes when it ends.
+    pub records: Option<Records>,
 }
 
 /// Why a call ended (the summary's `end_reason`).
@@ -100,6 +112,10 @@ pub enum EndReason {
     IdleTimeout,
     Shutdown,
     Internal(String),
+    /// The assistant called `end_call` (with the reason it gave).
+    AssistantHangup(String),
+    /// The assistant called `transfer_call`: the channel goes to this destination.
+    Transferred(String),
 }
 
 impl EndReason {
@@ -116,6 +132,24 @@ impl EndReason {
             EndReason::IdleTimeout => "idle_timeout",
             EndReason::Shutdown => "shutdown",
             EndReason::Internal(_) => "internal_error",
+            EndReason::AssistantHangup(_) => "assistant_hangup",
+            EndReason::Transferred(_) => "transferred",
+        }
+    }
+
+    /// Who ended the call, for the record.
+    pub fn ended_by(&self) -> &'static str {
+        match self {
+            EndReason::FreeswitchClosed(_) => "caller",
+            EndReason::FreeswitchGone
+            | EndReason::FreeswitchError(_)
+            | EndReason::FreeswitchTooBig(_) => "freeswitch",
+            EndReason::ProviderClosed(_) | EndReason::ProviderError(_) => "provider",
+            EndReason::AssistantHangup(_) | EndReason::Transferred(_) => "assistant",
+            EndReason::MaxDuration
+            | EndReason::IdleTimeout
+            | EndReason::Shutdown
+            | EndReason::Internal(_) => "voicebridge",
         }
     }
 
@@ -148,6 +182,11 @@ impl fmt::Display for EndReason {
             }
             EndReason::Shutdown => write!(f, "voicebridge is shutting down"),
             EndReason::Internal(e) => write!(f, "internal error: {e}"),
+            EndReason::AssistantHangup(r) if r.is_empty() => {
+                write!(f, "the assistant ended the call")
+            }
+            EndReason::AssistantHangup(r) => write!(f, "the assistant ended the call: {r}"),
+            EndReason::Transferred(to) => write!(f, "transferred to {to}"),
         }
     }
 }
@@ -171,6 +210,7 @@ struct Stats {
     esl_dropped: u64,
     first_response: Option<Duration>,
     usage: Usage,
+    tool_calls: u64,
 }
 
 /// The inbound format and which parts of it the URL fixed (metadata may set the rest,
@@ -245,6 +285,60 @@ struct Session {
     play_events: Option<PlayEvents>,
     /// `esl_files`: play events of chunks with a lower `seq` were cut by a barge-in.
     break_seq: u64,
+    /// From the metadata, for the lookup, tool webhooks and the record.
+    caller_id: String,
+    called: String,
+    record: RecordBuilder,
+    /// Webhook tool calls in flight; each reports here once its result is sent.
+    tools: JoinSet<ToolDone>,
+    /// The caller lookup in flight; its answer completes the provider's setup.
+    lookup: Option<JoinHandle<LookupDone>>,
+    /// Set by `end_call`/`transfer_call`: what happens once the last words are played.
+    end_action: Option<EndAction>,
+    /// A new deadline for the run loop's end timer (set outside the loop).
+    rearm_deadline: Option<Instant>,
+    records: Option<Records>,
+}
+
+/// What the assistant asked for with a built-in tool.
+#[derive(Clone, Debug)]
+enum EndAction {
+    Hangup {
+        reason: String,
+        asked: Instant,
+        /// More assistant audio arrived after a short grace: the full wait applies.
+        extended: bool,
+    },
+    Transfer {
+        to: String,
+        asked: Instant,
+        extended: bool,
+    },
+}
+
+impl EndAction {
+    fn reason(&self) -> EndReason {
+        match self {
+            EndAction::Hangup { reason, .. } => EndReason::AssistantHangup(reason.clone()),
+            EndAction::Transfer { to, .. } => EndReason::Transferred(to.clone()),
+        }
+    }
+}
+
+/// A webhook tool call that finished (its result already went to the provider).
+struct ToolDone {
+    id: String,
+    name: String,
+    outcome: tools::Outcome,
+    took: Duration,
+    error: Option<String>,
+}
+
+/// The caller lookup's answer, with the metadata variables it completes.
+struct LookupDone {
+    vars: BTreeMap<String, String>,
+    result: Result<BTreeMap<String, String>, WebhookError>,
+    took: Duration,
 }
 
 /// Runs the call to its end. Never panics on input; always closes both sides.
@@ -258,6 +352,7 @@ pub async fn run(ws: Ws, setup: CallSetup) {
         guard,
         stop,
         esl,
+        records,
     } = setup;
     let inbound = InboundFormat {
         codec: request.codec.unwrap_or(route.codec),
@@ -294,6 +389,7 @@ pub async fn run(ws: Ws, setup: CallSetup) {
     guard.update(|e| e.provider = provider.name);
     let (sink, mut stream) = ws.split();
     let now = Instant::now();
+    let config_transcripts = config.log.transcripts;
     let mut s = Session {
         down: Downstream {
             transcoder: None,
@@ -339,6 +435,14 @@ pub async fn run(ws: Ws, setup: CallSetup) {
         esl,
         play_events,
         break_seq: 0,
+        caller_id: String::new(),
+        called: String::new(),
+        record: RecordBuilder::new(now.into_std(), config_transcripts),
+        tools: JoinSet::new(),
+        lookup: None,
+        end_action: None,
+        rearm_deadline: None,
+        records,
     };
     info!(
         provider = s.provider.name,
@@ -377,6 +481,9 @@ impl Session {
         let mut tick_armed_for: Option<Instant> = None;
 
         loop {
+            if let Some(at) = self.rearm_deadline.take() {
+                max_timer.as_mut().reset(at);
+            }
             // The goodbye has been generated and released: hang up once FreeSWITCH has
             // played what it holds.
             if self.goodbye == Goodbye::Said
@@ -409,11 +516,16 @@ impl Session {
                             self.goodbye = Goodbye::Saying;
                             max_timer.as_mut().reset(Instant::now() + GOODBYE_MAX);
                         }
-                        Goodbye::Saying => {
+                        Goodbye::Saying if self.end_action.is_none() => {
                             warn!(max_secs = GOODBYE_MAX.as_secs(), "goodbye not finished in time: hanging up");
                             return EndReason::MaxDuration;
                         }
-                        _ => return EndReason::MaxDuration,
+                        _ => {
+                            return self
+                                .end_action
+                                .as_ref()
+                                .map_or(EndReason::MaxDuration, EndAction::reason)
+                        }
                     }
                 }
                 _ = &mut tick, if tick_armed_for.is_some() => {
@@ -442,6 +554,16 @@ impl Session {
                     if let Err(r) = self.on_freeswitch(msg).await {
                         return r;
                     }
+                }
+                Some(done) = self.tools.join_next(), if !self.tools.is_empty() => {
+                    match done {
+                        Ok(done) => self.on_tool_done(done),
+                        Err(e) => warn!(error = %e, "tool call task failed"),
+                    }
+                }
+                done = recv_lookup(&mut self.lookup), if self.lookup.is_some() => {
+                    self.lookup = None;
+                    self.on_lookup(done).await;
                 }
                 play = recv_play(&mut self.play_events) => self.on_play(play),
                 _ = &mut metadata_timer, if !self.context_sent => {
@@ -644,6 +766,8 @@ impl Session {
             raw = meta.raw.is_some(),
             "metadata received"
         );
+        self.caller_id = meta.caller_id.clone().unwrap_or_default();
+        self.called = meta.called.clone().unwrap_or_default();
         let mut vars = meta.vars;
         if let Some(raw) = meta.raw {
             vars.insert("metadata".to_owned(), raw);
@@ -662,12 +786,63 @@ impl Session {
             && self.provider_input.is_some()
     }
 
-    /// Gives the provider the template variables it sets itself up with (once).
+    /// Gives the provider the template variables it sets itself up with (once), after
+    /// the route's caller lookup if it has one.
     async fn send_context(&mut self, mut vars: BTreeMap<String, String>) {
         self.context_sent = true;
         vars.insert("call_id".to_owned(), self.call_id.clone());
         vars.entry("route".to_owned())
             .or_insert_with(|| self.route.name.clone());
+        if let Some(cfg) = self.route.call.context.clone() {
+            let info = self.call_info();
+            let secret = self.config.webhooks.secret.clone();
+            let started = Instant::now();
+            self.lookup = Some(tokio::spawn(
+                async move {
+                    let result = crate::lookup::lookup(&cfg, &info, &vars, &secret).await;
+                    LookupDone {
+                        vars,
+                        result,
+                        took: started.elapsed(),
+                    }
+                }
+                .in_current_span(),
+            ));
+            return;
+        }
+        self.provide_context(vars).await;
+    }
+
+    /// The lookup answered (or failed): the provider is set up either way.
+    async fn on_lookup(&mut self, done: Result<LookupDone, tokio::task::JoinError>) {
+        let Ok(LookupDone {
+            mut vars,
+            result,
+            took,
+        }) = done
+        else {
+            warn!("caller lookup task failed: the call proceeds with the defaults");
+            self.record.lookup = "error";
+            call_metrics::context_lookup(&self.route.name, "error");
+            return self.provide_context(BTreeMap::new()).await;
+        };
+        let outcome = crate::lookup::outcome(&result);
+        self.record.lookup = outcome;
+        call_metrics::context_lookup(&self.route.name, outcome);
+        let took_ms = took.as_millis() as u64;
+        match result {
+            Ok(found) => {
+                info!(fields = found.len(), took_ms, "caller lookup answered");
+                vars.extend(found);
+            }
+            Err(e) => {
+                warn!(error = %e, took_ms, "caller lookup failed: the call proceeds with the defaults")
+            }
+        }
+        self.provide_context(vars).await;
+    }
+
+    async fn provide_context(&mut self, vars: BTreeMap<String, String>) {
         self.vars = vars.clone();
         let context = CallContext {
             call_id: self.call_id.clone(),
@@ -679,6 +854,167 @@ impl Session {
             .commands
             .send(ProviderCommand::Context(Arc::new(context)))
             .await;
+    }
+
+    // ---- tools ----------------------------------------------------------------------
+
+    fn call_info(&self) -> CallInfo {
+        CallInfo {
+            call_id: self.call_id.clone(),
+            route: self.route.name.clone(),
+            caller_id: self.caller_id.clone(),
+            called: self.called.clone(),
+        }
+    }
+
+    /// The model calls a function. Webhook tools run in their own task (the call's
+    /// audio never waits for a webhook); everything else is answered at once.
+    fn on_tool_call(&mut self, call: ToolCall) {
+        let now = Instant::now();
+        self.stats.tool_calls += 1;
+        self.record
+            .tool_started(&call.id, &call.name, &call.arguments, now.into_std());
+        match tools::resolve(&self.route.call, &call.name) {
+            Resolved::Webhook(spec) => {
+                info!(tool = %call.name, tool_call_id = %call.id, "tool call: asking the webhook");
+                let spec = spec.clone();
+                let info = self.call_info();
+                let secret = self.config.webhooks.secret.clone();
+                let commands = self.provider.commands.clone();
+                self.tools.spawn(
+                    async move {
+                        let (result, outcome, took) =
+                            tools::run_webhook(&spec, &call, &info, &secret).await;
+                        let error = result.error_message().map(str::to_owned);
+                        let _ = commands.send(ProviderCommand::ToolResult(result)).await;
+                        ToolDone {
+                            id: call.id,
+                            name: call.name,
+                            outcome,
+                            took,
+                            error,
+                        }
+                    }
+                    .in_current_span(),
+                );
+            }
+            Resolved::EndCall => {
+                let reason = reason_argument(&call.arguments);
+                info!(tool = %call.name, reason = %reason, "the assistant ends the call once its last words are played");
+                self.answer_builtin(
+                    &call,
+                    tools::ok(
+                        &call,
+                        serde_json::json!({"status": "ending", "note": "The call ends as soon as what you said has been played. Say nothing more."}),
+                    ),
+                );
+                self.request_end(EndAction::Hangup {
+                    reason,
+                    asked: now,
+                    extended: false,
+                });
+            }
+            Resolved::TransferCall if self.esl.is_none() => {
+                warn!(tool = %call.name, "transfer_call needs the Event Socket and a call id in the URL (/call/<uuid>): refused");
+                self.answer_builtin(
+                    &call,
+                    tools::error(&call, "transferring is not possible on this line right now; offer to take a message instead"),
+                );
+            }
+            Resolved::TransferCall => {
+                let to = self.route.call.transfer_to.clone();
+                info!(tool = %call.name, destination = %to, reason = %reason_argument(&call.arguments), "the assistant transfers the call once its last words are played");
+                self.answer_builtin(
+                    &call,
+                    tools::ok(
+                        &call,
+                        serde_json::json!({"status": "transferring", "note": "The caller is put through as soon as what you said has been played. Say nothing more."}),
+                    ),
+                );
+                self.request_end(EndAction::Transfer {
+                    to,
+                    asked: now,
+                    extended: false,
+                });
+            }
+            Resolved::Unknown => {
+                warn!(tool = %call.name, "the model called a tool this route does not offer: answered with an error");
+                self.answer_builtin(
+                    &call,
+                    tools::error(&call, format!("there is no tool called {:?}", call.name)),
+                );
+            }
+        }
+    }
+
+    /// Answers a call that needs no webhook, and records it as finished.
+    fn answer_builtin(&mut self, call: &ToolCall, mut result: ToolResult) {
+        let builtin = matches!(call.name.as_str(), tools::END_CALL | tools::TRANSFER_CALL);
+        if builtin && !result.is_error {
+            // The model has said its last words: a new response would be cut off.
+            result.reply = false;
+        }
+        let outcome = if !result.is_error {
+            "ok"
+        } else if builtin {
+            "error"
+        } else {
+            "unknown"
+        };
+        let label = if outcome == "unknown" {
+            "unknown"
+        } else {
+            call.name.as_str()
+        };
+        call_metrics::tool_call(&self.route.name, label, outcome);
+        self.record
+            .tool_finished(&call.id, outcome, Duration::ZERO, result.error_message());
+        self.send_command(ProviderCommand::ToolResult(result));
+    }
+
+    fn on_tool_done(&mut self, done: ToolDone) {
+        let took_ms = done.took.as_millis() as u64;
+        match &done.error {
+            None => info!(tool = %done.name, tool_call_id = %done.id, took_ms, "tool call answered"),
+            Some(e) => warn!(tool = %done.name, tool_call_id = %done.id, took_ms, error = %e, "tool call failed: the model was told"),
+        }
+        call_metrics::tool_call(&self.route.name, &done.name, done.outcome.name());
+        call_metrics::tool_duration(&done.name, done.took);
+        self.record.tool_finished(
+            &done.id,
+            done.outcome.name(),
+            done.took,
+            done.error.as_deref(),
+        );
+    }
+
+    /// A command that must not be lost and must not stall the call: queued at once if
+    /// there is room, else from a task of its own.
+    fn send_command(&self, command: ProviderCommand) {
+        match self.provider.commands.try_send(command) {
+            Ok(()) | Err(TrySendError::Closed(_)) => {}
+            Err(TrySendError::Full(command)) => {
+                let commands = self.provider.commands.clone();
+                tokio::spawn(async move {
+                    let _ = commands.send(command).await;
+                });
+            }
+        }
+    }
+
+    /// `end_call`/`transfer_call`: wait for the reply in progress to finish and play
+    /// out (at most `GOODBYE_MAX`), then act. If the reply was already complete, a short
+    /// grace lets the model add a last sentence.
+    fn request_end(&mut self, action: EndAction) {
+        if self.end_action.is_some() {
+            debug!("the call is already ending: second end/transfer request ignored");
+            return;
+        }
+        let idle = self.down.reply_done && self.down.pacer.queued_ms() == 0;
+        let wait = if idle { END_GRACE } else { GOODBYE_MAX };
+        self.end_action = Some(action);
+        self.goodbye = Goodbye::Saying;
+        self.rearm_deadline = Some(Instant::now() + wait);
     }
 
     // ---- provider → FreeSWITCH ------------------------------------------------------
@@ -713,15 +1049,18 @@ impl Session {
                 }
             }
             ProviderEvent::Audio { item, data } => self.on_assistant_audio(item, &data),
-            ProviderEvent::SpeechStopped => {}
-            ProviderEvent::ToolCall(call) => {
-                let _ = self.provider.commands.try_send(ProviderCommand::ToolResult(
-                    crate::tools::error(&call, "tools are not available yet"),
-                ));
+            ProviderEvent::SpeechStopped => self.record.caller_turn_ended(Instant::now().into_std()),
+            ProviderEvent::ToolCall(call) => self.on_tool_call(call),
+            ProviderEvent::ToolCancelled(ids) => {
+                for id in &ids {
+                    info!(tool_call_id = %id, "tool call cancelled by the provider");
+                    self.record
+                        .tool_finished(id, "cancelled", Duration::ZERO, None);
+                }
             }
-            ProviderEvent::ToolCancelled(_) => {}
             ProviderEvent::SpeechStarted => self.barge_in().await?,
             ProviderEvent::ResponseDone => {
+                self.record.assistant_turn_done();
                 if self.goodbye == Goodbye::Saying {
                     self.goodbye = Goodbye::Said;
                 }
@@ -739,6 +1078,9 @@ impl Session {
                 text,
                 is_final,
             } => {
+                if is_final {
+                    self.record.transcript(who, &text, Instant::now().into_std());
+                }
                 if self.config.log.transcripts && is_final {
                     info!(who = who.name(), text = %text, "transcript");
                 } else if self.config.log.transcripts {
@@ -773,6 +1115,21 @@ impl Session {
 
     fn on_assistant_audio(&mut self, item: ItemId, data: &[u8]) {
         self.stats.provider_audio_events += 1;
+        // The model is still talking after end_call/transfer_call: let it finish.
+        if let Some(
+            EndAction::Hangup {
+                asked, extended, ..
+            }
+            | EndAction::Transfer {
+                asked, extended, ..
+            },
+        ) = self.end_action.as_mut()
+        {
+            if !*extended && self.goodbye == Goodbye::Saying {
+                *extended = true;
+                self.rearm_deadline = Some(*asked + GOODBYE_MAX);
+            }
+        }
         self.stats.provider_bytes_in += data.len() as u64;
         if self.down.interrupted.contains(&item) {
             self.stats.late_audio_dropped += 1;
@@ -832,6 +1189,9 @@ impl Session {
                 let latency = self.started.elapsed();
                 self.stats.first_response = Some(latency);
                 call_metrics::first_response(self.provider.name, latency);
+            }
+            if let Some(latency) = self.record.audio_played(Instant::now().into_std()) {
+                call_metrics::turn_latency(self.provider.name, latency);
             }
             self.flush_sink().await?;
         }
@@ -964,6 +1324,48 @@ impl Session {
 
     // ---- the end --------------------------------------------------------------------
 
+    fn build_record(&self, reason: &EndReason) -> serde_json::Value {
+        let s = &self.stats;
+        let price = self.config.prices.of(self.route.call.provider);
+        let cost = price.cost(
+            s.usage.input_tokens,
+            s.usage.output_tokens,
+            self.started.elapsed(),
+        );
+        let transfer_to = match reason {
+            EndReason::Transferred(to) => Some(to.as_str()),
+            _ => None,
+        };
+        self.record.build(&call_record::Ending {
+            call_id: &self.call_id,
+            route: &self.route.name,
+            provider: self.provider.name,
+            caller_id: &self.caller_id,
+            called: &self.called,
+            end_reason: reason.tag(),
+            end_detail: reason.to_string(),
+            ended_by: reason.ended_by(),
+            transfer_to,
+            barge_ins: s.barge_ins,
+            first_response: s.first_response,
+            usage: s.usage,
+            cost,
+            currency: &self.config.prices.currency,
+            audio: serde_json::json!({
+                "fs_messages_in": s.fs_messages_in,
+                "fs_bytes_in": s.fs_bytes_in,
+                "frames_to_provider": s.frames_to_provider,
+                "bytes_to_provider": s.bytes_to_provider,
+                "frames_dropped": s.frames_dropped,
+                "provider_audio_events": s.provider_audio_events,
+                "provider_bytes_in": s.provider_bytes_in,
+                "frames_to_fs": s.frames_to_fs,
+                "bytes_to_fs": s.bytes_to_fs,
+                "late_audio_dropped": s.late_audio_dropped,
+            }),
+        })
+    }
+
     async fn finish(mut self, stream: SplitStream<Ws>, reason: EndReason) {
         let fs_initiated = matches!(reason, EndReason::FreeswitchClosed(_));
         let fs_alive = !matches!(
@@ -975,10 +1377,26 @@ impl Session {
         if fs_alive {
             close_freeswitch(&mut self.sink, stream, &reason, fs_initiated).await;
         }
+        // Tool calls still running are of no use any more.
+        self.tools.abort_all();
+        if let Some(lookup) = self.lookup.take() {
+            lookup.abort();
+        }
         // We ended a call FreeSWITCH still has: without a hang-up the media bug stays
         // attached and the caller sits in silence. Not on shutdown: a daemon going
         // away does not hang up calls wholesale; the dialplan decides what follows.
-        if fs_alive && !fs_initiated && reason != EndReason::Shutdown {
+        // A transfer detaches the stream and sends the channel on instead.
+        if let EndReason::Transferred(to) = &reason {
+            if let Some(esl) = &self.esl {
+                let stopped = esl.uuid_audio_stream_stop(&self.call_id);
+                if !esl.uuid_transfer(&self.call_id, to) {
+                    self.stats.esl_dropped += 1;
+                    error!(destination = %to, "transfer failed: the Event Socket did not take uuid_transfer");
+                } else if !stopped {
+                    self.stats.esl_dropped += 1;
+                }
+            }
+        } else if fs_alive && !fs_initiated && reason != EndReason::Shutdown {
             if let Some(esl) = &self.esl {
                 if !esl.uuid_kill(&self.call_id) {
                     self.stats.esl_dropped += 1;
@@ -988,6 +1406,10 @@ impl Session {
         self.flush_metrics();
         call_metrics::call_ended(&self.route.name, self.provider.name, reason.tag());
         call_metrics::esl_dropped(self.stats.esl_dropped);
+        let record = self.build_record(&reason);
+        if let Some(records) = &self.records {
+            records.submit(record);
+        }
         let mut task = self.provider.task;
         if tokio::time::timeout(CLOSE_WAIT, &mut task).await.is_err() {
             task.abort();
@@ -1003,6 +1425,7 @@ impl Session {
         );
         let duration_ms = self.started.elapsed().as_millis() as u64;
         let first_response_ms = s.first_response.map(|d| d.as_millis() as u64);
+
         macro_rules! summary {
             ($level:ident) => {
                 $level!(
@@ -1025,6 +1448,8 @@ impl Session {
                     esl_dropped = s.esl_dropped,
                     input_tokens = s.usage.input_tokens,
                     output_tokens = s.usage.output_tokens,
+                    tool_calls = s.tool_calls,
+                    ended_by = reason.ended_by(),
                     end_reason = reason.tag(),
                     end_detail = %reason,
                     "call ended"
@@ -1095,6 +1520,24 @@ fn freeswitch_error(e: tungstenite::Error) -> EndReason {
         }
         other => EndReason::FreeswitchError(other.to_string()),
     }
+}
+
+/// The lookup's answer, or never when none is running.
+async fn recv_lookup(
+    lookup: &mut Option<JoinHandle<LookupDone>>,
+) -> Result<LookupDone, tokio::task::JoinError> {
+    match lookup {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The `reason` argument of a built-in tool, if the model gave one.
+fn reason_argument(args: &serde_json::Value) -> String {
+    args.get("reason")
+        .and_then(|r| r.as_str())
+        .map(|r| preview(r).to_owned())
+        .unwrap_or_default()
 }
 
 /// The next play event, or never when the call has no play events.

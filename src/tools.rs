@@ -143,17 +143,36 @@ pub fn arguments(call: &ToolCall) -> Result<Value, String> {
     }
 }
 
-/// Carries out a webhook tool. Returns the result for the model and how long it took.
+/// How a webhook tool call went (metrics label and record field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Error,
+    Timeout,
+}
+
+impl Outcome {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+            Outcome::Timeout => "timeout",
+        }
+    }
+}
+
+/// Carries out a webhook tool. Returns the result for the model, how it went and how
+/// long it took.
 pub async fn run_webhook(
     spec: &ToolSpec,
     call: &ToolCall,
     info: &CallInfo,
     secret: &Secret,
-) -> (ToolResult, Duration) {
+) -> (ToolResult, Outcome, Duration) {
     let started = Instant::now();
     let args = match arguments(call) {
         Ok(a) => a,
-        Err(e) => return (error(call, e), started.elapsed()),
+        Err(e) => return (error(call, e), Outcome::Error, started.elapsed()),
     };
     let body = json!({
         "tool": call.name,
@@ -165,30 +184,42 @@ pub async fn run_webhook(
         "arguments": args,
     });
     let body = body.to_string().into_bytes();
-    let result = webhook::send(
-        reqwest::Method::POST,
-        &spec.url,
-        body,
-        secret,
-        &info.call_id,
-        spec.timeout,
-    )
-    .await;
-    let out = match result {
-        Ok(Value::Null) => ok(call, json!({"ok": true})),
-        Ok(v) => ok(call, v),
-        Err(WebhookError::Timeout(t)) => error(
-            call,
-            format!(
-                "the {} system did not answer within {} ms; tell the caller it is not \
-                 available right now",
-                call.name,
-                t.as_millis()
-            ),
+    // The HTTP timeout covers the whole exchange; the outer one guards against
+    // anything that would not honour it, so the model is never left waiting.
+    let result = tokio::time::timeout(
+        spec.timeout + Duration::from_millis(50),
+        webhook::send(
+            reqwest::Method::POST,
+            &spec.url,
+            body,
+            secret,
+            &info.call_id,
+            spec.timeout,
         ),
-        Err(e) => error(call, format!("the {} system failed: {e}", call.name)),
+    )
+    .await
+    .unwrap_or(Err(WebhookError::Timeout(spec.timeout)));
+    let out = match result {
+        Ok(Value::Null) => (ok(call, json!({"ok": true})), Outcome::Ok),
+        Ok(v) => (ok(call, v), Outcome::Ok),
+        Err(WebhookError::Timeout(t)) => (
+            error(
+                call,
+                format!(
+                    "the {} system did not answer within {} ms; tell the caller it is not \
+                     available right now",
+                    call.name,
+                    t.as_millis()
+                ),
+            ),
+            Outcome::Timeout,
+        ),
+        Err(e) => (
+            error(call, format!("the {} system failed: {e}", call.name)),
+            Outcome::Error,
+        ),
     };
-    (out, started.elapsed())
+    (out.0, out.1, started.elapsed())
 }
 
 /// Template variables from a caller-lookup answer: top-level scalars by name, nested

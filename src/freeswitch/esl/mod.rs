@@ -144,9 +144,18 @@ impl Esl {
         self.api(&["uuid_kill", uuid])
     }
 
-    /// Sends the channel to `dest` in the XML dialplan `context`.
-    pub fn uuid_transfer(&self, uuid: &str, dest: &str, context: &str) -> bool {
-        self.api(&["uuid_transfer", uuid, dest, "XML", context])
+    /// Sends the channel to `destination`: `EXT [DIALPLAN [CONTEXT]]`, as
+    /// `uuid_transfer` takes it (the route's `transfer_to`).
+    pub fn uuid_transfer(&self, uuid: &str, destination: &str) -> bool {
+        let mut words = vec!["uuid_transfer", uuid];
+        words.extend(destination.split_whitespace());
+        self.api(&words)
+    }
+
+    /// Detaches `mod_audio_stream` from the channel. Closing our socket alone leaves its
+    /// media bug attached, so before a transfer we stop it explicitly.
+    pub fn uuid_audio_stream_stop(&self, uuid: &str) -> bool {
+        self.api(&["uuid_audio_stream", uuid, "stop"])
     }
 
     /// Queues `api <words...>` without waiting. False when it was dropped.

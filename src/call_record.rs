@@ -1,0 +1,303 @@
+//! The per-call record: what was said, what was done and what it cost, gathered while
+//! the call runs and turned into one JSON object when it ends (delivered by
+//! `records`). Pure bookkeeping, no I/O, so it is unit-tested on its own.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{json, Value};
+
+use crate::providers::{Speaker, Usage};
+
+/// Version of the record's shape; bumped on incompatible changes.
+pub const RECORD_VERSION: u32 = 1;
+
+/// Tool calls kept per record (a looping model must not grow it without bound).
+const MAX_TOOL_CALLS: usize = 200;
+/// Transcript entries kept per record.
+const MAX_TRANSCRIPT: usize = 2000;
+/// Per-turn latencies kept per record.
+const MAX_TURNS: usize = 2000;
+
+#[derive(Debug)]
+struct Line {
+    who: Speaker,
+    text: String,
+    at_ms: u64,
+}
+
+#[derive(Debug)]
+struct ToolEntry {
+    id: String,
+    name: String,
+    arguments: Value,
+    at_ms: u64,
+    duration_ms: Option<u64>,
+    outcome: &'static str,
+    error: Option<String>,
+}
+
+/// Gathers a call's record. Times are relative to the call's start.
+#[derive(Debug)]
+pub struct RecordBuilder {
+    started: Instant,
+    started_wall: SystemTime,
+    keep_transcript: bool,
+    transcript: Vec<Line>,
+    transcript_dropped: u64,
+    tools: Vec<ToolEntry>,
+    tools_dropped: u64,
+    caller_turns: u64,
+    caller_finals: u64,
+    assistant_turns: u64,
+    /// The caller finished a turn; the next audio played closes it.
+    turn_started: Option<Instant>,
+    turn_latencies: Vec<u64>,
+    pub lookup: &'static str,
+}
+
+/// What the session knows at the end, to be merged into the record.
+#[derive(Debug, Default)]
+pub struct Ending<'a> {
+    pub call_id: &'a str,
+    pub route: &'a str,
+    pub provider: &'a str,
+    pub caller_id: &'a str,
+    pub called: &'a str,
+    pub end_reason: &'a str,
+    pub end_detail: String,
+    pub ended_by: &'a str,
+    pub transfer_to: Option<&'a str>,
+    pub barge_ins: u64,
+    pub first_response: Option<Duration>,
+    pub usage: Usage,
+    pub cost: f64,
+    pub currency: &'a str,
+    pub audio: Value,
+}
+
+impl RecordBuilder {
+    pub fn new(started: Instant, keep_transcript: bool) -> RecordBuilder {
+        RecordBuilder {
+            started,
+            started_wall: SystemTime::now() - started.elapsed(),
+            keep_transcript,
+            transcript: Vec::new(),
+            transcript_dropped: 0,
+            tools: Vec::new(),
+            tools_dropped: 0,
+            caller_turns: 0,
+            caller_finals: 0,
+            assistant_turns: 0,
+            turn_started: None,
+            turn_latencies: Vec::new(),
+            lookup: "off",
+        }
+    }
+
+    fn ms(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.started).as_millis() as u64
+    }
+
+    /// A final transcript line.
+    pub fn transcript(&mut self, who: Speaker, text: &str, at: Instant) {
+        if who == Speaker::Caller {
+            self.caller_finals += 1;
+        }
+        if !self.keep_transcript {
+            return;
+        }
+        if self.transcript.len() >= MAX_TRANSCRIPT {
+            self.transcript_dropped += 1;
+            return;
+        }
+        self.transcript.push(Line {
+            who,
+            text: text.to_owned(),
+            at_ms: self.ms(at),
+        });
+    }
+
+    /// The caller finished a turn (the provider's end of speech).
+    pub fn caller_turn_ended(&mut self, at: Instant) {
+        self.caller_turns += 1;
+        self.turn_started = Some(at);
+    }
+
+    /// Assistant audio reached FreeSWITCH: closes the open turn, if any. Returns its
+    /// latency.
+    pub fn audio_played(&mut self, at: Instant) -> Option<Duration> {
+        let start = self.turn_started.take()?;
+        let latency = at.saturating_duration_since(start);
+        if self.turn_latencies.len() < MAX_TURNS {
+            self.turn_latencies.push(latency.as_millis() as u64);
+        }
+        Some(latency)
+    }
+
+    /// The provider finished a response.
+    pub fn assistant_turn_done(&mut self) {
+        self.assistant_turns += 1;
+    }
+
+    pub fn tool_started(&mut self, id: &str, name: &str, arguments: &Value, at: Instant) {
+        if self.tools.len() >= MAX_TOOL_CALLS {
+            self.tools_dropped += 1;
+            return;
+        }
+        self.tools.push(ToolEntry {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            arguments: arguments.clone(),
+            at_ms: self.ms(at),
+            duration_ms: None,
+            outcome: "running",
+            error: None,
+        });
+    }
+
+    pub fn tool_finished(
+        &mut self,
+        id: &str,
+        outcome: &'static str,
+        took: Duration,
+        error: Option<&str>,
+    ) {
+        if let Some(t) = self.tools.iter_mut().rev().find(|t| t.id == id) {
+            t.outcome = outcome;
+            t.duration_ms = Some(took.as_millis() as u64);
+            t.error = error.map(str::to_owned);
+        }
+    }
+
+    pub fn tool_calls(&self) -> usize {
+        self.tools.len() + self.tools_dropped as usize
+    }
+
+    /// The record, at the end of the call.
+    pub fn build(&self, end: &Ending<'_>) -> Value {
+        let ended_wall = SystemTime::now();
+        let duration = self.started.elapsed();
+        let mut sorted = self.turn_latencies.clone();
+        sorted.sort_unstable();
+        let pick = |q: f64| -> Option<u64> {
+            if sorted.is_empty() {
+                return None;
+            }
+            let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+            sorted.get(i).copied()
+        };
+        let mut record = json!({
+            "version": RECORD_VERSION,
+            "record_id": uuid::Uuid::new_v4().to_string(),
+            "call_id": end.call_id,
+            "route": end.route,
+            "provider": end.provider,
+            "caller_id": end.caller_id,
+            "called": end.called,
+            "started_at": humantime::format_rfc3339_millis(self.started_wall).to_string(),
+            "ended_at": humantime::format_rfc3339_millis(ended_wall).to_string(),
+            "duration_ms": duration.as_millis() as u64,
+            "end_reason": end.end_reason,
+            "end_detail": end.end_detail,
+            "ended_by": end.ended_by,
+            "turns": {
+                "caller": self.caller_turns.max(self.caller_finals),
+                "assistant": self.assistant_turns,
+            },
+            "barge_ins": end.barge_ins,
+            "latency_ms": {
+                "first_response": end.first_response.map(|d| d.as_millis() as u64),
+                "turns": self.turn_latencies,
+                "turn_p50": pick(0.5),
+                "turn_p95": pick(0.95),
+                "turn_max": sorted.last(),
+            },
+            "audio": end.audio,
+            "usage": {
+                "input_tokens": end.usage.input_tokens,
+                "output_tokens": end.usage.output_tokens,
+            },
+            "cost": {
+                "estimated": (end.cost * 1e6).round() / 1e6,
+                "currency": end.currency,
+            },
+            "context_lookup": self.lookup,
+            "tool_calls": self.tools.iter().map(|t| json!({
+                "id": t.id,
+                "name": t.name,
+                "arguments": t.arguments,
+                "at_ms": t.at_ms,
+                "duration_ms": t.duration_ms,
+                "outcome": t.outcome,
+                "error": t.error,
+            })).collect::<Vec<_>>(),
+        });
+        if let Some(to) = end.transfer_to {
+            record["transfer_to"] = json!(to);
+        }
+        if self.tools_dropped > 0 {
+            record["tool_calls_dropped"] = json!(self.tools_dropped);
+        }
+        if self.keep_transcript {
+            record["transcript"] = self
+                .transcript
+                .iter()
+                .map(|l| json!({"who": l.who.name(), "text": l.text, "at_ms": l.at_ms}))
+                .collect::<Vec<_>>()
+                .into();
+            if self.transcript_dropped > 0 {
+                record["transcript_dropped"] = json!(self.transcript_dropped);
+            }
+        } else {
+            // `[log] transcripts = false` is a privacy switch: it covers records too.
+            record["transcript"] = Value::Null;
+        }
+        record
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turns_latencies_and_tools_are_recorded() {
+        let t0 = Instant::now();
+        let mut r = RecordBuilder::new(t0, true);
+        r.caller_turn_ended(t0 + Duration::from_millis(1000));
+        assert_eq!(
+            r.audio_played(t0 + Duration::from_millis(1400)),
+            Some(Duration::from_millis(400))
+        );
+        assert_eq!(r.audio_played(t0 + Duration::from_millis(1500)), None);
+        r.assistant_turn_done();
+        r.transcript(Speaker::Caller, "hello", t0 + Duration::from_millis(900));
+        r.tool_started("c1", "lookup", &json!({"a":1}), t0 + Duration::from_millis(2000));
+        r.tool_finished("c1", "ok", Duration::from_millis(30), None);
+        let v = r.build(&Ending {
+            call_id: "abc",
+            ended_by: "caller",
+            ..Ending::default()
+        });
+        assert_eq!(v["turns"]["caller"], 1);
+        assert_eq!(v["turns"]["assistant"], 1);
+        assert_eq!(v["latency_ms"]["turns"], json!([400]));
+        assert_eq!(v["latency_ms"]["turn_p50"], 400);
+        assert_eq!(v["tool_calls"][0]["name"], "lookup");
+        assert_eq!(v["tool_calls"][0]["duration_ms"], 30);
+        assert_eq!(v["transcript"][0]["text"], "hello");
+        assert_eq!(v["transcript"][0]["at_ms"], 900);
+        assert!(v["record_id"].as_str().is_some_and(|s| s.len() == 36));
+    }
+
+    #[test]
+    fn transcripts_off_keeps_text_out_of_the_record() {
+        let t0 = Instant::now();
+        let mut r = RecordBuilder::new(t0, false);
+        r.transcript(Speaker::Caller, "my card number is", t0);
+        let v = r.build(&Ending::default());
+        assert!(v["transcript"].is_null());
+        assert!(!v.to_string().contains("card number"));
+        assert_eq!(v["turns"]["caller"], 1);
+    }
+}
