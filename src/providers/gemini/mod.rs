@@ -358,6 +358,9 @@ pub struct Turn {
     /// `interrupted` came: drop this turn's audio until `turnComplete`.
     dropping: bool,
     late_parts: u64,
+    /// `SpeechStopped` was sent for the caller's turn under way (once per caller turn:
+    /// the session counts turns by it).
+    caller_turn_marked: bool,
     caller: String,
     assistant: String,
     usage: Option<wire::UsageMetadata>,
@@ -400,10 +403,10 @@ impl Turn {
                 text: t.text,
                 is_final: false,
             });
-            if effects.caller_between_turns {
-                // Gemini signals no end of the caller's speech: the same moment that arms
-                // the watchdog stands for it. Fragments of one utterance each re-mark it,
-                // the last before the answer being the closest to the real end.
+            if effects.caller_between_turns && !self.caller_turn_marked {
+                // Gemini signals no end of the caller's speech: the moment that arms the
+                // watchdog stands for it, once per caller turn (the first fragment).
+                self.caller_turn_marked = true;
                 out.push(ProviderEvent::SpeechStopped);
             }
         }
@@ -471,6 +474,7 @@ impl Turn {
             Some(item) => item.clone(),
             None => {
                 self.count += 1;
+                self.caller_turn_marked = false;
                 let item: ItemId = format!("turn-{}", self.count).into();
                 self.item = Some(item.clone());
                 item
@@ -496,6 +500,7 @@ impl Turn {
         }
         self.item = None;
         self.dropping = false;
+        self.caller_turn_marked = false;
         if !caller.is_empty() {
             out.push(ProviderEvent::Transcript {
                 who: Speaker::Caller,
@@ -1248,7 +1253,6 @@ mod tests {
                 "caller Hi  false",
                 "SpeechStopped",
                 "caller there false",
-                "SpeechStopped",
                 "audio turn-1 960",
                 "audio turn-1 960",
                 "assistant Hello false",
