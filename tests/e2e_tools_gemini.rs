@@ -7,8 +7,12 @@ mod common;
 
 use std::sync::atomic::Ordering;
 
-use common::call::{send_paced, Call, Collected, Playback};
+use std::time::Duration;
+
+use common::call::{l16, Call, Collected, Playback};
 use common::daemon::{call_id, field, message, Daemon};
+use common::fake_freeswitch::FsWriter;
+use common::http;
 use common::mock_gemini::{MockGemini, MockOptions, Target, ToolTurn, TurnSpec};
 use common::webhook_server::{Reply, WebhookServer};
 use serde_json::{json, Value};
@@ -74,10 +78,21 @@ async fn connect(d: &Daemon, id: &str) -> Call {
         ))
         .await
         .unwrap();
-    let writer = call.writer.clone();
-    let caller = speech_like(8000, 4.0, 5);
-    tokio::spawn(async move { send_paced(&writer, &caller, 8000, 1).await });
+    talk(call.writer.clone(), speech_like(8000, 4.0, 5), 8000);
     call
+}
+
+/// The caller talks in real time until done or until the call is closed.
+fn talk(writer: FsWriter, samples: Vec<i16>, rate: u32) {
+    tokio::spawn(async move {
+        let mut clock = tokio::time::interval(Duration::from_millis(20));
+        for chunk in samples.chunks(rate as usize / 50) {
+            clock.tick().await;
+            if writer.send_audio(&l16(chunk)).await.is_err() {
+                break;
+            }
+        }
+    });
 }
 
 /// Starts with a sweep (for alignment), then speech; the same waveform at any rate.
@@ -171,6 +186,14 @@ async fn a_tool_call_runs_the_webhook_and_the_answer_is_heard() {
     assert!(snr > 30.0, "SNR {snr:.1} dB");
     d.wait_log(|l| message(l) == "tool call answered" && call_id(l) == Some(id))
         .await;
+    // The caller's transcription marked the end of their turn (SpeechStopped), once;
+    // the first audio closed it.
+    let (_, metrics) = http::get(d.admin, "/metrics").await;
+    let turns = http::metric(
+        &metrics,
+        r#"voicebridge_turn_latency_seconds_count{provider="gemini"}"#,
+    );
+    assert_eq!(turns, Some(1.0), "{metrics}");
     d.stop().await;
 }
 
