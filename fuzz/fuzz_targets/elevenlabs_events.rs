@@ -51,6 +51,12 @@ fuzz_target!(|data: &[u8]| {
                 turns.on_user_transcript(now);
             }
             ServerEvent::AgentResponse(_) => turns.on_agent_response(),
+            ServerEvent::ClientToolCall { id, name, .. } => {
+                assert!(!id.is_empty() && !name.is_empty());
+                // The session always answers; the answer is a new response.
+                turns.on_tool_call();
+                turns.on_tool_result(true, now);
+            }
             ServerEvent::Metadata { output, input, .. } => {
                 for name in [&output, &input] {
                     if let Some(f) = wire::parse_format(name) {

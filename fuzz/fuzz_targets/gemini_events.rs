@@ -1,6 +1,7 @@
 //! Gemini Live server messages: each input line is one server text frame, parsed by
 //! `wire::parse` and run through the same pure turn handling (`Turn::on_content`) the
-//! connection uses, plus the helper the connection applies to `goAway.timeLeft`.
+//! connection uses, plus the helper the connection applies to `goAway.timeLeft`, and
+//! the tool-schema converter on the arguments of any `toolCall`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -23,6 +24,13 @@ fuzz_target!(|data: &[u8]| {
             if let Some(d) = go.time_left.as_deref().and_then(wire::parse_duration) {
                 // What the connection logs.
                 let _ = d.as_millis() as u64;
+            }
+        }
+        if let Some(tc) = &msg.tool_call {
+            // The schema converter on arbitrary JSON (deep nesting, `$ref` loops).
+            for f in &tc.function_calls {
+                let mut dropped = Vec::new();
+                let _ = wire::gemini_schema(&f.args, &f.args, &mut dropped, 0);
             }
         }
         out.clear();

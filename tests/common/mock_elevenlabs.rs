@@ -6,8 +6,14 @@
 //! of whole samples in the agent's input format; each `pong` echoing a ping's
 //! `event_id`), records the decoded caller audio, and plays speech-like audio in bursts
 //! four times faster than real time. The test scripts it through [`Cmd`]s.
+//!
+//! Client tools: [`Cmd::ToolCall`] makes the agent call one as ElevenLabs does
+//! (`user_transcript`, optionally "let me check" speech, `client_tool_call`); the agent
+//! then waits, and each `client_tool_result` (validated: known `tool_call_id` answered
+//! once, `result` a string, `is_error` a bool, nothing else) is followed by an
+//! `agent_response` and the audio of a new response.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -88,6 +94,28 @@ pub enum Cmd {
     /// (one chunk) and K (three chunks).
     BargeIn,
     Close(u16, String),
+    /// The agent calls a client tool: `user_transcript` (if given), then — if
+    /// `before_secs` > 0 — `agent_response` and that much audio, then
+    /// `client_tool_call`. After the client's `client_tool_result`: `agent_response` and
+    /// `after_secs` of audio with the next event id.
+    ToolCall {
+        transcript: Option<String>,
+        before_secs: f64,
+        tool_name: String,
+        tool_call_id: String,
+        parameters: Value,
+        after_secs: f64,
+    },
+}
+
+/// A `client_tool_result` as received.
+#[derive(Clone, Debug)]
+pub struct ToolResultRecord {
+    /// The whole message, parsed.
+    pub msg: Value,
+    pub at: Instant,
+    /// The event id of the response the agent gave after it.
+    pub answer_event_id: Option<i64>,
 }
 
 /// A response as sent: its event id, the reference samples (output rate), when its
@@ -119,6 +147,9 @@ pub struct Recorded {
     pub barge_at: Option<Instant>,
     pub interruption_id: Option<i64>,
     pub client_closed: Option<Option<u16>>,
+    /// `tool_call_id`s of the `client_tool_call`s sent.
+    pub tool_calls: Vec<String>,
+    pub tool_results: Vec<ToolResultRecord>,
 }
 
 pub struct MockEleven {
@@ -380,6 +411,8 @@ struct Conv<'a> {
     event_id: i64,
     ping_id: i64,
     started: bool,
+    /// Client tool calls waiting for a result: id → (name, seconds of the answer).
+    tools: HashMap<String, (String, f64)>,
 }
 
 /// A queued server message; audio is paced, the rest goes at once.
@@ -469,10 +502,58 @@ impl Conv<'_> {
                 }
                 s.pongs.push(v["event_id"].clone());
             }
-            Some("user_activity") | Some("contextual_update") | Some("client_tool_result") => {}
+            Some("client_tool_result") => self.on_tool_result(v),
+            Some("user_activity") | Some("contextual_update") => {}
             _ => self.err(format!("unexpected client message {text:.200}")),
         }
         None
+    }
+
+    fn on_tool_result(&mut self, v: Value) {
+        let mut problems = Vec::new();
+        if let Some(o) = v.as_object() {
+            for k in o.keys() {
+                if !["type", "tool_call_id", "result", "is_error"].contains(&k.as_str()) {
+                    problems.push(format!("unknown field {k}"));
+                }
+            }
+        }
+        if !v["result"].is_string() {
+            problems.push(format!("result is not a string: {}", v["result"]));
+        }
+        if !v["is_error"].is_boolean() {
+            problems.push(format!("is_error is not a bool: {}", v["is_error"]));
+        }
+        let id = v["tool_call_id"].as_str().unwrap_or("").to_owned();
+        let answer = self.tools.remove(&id);
+        if answer.is_none() {
+            let sent = self.state.lock().unwrap().tool_calls.contains(&id);
+            problems.push(if sent {
+                format!("second result for {id}")
+            } else {
+                format!("tool_call_id {id:?} was never called")
+            });
+        }
+        for p in problems {
+            self.err(format!("client_tool_result: {p}"));
+        }
+        let answer_event_id = answer.map(|(_, secs)| {
+            self.queue.push_back(Out::Text(
+                json!({"type": "agent_response", "agent_response_event": {"agent_response": "All done."}})
+                    .to_string(),
+            ));
+            self.queue_response(secs);
+            self.event_id
+        });
+        self.state
+            .lock()
+            .unwrap()
+            .tool_results
+            .push(ToolResultRecord {
+                msg: v,
+                at: Instant::now(),
+                answer_event_id,
+            });
     }
 
     fn on_init(&mut self, v: Value) -> Option<(u16, String)> {
@@ -605,6 +686,38 @@ impl Conv<'_> {
                 }
             }
             Cmd::Close(code, reason) => return Some((code, reason)),
+            Cmd::ToolCall {
+                transcript: t,
+                before_secs,
+                tool_name,
+                tool_call_id,
+                parameters,
+                after_secs,
+            } => {
+                if let Some(t) = t {
+                    self.queue.push_back(Out::Text(transcript(&t)));
+                }
+                if before_secs > 0.0 {
+                    self.queue.push_back(Out::Text(
+                        json!({"type": "agent_response", "agent_response_event": {"agent_response": "Let me check."}})
+                            .to_string(),
+                    ));
+                    self.queue_response(before_secs);
+                }
+                // Queued behind the speech: sent once it has gone out.
+                self.queue.push_back(Out::Text(
+                    json!({"type": "client_tool_call", "client_tool_call": {
+                        "tool_name": tool_name, "tool_call_id": tool_call_id,
+                        "parameters": parameters}})
+                    .to_string(),
+                ));
+                self.state
+                    .lock()
+                    .unwrap()
+                    .tool_calls
+                    .push(tool_call_id.clone());
+                self.tools.insert(tool_call_id, (tool_name, after_secs));
+            }
         }
         None
     }
@@ -629,6 +742,7 @@ async fn conversation(
         event_id: 0,
         ping_id: 0,
         started: false,
+        tools: HashMap::new(),
     };
     let mut ping = tokio::time::interval(opts.ping_every);
     ping.tick().await;

@@ -7,7 +7,16 @@
 //!
 //! It validates every client message (recorded as violations, which tests assert empty)
 //! and records the decoded caller audio per connection. The test scripts it: play a turn,
-//! interrupt it, issue a resumption handle, send `goAway`, close with a code.
+//! interrupt it, issue a resumption handle, send `goAway`, close with a code, call a
+//! function (`toolCall`, optionally after some audio of the same turn; the model then
+//! waits for the `toolResponse` and goes on with audio and `turnComplete`), cancel calls
+//! (`toolCallCancellation`).
+//!
+//! Tools are checked as Google checks them: declarations in `setup.tools[].
+//! functionDeclarations` with `parameters` in the OpenAPI subset (upper-case types, no
+//! `additionalProperties`, an OBJECT's `properties` non-empty); every `toolResponse`
+//! answers a call issued on that connection, not cancelled, not answered before, with
+//! the call's name and a `response` object.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,6 +94,54 @@ pub struct ConnRecord {
     pub closed: bool,
 }
 
+/// A function call the mock model made.
+#[derive(Clone, Debug)]
+pub struct IssuedCall {
+    pub conn: usize,
+    pub id: String,
+    pub name: String,
+    pub cancelled: bool,
+}
+
+/// One `functionResponses[]` entry of a client `toolResponse`, as received.
+#[derive(Clone, Debug)]
+pub struct ToolResponseRecord {
+    pub conn: usize,
+    pub id: String,
+    pub name: String,
+    /// `response` (`{"output": ...}` or `{"error": ...}`).
+    pub response: Value,
+    pub at: Instant,
+}
+
+/// A model turn that calls functions: `caller_text` (input transcription), `before`
+/// (audio of the turn before the call, may be empty), `toolCall` with `calls`, then —
+/// once every call not cancelled has its `toolResponse` — `after` as the rest of the
+/// turn, ending with `generationComplete` / `turnComplete`.
+#[derive(Clone)]
+pub struct ToolTurn {
+    pub caller_text: Option<String>,
+    pub before: Vec<i16>,
+    /// (id, name, args)
+    pub calls: Vec<(String, String, Value)>,
+    pub after: Vec<i16>,
+    pub after_text: String,
+    pub speed: f64,
+}
+
+impl ToolTurn {
+    pub fn new(id: &str, name: &str, args: Value, after: Vec<i16>) -> ToolTurn {
+        ToolTurn {
+            caller_text: Some("I would like an appointment on Monday.".to_owned()),
+            before: Vec::new(),
+            calls: vec![(id.to_owned(), name.to_owned(), args)],
+            after,
+            after_text: "You are booked for Monday at ten.".to_owned(),
+            speed: 4.0,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Log {
     pub conns: Vec<ConnRecord>,
@@ -95,6 +152,8 @@ pub struct Log {
     /// The latest handle issued by `sessionResumptionUpdate`.
     pub latest_handle: Option<String>,
     pub upgrades_refused: usize,
+    pub tool_calls: Vec<IssuedCall>,
+    pub tool_responses: Vec<ToolResponseRecord>,
 }
 
 enum Out {
@@ -334,6 +393,128 @@ impl MockGemini {
             json!({"sessionResumptionUpdate": {"newHandle": handle, "resumable": true}}),
         );
         handle
+    }
+
+    /// The model calls functions: `{"toolCall":{"functionCalls":[{"id","name","args"}]}}`
+    /// on `target` (its connection owns the ids). Returns the connection index.
+    pub fn tool_call(&self, target: Target, calls: &[(&str, &str, Value)]) -> usize {
+        let Some(conn) = self.resolve(target) else {
+            panic!("mock gemini: no connection for {target:?}");
+        };
+        let functions: Vec<Value> = calls
+            .iter()
+            .map(|(id, name, args)| json!({"id": id, "name": name, "args": args}))
+            .collect();
+        {
+            let mut log = self.shared.log.lock().unwrap();
+            for (id, name, _) in calls {
+                log.tool_calls.push(IssuedCall {
+                    conn,
+                    id: (*id).to_owned(),
+                    name: (*name).to_owned(),
+                    cancelled: false,
+                });
+            }
+        }
+        self.send(
+            Target::Index(conn),
+            json!({"toolCall": {"functionCalls": functions}}),
+        );
+        conn
+    }
+
+    /// `{"toolCallCancellation":{"ids":[...]}}` on the connection that made the calls.
+    pub fn cancel_tool_calls(&self, ids: &[&str]) {
+        let conn = {
+            let mut log = self.shared.log.lock().unwrap();
+            let mut conn = None;
+            for c in log
+                .tool_calls
+                .iter_mut()
+                .filter(|c| ids.contains(&c.id.as_str()))
+            {
+                c.cancelled = true;
+                conn = Some(c.conn);
+            }
+            conn.expect("cancelling calls that were made")
+        };
+        self.shared.changed.notify_waiters();
+        self.send(
+            Target::Index(conn),
+            json!({"toolCallCancellation": {"ids": ids}}),
+        );
+    }
+
+    pub fn tool_responses(&self) -> Vec<ToolResponseRecord> {
+        self.log(|l| l.tool_responses.clone())
+    }
+
+    /// Waits for the client's response to call `id`.
+    pub async fn wait_tool_response(&self, id: &str) -> ToolResponseRecord {
+        self.wait(&format!("toolResponse for {id}"), |l| {
+            l.tool_responses.iter().any(|r| r.id == id)
+        })
+        .await;
+        self.log(|l| l.tool_responses.iter().find(|r| r.id == id).cloned())
+            .expect("recorded")
+    }
+
+    /// Plays a turn that calls functions (see [`ToolTurn`]) on the latest connection, in
+    /// the background; the task returns the responses to its calls.
+    pub fn play_tool_turn(&self, turn: ToolTurn) -> JoinHandle<Vec<ToolResponseRecord>> {
+        let m = self.clone();
+        tokio::spawn(async move {
+            let conn = m.resolve(Target::Latest).expect("a ready connection");
+            let t = Target::Index(conn);
+            if let Some(text) = &turn.caller_text {
+                m.send(
+                    t,
+                    json!({"serverContent": {"inputTranscription": {"text": text}}}),
+                );
+            }
+            if !turn.before.is_empty() {
+                let mut spec = TurnSpec::new(turn.before.clone());
+                spec.caller_text = None;
+                spec.assistant_text = "Let me check that for you.".to_owned();
+                spec.complete = false;
+                spec.speed = turn.speed;
+                spec.target = t;
+                m.play_turn(spec, Arc::new(AtomicBool::new(false))).await;
+            }
+            let calls: Vec<(&str, &str, Value)> = turn
+                .calls
+                .iter()
+                .map(|(id, name, args)| (id.as_str(), name.as_str(), args.clone()))
+                .collect();
+            m.tool_call(t, &calls);
+            let ids: Vec<String> = turn.calls.iter().map(|c| c.0.clone()).collect();
+            // The model waits for every call it still wants.
+            m.wait("tool responses", |l| {
+                ids.iter().all(|id| {
+                    l.tool_responses.iter().any(|r| &r.id == id)
+                        || l.tool_calls.iter().any(|c| &c.id == id && c.cancelled)
+                })
+            })
+            .await;
+            let responses: Vec<ToolResponseRecord> = m.log(|l| {
+                l.tool_responses
+                    .iter()
+                    .filter(|r| ids.contains(&r.id))
+                    .cloned()
+                    .collect()
+            });
+            if responses.is_empty() {
+                // Everything was withdrawn (barge-in): the turn does not go on.
+                return responses;
+            }
+            let mut spec = TurnSpec::new(turn.after.clone());
+            spec.caller_text = None;
+            spec.assistant_text = turn.after_text.clone();
+            spec.speed = turn.speed;
+            spec.target = t;
+            m.play_turn(spec, Arc::new(AtomicBool::new(false))).await;
+            responses
+        })
     }
 
     pub fn go_away(&self, time_left: &str) {
@@ -597,6 +778,9 @@ impl MockGemini {
         if !setup["systemInstruction"]["parts"][0]["text"].is_string() {
             problems.push("systemInstruction.parts[0].text missing".into());
         }
+        if let Some(tools) = setup.get("tools") {
+            check_tools(tools, &mut problems);
+        }
         let resumption = &setup["sessionResumption"];
         let handle = match resumption {
             Value::Object(m) if m.is_empty() => None,
@@ -681,6 +865,13 @@ impl MockGemini {
             self.violation(format!("conn {index}: second setup"));
             return;
         }
+        if let Some(tr) = v.get("toolResponse") {
+            if !ready {
+                self.violation(format!("conn {index}: toolResponse before setupComplete"));
+            }
+            self.on_tool_response(index, tr);
+            return;
+        }
         self.violation(format!("conn {index}: unknown client message {v:.200}"));
     }
 
@@ -711,6 +902,73 @@ impl MockGemini {
                 .map(|b| i16::from_le_bytes([b[0], b[1]])),
         );
         drop(log);
+        self.shared.changed.notify_waiters();
+    }
+
+    fn on_tool_response(&self, index: usize, tr: &Value) {
+        let list = match tr.get("functionResponses").and_then(Value::as_array) {
+            Some(l) if !l.is_empty() && tr.as_object().is_some_and(|o| o.len() == 1) => l,
+            _ => {
+                self.violation(format!(
+                    "conn {index}: toolResponse is not {{functionResponses: [..]}}: {tr:.200}"
+                ));
+                return;
+            }
+        };
+        for fr in list {
+            let mut problems = Vec::new();
+            if let Some(o) = fr.as_object() {
+                for k in o.keys() {
+                    if !["id", "name", "response", "willContinue", "scheduling"]
+                        .contains(&k.as_str())
+                    {
+                        problems.push(format!("unknown field {k}"));
+                    }
+                }
+            }
+            let id = fr["id"].as_str().unwrap_or("").to_owned();
+            let name = fr["name"].as_str().unwrap_or("").to_owned();
+            let response = fr["response"].clone();
+            if !response.is_object() {
+                problems.push(format!("response is not an object: {response}"));
+            }
+            {
+                let log = self.shared.log.lock().unwrap();
+                match log
+                    .tool_calls
+                    .iter()
+                    .find(|c| c.id == id && c.conn == index)
+                {
+                    None => problems.push(format!("id {id:?} was not issued on this connection")),
+                    Some(c) => {
+                        if c.cancelled {
+                            problems.push(format!("response to cancelled call {id}"));
+                        }
+                        if c.name != name {
+                            problems.push(format!("name {name:?}, the call was {:?}", c.name));
+                        }
+                        if log.tool_responses.iter().any(|r| r.id == id) {
+                            problems.push(format!("second response to {id}"));
+                        }
+                    }
+                }
+            }
+            for p in problems {
+                self.violation(format!("conn {index}: toolResponse: {p}"));
+            }
+            self.shared
+                .log
+                .lock()
+                .unwrap()
+                .tool_responses
+                .push(ToolResponseRecord {
+                    conn: index,
+                    id,
+                    name,
+                    response,
+                    at: Instant::now(),
+                });
+        }
         self.shared.changed.notify_waiters();
     }
 
@@ -746,12 +1004,24 @@ fn one_key(v: &Value) -> bool {
 }
 
 /// The API's JSON is camelCase: a snake_case key would be silently ignored by Google.
+/// Property names of a tool's parameters are the user's, not the API's.
 fn check_camel(v: &Value, path: &str, problems: &mut Vec<String>) {
     match v {
         Value::Object(m) => {
             for (k, child) in m {
                 if k.contains('_') {
                     problems.push(format!("{path}.{k} is not camelCase"));
+                }
+                if k == "properties" {
+                    if let Value::Object(props) = child {
+                        for (name, schema) in props {
+                            check_camel(schema, &format!("{path}.{k}.{name}"), problems);
+                        }
+                        continue;
+                    }
+                }
+                if k == "enum" {
+                    continue;
                 }
                 check_camel(child, &format!("{path}.{k}"), problems);
             }
@@ -762,5 +1032,142 @@ fn check_camel(v: &Value, path: &str, problems: &mut Vec<String>) {
             }
         }
         _ => {}
+    }
+}
+
+/// `setup.tools` as the Live API takes it.
+fn check_tools(tools: &Value, problems: &mut Vec<String>) {
+    let Some(list) = tools.as_array().filter(|l| !l.is_empty()) else {
+        problems.push(format!("tools is not a non-empty array: {tools}"));
+        return;
+    };
+    for (i, tool) in list.iter().enumerate() {
+        let Some(decls) = tool
+            .get("functionDeclarations")
+            .and_then(Value::as_array)
+            .filter(|_| one_key(tool))
+        else {
+            problems.push(format!("tools[{i}] is not {{functionDeclarations: [..]}}"));
+            continue;
+        };
+        for (j, d) in decls.iter().enumerate() {
+            let at = format!("tools[{i}].functionDeclarations[{j}]");
+            let name = d["name"].as_str().unwrap_or("");
+            let name_ok = name.len() <= 64
+                && name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c));
+            if !name_ok {
+                problems.push(format!("{at}.name {name:?} is not a valid function name"));
+            }
+            if !d["description"].is_string() {
+                problems.push(format!("{at}.description missing"));
+            }
+            if d.get("parametersJsonSchema").is_some() {
+                problems.push(format!(
+                    "{at}.parametersJsonSchema: the Live API calls such functions with empty args"
+                ));
+            }
+            if let Some(o) = d.as_object() {
+                for k in o.keys() {
+                    if !["name", "description", "parameters", "behavior"].contains(&k.as_str()) {
+                        problems.push(format!("{at}.{k} unexpected"));
+                    }
+                }
+            }
+            if let Some(p) = d.get("parameters") {
+                if p["type"] != "OBJECT" {
+                    problems.push(format!("{at}.parameters.type is not OBJECT"));
+                }
+                check_schema(p, &format!("{at}.parameters"), problems);
+            }
+        }
+    }
+}
+
+/// The OpenAPI subset of `Schema`: what Google refuses with 1007 is a violation here.
+fn check_schema(s: &Value, at: &str, problems: &mut Vec<String>) {
+    const KEYS: [&str; 18] = [
+        "type",
+        "format",
+        "title",
+        "description",
+        "nullable",
+        "enum",
+        "items",
+        "properties",
+        "required",
+        "minItems",
+        "maxItems",
+        "minLength",
+        "maxLength",
+        "minimum",
+        "maximum",
+        "pattern",
+        "anyOf",
+        "propertyOrdering",
+    ];
+    let Some(o) = s.as_object() else {
+        problems.push(format!("{at} is not an object"));
+        return;
+    };
+    for k in o.keys() {
+        if !KEYS.contains(&k.as_str()) {
+            problems.push(format!("{at}.{k} is not in Gemini's schema subset"));
+        }
+    }
+    if let Some(t) = o.get("type") {
+        let ok = ["OBJECT", "STRING", "INTEGER", "NUMBER", "BOOLEAN", "ARRAY"]
+            .iter()
+            .any(|x| t == x);
+        if !ok {
+            problems.push(format!("{at}.type {t} is not a Gemini Type"));
+        }
+    }
+    if o.get("type").is_some_and(|t| t == "OBJECT") {
+        match o.get("properties").and_then(Value::as_object) {
+            Some(p) if !p.is_empty() => {}
+            // Google: "properties: should be non-empty for OBJECT type" (nested free-form
+            // objects without properties are taken).
+            _ if !at.contains(".properties.") => problems.push(format!(
+                "{at}.properties should be non-empty for OBJECT type"
+            )),
+            _ => {}
+        }
+    }
+    if let Some(e) = o.get("enum") {
+        if !e.as_array().is_some_and(|a| a.iter().all(Value::is_string)) {
+            problems.push(format!("{at}.enum is not a list of strings"));
+        }
+    }
+    if let Some(req) = o.get("required") {
+        let props = o.get("properties").and_then(Value::as_object);
+        for r in req.as_array().into_iter().flatten() {
+            let name = r.as_str().unwrap_or("");
+            if !props.is_some_and(|p| p.contains_key(name)) {
+                problems.push(format!("{at}.required names {r}, which is not a property"));
+            }
+        }
+    }
+    if let Some(p) = o.get("properties").and_then(Value::as_object) {
+        for (name, child) in p {
+            check_schema(child, &format!("{at}.properties.{name}"), problems);
+        }
+    }
+    if let Some(items) = o.get("items") {
+        check_schema(items, &format!("{at}.items"), problems);
+    }
+    for (i, alt) in o
+        .get("anyOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        check_schema(alt, &format!("{at}.anyOf[{i}]"), problems);
     }
 }

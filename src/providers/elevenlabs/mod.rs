@@ -14,10 +14,14 @@
 //! with `agent_response_correction`. Late audio of an interrupted response is recognised
 //! by its `event_id` and dropped here. See `wire.rs` for the per-response rules and
 //! `docs/providers/elevenlabs.md` for the whole story.
+//!
+//! Tools cannot be declared over this socket: they are *client tools* configured on the
+//! agent with the same names. `client_tool_call` → `ToolCall`, the result goes back as
+//! `client_tool_result`.
 
 pub mod wire;
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -32,7 +36,9 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tracing::{debug, info, warn};
 
 use super::ws::{self, ProviderWs};
-use super::{CallContext, ProviderChannels, ProviderCommand, ProviderEvent, Speaker};
+use super::{
+    CallContext, ProviderChannels, ProviderCommand, ProviderEvent, Speaker, ToolCall, ToolResult,
+};
 use crate::audio::AudioFormat;
 use crate::config::{Config, ElevenLabsConfig, Route};
 use wire::{AudioVerdict, ServerEvent, Turns};
@@ -256,6 +262,8 @@ struct Live {
     last_error: Option<(String, String)>,
     pings: u64,
     late_dropped: u64,
+    /// Client tool calls waiting for their result.
+    calls: HashSet<String>,
 }
 
 /// How the live loop ended.
@@ -278,6 +286,7 @@ impl Live {
             last_error: None,
             pings: 0,
             late_dropped: 0,
+            calls: HashSet::new(),
         }
     }
 
@@ -384,11 +393,26 @@ impl Live {
             ProviderCommand::Cancel => debug!("elevenlabs: cancel has no equivalent: ignored"),
             // The agent cannot be told what to say; the session does not ask.
             ProviderCommand::Context(_) | ProviderCommand::Say(_) => {}
-            ProviderCommand::ToolResult(r) => {
-                debug!(tool = %r.name, "elevenlabs: tool results not wired yet")
-            }
+            ProviderCommand::ToolResult(r) => return self.on_tool_result(r).await,
             ProviderCommand::Close => return Some(End::Session),
         }
+        None
+    }
+
+    async fn on_tool_result(&mut self, r: ToolResult) -> Option<End> {
+        if !self.calls.remove(&r.id) {
+            warn!(tool = %r.name, tool_call_id = %r.id, "elevenlabs: result for a call the agent did not make (or already answered): not sent");
+            return None;
+        }
+        debug!(tool = %r.name, tool_call_id = %r.id, is_error = r.is_error, "elevenlabs: client_tool_result");
+        if let Err(e) = self
+            .sink
+            .send(Message::text(wire::client_tool_result(&r)))
+            .await
+        {
+            return Some(self.lost(e));
+        }
+        self.turns.on_tool_result(r.reply, Instant::now());
         None
     }
 
@@ -509,6 +533,9 @@ impl Live {
                 if self.turns.on_user_transcript(now) {
                     self.outbox.push_back(ProviderEvent::ResponseDone);
                 }
+                // The final transcript is the earliest end-of-turn signal every agent
+                // sends (`vad_score` and tentative transcripts are optional events).
+                self.outbox.push_back(ProviderEvent::SpeechStopped);
                 self.outbox.push_back(ProviderEvent::Transcript {
                     who: Speaker::Caller,
                     text,
@@ -577,6 +604,20 @@ impl Live {
                     input: input_format,
                     output: output_format,
                 });
+            }
+            ServerEvent::ClientToolCall {
+                id,
+                name,
+                parameters,
+            } => {
+                info!(tool = %name, tool_call_id = %id, "elevenlabs: client tool call");
+                self.turns.on_tool_call();
+                self.calls.insert(id.clone());
+                self.outbox.push_back(ProviderEvent::ToolCall(ToolCall {
+                    id,
+                    name,
+                    arguments: parameters,
+                }));
             }
             ServerEvent::Error {
                 code,

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::audio::{AudioFormat, ItemId};
 use crate::config::{CallConfig, Route};
-use crate::providers::template;
+use crate::providers::{template, ToolResult};
 
 /// Audio of a response that pauses this long after its `agent_response` text arrived is
 /// considered complete (there is no explicit end-of-response event).
@@ -111,6 +111,22 @@ pub fn audio_chunk(audio: &[u8]) -> String {
     s
 }
 
+/// `{"type":"client_tool_result","tool_call_id","result","is_error"}`: `result` is text
+/// (the webhook's JSON as its text; for a failure, the error message).
+pub fn client_tool_result(r: &ToolResult) -> String {
+    let result = match r.error_message() {
+        Some(message) => message.to_owned(),
+        None => r.output_text(),
+    };
+    json!({
+        "type": "client_tool_result",
+        "tool_call_id": r.id,
+        "result": result,
+        "is_error": r.is_error,
+    })
+    .to_string()
+}
+
 /// `{"type":"pong","event_id":<the ping's id, as it came>}`.
 pub fn pong(event_id: &Value) -> String {
     json!({ "type": "pong", "event_id": event_id }).to_string()
@@ -140,6 +156,13 @@ pub enum ServerEvent<'a> {
     AgentResponseCorrection {
         original: String,
         corrected: String,
+    },
+    /// `client_tool_call`: the agent calls a client tool configured on it.
+    ClientToolCall {
+        id: String,
+        name: String,
+        /// The arguments object (`Null` when absent).
+        parameters: Value,
     },
     Error {
         code: String,
@@ -242,6 +265,19 @@ pub fn parse(msg: &str) -> Result<ServerEvent<'_>, String> {
                 "corrected_agent_response",
             ),
         },
+        "client_tool_call" => {
+            let c = &v["client_tool_call"];
+            let id = c["tool_call_id"].as_str().unwrap_or("").trim();
+            let name = c["tool_name"].as_str().unwrap_or("").trim();
+            if id.is_empty() || name.is_empty() {
+                return Err("client_tool_call without tool_call_id or tool_name".into());
+            }
+            ServerEvent::ClientToolCall {
+                id: id.to_owned(),
+                name: name.to_owned(),
+                parameters: c["parameters"].clone(),
+            }
+        }
         "error" => {
             let e = &v["error_event"];
             ServerEvent::Error {
@@ -297,6 +333,9 @@ pub struct Turns {
     watchdog: Option<Instant>,
     watchdog_after: Duration,
     watchdog_warned_turn: bool,
+    /// A tool result was sent when audio up to this event id had been seen: the agent's
+    /// answer to it is a new response (a new item), even without a pause.
+    answered_after: Option<i64>,
 }
 
 impl Turns {
@@ -315,6 +354,7 @@ impl Turns {
             watchdog: None,
             watchdog_after,
             watchdog_warned_turn: false,
+            answered_after: None,
         }
     }
 
@@ -323,8 +363,13 @@ impl Turns {
         if self.interrupted_through.is_some_and(|k| event_id <= k) {
             return AudioVerdict::Drop;
         }
+        let after_tool = self.answered_after.is_some_and(|k| event_id > k);
+        if after_tool {
+            self.answered_after = None;
+        }
         let new_item = self.item.is_none()
             || self.boundary
+            || after_tool
             || (self.done_sent && self.last_event_id != Some(event_id));
         if new_item {
             self.item = Some(Arc::from(format!("el-{event_id}")));
@@ -353,6 +398,22 @@ impl Turns {
         self.watchdog = (!self.watchdog_after.is_zero()).then(|| now + self.watchdog_after);
         self.watchdog_warned_turn = false;
         was_open
+    }
+
+    /// `client_tool_call`: the agent answered with a call; no silence warning while the
+    /// tool runs.
+    pub fn on_tool_call(&mut self) {
+        self.watchdog = None;
+    }
+
+    /// A tool result was sent. `reply`: the agent is expected to speak about it, so the
+    /// watchdog runs again; its answer starts a new item.
+    pub fn on_tool_result(&mut self, reply: bool, now: Instant) {
+        self.answered_after = Some(self.max_event_id.unwrap_or(0));
+        if reply && !self.watchdog_after.is_zero() {
+            self.watchdog = Some(now + self.watchdog_after);
+            self.watchdog_warned_turn = false;
+        }
     }
 
     /// `interruption {event_id}`: the caller talked over the assistant.
@@ -516,6 +577,80 @@ mod tests {
                 message: "m".into()
             })
         );
+    }
+
+    #[test]
+    fn client_tool_calls_and_results() {
+        assert_eq!(
+            parse(
+                r#"{"type":"client_tool_call","client_tool_call":{"tool_name":"book_appointment",
+                "tool_call_id":"tc_1","parameters":{"day":"monday"}}}"#
+            ),
+            Ok(ServerEvent::ClientToolCall {
+                id: "tc_1".into(),
+                name: "book_appointment".into(),
+                parameters: json!({"day": "monday"})
+            })
+        );
+        assert_eq!(
+            parse(
+                r#"{"type":"client_tool_call","client_tool_call":{"tool_name":"end_call","tool_call_id":"tc_2"}}"#
+            ),
+            Ok(ServerEvent::ClientToolCall {
+                id: "tc_2".into(),
+                name: "end_call".into(),
+                parameters: Value::Null
+            })
+        );
+        assert!(
+            parse(r#"{"type":"client_tool_call","client_tool_call":{"tool_name":"x"}}"#).is_err()
+        );
+
+        let mut r = ToolResult {
+            id: "tc_1".into(),
+            name: "book_appointment".into(),
+            output: json!({"booked": true}),
+            is_error: false,
+            reply: true,
+        };
+        let v: Value = serde_json::from_str(&client_tool_result(&r)).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "client_tool_result", "tool_call_id": "tc_1",
+                   "result": r#"{"booked":true}"#, "is_error": false})
+        );
+        r.output = json!("plain text");
+        let v: Value = serde_json::from_str(&client_tool_result(&r)).unwrap();
+        assert_eq!(v["result"], "plain text");
+        r.output = json!({"error": "the calendar is down"});
+        r.is_error = true;
+        let v: Value = serde_json::from_str(&client_tool_result(&r)).unwrap();
+        assert_eq!(v["result"], "the calendar is down");
+        assert_eq!(v["is_error"], true);
+    }
+
+    #[test]
+    fn a_tool_call_pauses_the_watchdog_and_its_answer_is_a_new_item() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut t = Turns::new(Duration::from_secs(5));
+        t.on_user_transcript(ms(0));
+        // "Let me check" before the call.
+        t.on_agent_response();
+        assert_eq!(t.on_audio(2, ms(100)), AudioVerdict::Play("el-2".into()));
+        t.on_tool_call();
+        assert_eq!(t.watchdog_deadline(), None);
+        t.on_tool_result(true, ms(200));
+        assert_eq!(t.watchdog_deadline(), Some(ms(5200)));
+        // A late chunk of the same response still belongs to it; the answer is new.
+        assert_eq!(t.on_audio(2, ms(210)), AudioVerdict::Play("el-2".into()));
+        assert_eq!(t.on_audio(3, ms(250)), AudioVerdict::Play("el-3".into()));
+        assert_eq!(t.watchdog_deadline(), None);
+        assert_eq!(t.on_audio(3, ms(260)), AudioVerdict::Play("el-3".into()));
+        // No reply expected (end_call): no watchdog.
+        t.on_tool_call();
+        t.on_tool_result(false, ms(300));
+        assert_eq!(t.watchdog_deadline(), None);
     }
 
     #[test]

@@ -23,11 +23,16 @@
 //! `turnComplete`. Gemini has no truncate message: the server already stopped at the
 //! interruption, so `Truncate` is only logged.
 //!
+//! Tools: the route's declarations go in every `setup` (a resumed connection must declare
+//! them again); `toolCall` → one `ToolCall` per function call, answered with
+//! `toolResponse` on the connection that made the call; `toolCallCancellation` →
+//! `ToolCancelled`, and results for cancelled calls are not sent.
+//!
 //! The wire shapes are in [`wire`]; `docs/providers/gemini.md` explains the choices.
 
 pub mod wire;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::time::Duration;
 
@@ -45,7 +50,9 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::template::render;
 use super::ws::{self, ProviderWs};
-use super::{ProviderChannels, ProviderCommand, ProviderEvent, Speaker, Usage};
+use super::{
+    ProviderChannels, ProviderCommand, ProviderEvent, Speaker, ToolCall, ToolResult, Usage,
+};
 use crate::audio::{AudioFormat, ItemId};
 use crate::config::{Config, Route, Secret};
 
@@ -77,12 +84,17 @@ struct Settings {
     response_timeout: Duration,
     instructions: String,
     greeting: String,
+    /// `setup.tools`, built once per call (`None`: the route offers no tools).
+    tools: Option<serde_json::Value>,
+    /// JSON Schema keywords of the tools' parameters Gemini's subset cannot take.
+    tools_dropped: Vec<String>,
 }
 
 impl Settings {
     fn new(config: &Config, route: &Route) -> Settings {
         let g = &config.providers.gemini;
         let call = &route.call;
+        let (tools, tools_dropped) = wire::tools(&crate::tools::declarations(call));
         Settings {
             url: g.url.clone(),
             api_key: g.api_key.clone(),
@@ -96,6 +108,8 @@ impl Settings {
             response_timeout: call.response_timeout,
             instructions: call.instructions.clone(),
             greeting: call.greeting.clone(),
+            tools,
+            tools_dropped,
         }
     }
 
@@ -115,6 +129,7 @@ impl Settings {
             language: &self.language,
             instructions,
             handle,
+            tools: self.tools.as_ref(),
         })
     }
 }
@@ -136,8 +151,22 @@ pub async fn check(config: &Config, route: &Route) -> Result<String, String> {
     let mut ws = open(&s, &s.setup(&instructions, None)).await?;
     let ms = started.elapsed().as_millis();
     let _ = timeout(CLOSE_WAIT, ws.close(None)).await;
+    let tools = match &s.tools {
+        None => String::new(),
+        Some(t) => {
+            let n = t[0]["functionDeclarations"].as_array().map_or(0, Vec::len);
+            if s.tools_dropped.is_empty() {
+                format!(", {n} tool(s)")
+            } else {
+                format!(
+                    ", {n} tool(s); JSON Schema keywords Gemini does not take were left out: {}",
+                    s.tools_dropped.join(", ")
+                )
+            }
+        }
+    };
     Ok(format!(
-        "gemini: {} accepted model {} with voice {} (setupComplete in {ms} ms)",
+        "gemini: {} accepted model {} with voice {} (setupComplete in {ms} ms{tools})",
         ws::redact_url(&s.url),
         s.model,
         s.voice
@@ -257,6 +286,9 @@ async fn run(s: Settings, ends: ProviderChannels) {
     };
     let instructions = render(&s.instructions, &context.vars);
     let greeting = render(&s.greeting, &context.vars).trim().to_owned();
+    if !s.tools_dropped.is_empty() {
+        debug!(keywords = ?s.tools_dropped, "gemini: tool parameter keywords outside Gemini's schema subset left out");
+    }
     let (sink, stream) = ws.split();
     let mut g = Gemini {
         events,
@@ -282,7 +314,10 @@ async fn run(s: Settings, ends: ProviderChannels) {
         watchdog: None,
         watchdog_warned: false,
         rate_warned: false,
-        tools_warned: false,
+        calls: HashMap::new(),
+        cancelled: HashSet::new(),
+        orphans: Vec::new(),
+        call_seq: 0,
         instructions,
         s,
     };
@@ -323,6 +358,9 @@ pub struct Turn {
     /// `interrupted` came: drop this turn's audio until `turnComplete`.
     dropping: bool,
     late_parts: u64,
+    /// `SpeechStopped` was sent for the caller's turn under way (once per caller turn:
+    /// the session counts turns by it).
+    caller_turn_marked: bool,
     caller: String,
     assistant: String,
     usage: Option<wire::UsageMetadata>,
@@ -365,6 +403,12 @@ impl Turn {
                 text: t.text,
                 is_final: false,
             });
+            if effects.caller_between_turns && !self.caller_turn_marked {
+                // Gemini signals no end of the caller's speech: the moment that arms the
+                // watchdog stands for it, once per caller turn (the first fragment).
+                self.caller_turn_marked = true;
+                out.push(ProviderEvent::SpeechStopped);
+            }
         }
         if sc.interrupted {
             self.dropping = true;
@@ -430,6 +474,7 @@ impl Turn {
             Some(item) => item.clone(),
             None => {
                 self.count += 1;
+                self.caller_turn_marked = false;
                 let item: ItemId = format!("turn-{}", self.count).into();
                 self.item = Some(item.clone());
                 item
@@ -455,6 +500,7 @@ impl Turn {
         }
         self.item = None;
         self.dropping = false;
+        self.caller_turn_marked = false;
         if !caller.is_empty() {
             out.push(ProviderEvent::Transcript {
                 who: Speaker::Caller,
@@ -511,7 +557,23 @@ struct Gemini {
     watchdog: Option<Instant>,
     watchdog_warned: bool,
     rate_warned: bool,
-    tools_warned: bool,
+    /// Tool calls waiting for their result, by the id the session knows.
+    calls: HashMap<String, PendingCall>,
+    /// Ids Gemini withdrew whose results have not come yet (they are not sent).
+    cancelled: HashSet<String>,
+    /// Results of calls made on an earlier connection, as text turns waiting for the
+    /// connection being opened.
+    orphans: Vec<String>,
+    /// For function calls that came without an id.
+    call_seq: u64,
+}
+
+/// A tool call the model is waiting on.
+struct PendingCall {
+    /// The connection that made it: only that one can take its `toolResponse`.
+    conn: u32,
+    /// The id as Gemini sent it (empty if it sent none; the session sees a local one).
+    wire_id: String,
 }
 
 async fn next_message(conn: &mut Option<Conn>) -> WsResult {
@@ -605,9 +667,7 @@ impl Gemini {
                 self.send_active(Message::Text(msg.into())).await;
             }
             Some(ProviderCommand::Context(_)) => debug!("gemini: second context ignored"),
-            Some(ProviderCommand::ToolResult(r)) => {
-                debug!(tool = %r.name, "gemini: tool results not wired yet")
-            }
+            Some(ProviderCommand::ToolResult(r)) => self.on_tool_result(r).await,
         }
         Ok(())
     }
@@ -716,6 +776,12 @@ impl Gemini {
         self.on_content(msg.usage_metadata, msg.server_content)
             .await?;
         if retired {
+            if msg.tool_call.is_some() {
+                // That connection's session was handed over: an answer could not reach
+                // the model that asked, and the tool's side effects would be unknown to
+                // the one the caller now talks to.
+                warn!("gemini: toolCall on the connection being retired: not run");
+            }
             return Ok(());
         }
         if let Some(u) = msg.session_resumption_update {
@@ -727,14 +793,102 @@ impl Gemini {
         if let Some(go) = msg.go_away {
             self.on_go_away(go.time_left.as_deref()).await?;
         }
-        if msg.tool_call.is_some() && !self.tools_warned {
-            self.tools_warned = true;
-            warn!("gemini: toolCall received but no tools are configured: ignored");
+        if let Some(c) = msg.tool_call_cancellation {
+            self.on_tool_cancellation(c.ids).await?;
         }
-        if msg.tool_call_cancellation.is_some() {
-            debug!("gemini: toolCallCancellation ignored");
+        if let Some(tc) = msg.tool_call {
+            self.on_tool_call(tc.function_calls).await?;
         }
         Ok(())
+    }
+
+    // ---- tools ------------------------------------------------------------------------
+
+    async fn on_tool_call(&mut self, calls: Vec<wire::FunctionCall>) -> Step {
+        let conn = self.active.as_ref().map_or(0, |c| c.number);
+        // The model answered with a call: no "provider silent" while the tool runs.
+        self.watchdog = None;
+        for f in calls {
+            if f.name.is_empty() {
+                warn!("gemini: function call without a name ignored");
+                continue;
+            }
+            let id = if f.id.is_empty() {
+                self.call_seq += 1;
+                format!("gemini-call-{}", self.call_seq)
+            } else {
+                f.id.clone()
+            };
+            info!(tool = %f.name, tool_call_id = %id, connection = conn, "gemini: tool call");
+            self.calls.insert(
+                id.clone(),
+                PendingCall {
+                    conn,
+                    wire_id: f.id,
+                },
+            );
+            self.emit(ProviderEvent::ToolCall(ToolCall {
+                id,
+                name: f.name,
+                arguments: f.args,
+            }))
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn on_tool_cancellation(&mut self, ids: Vec<String>) -> Step {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for id in &ids {
+            self.calls.remove(id);
+            self.cancelled.insert(id.clone());
+        }
+        info!(ids = ?ids, "gemini: tool calls cancelled");
+        self.emit(ProviderEvent::ToolCancelled(ids)).await
+    }
+
+    async fn on_tool_result(&mut self, r: ToolResult) {
+        let Some(call) = self.calls.remove(&r.id) else {
+            if self.cancelled.remove(&r.id) {
+                info!(tool = %r.name, tool_call_id = %r.id, "gemini: result of a cancelled call not sent");
+            } else {
+                warn!(tool = %r.name, tool_call_id = %r.id, "gemini: result for a call gemini did not make (or already answered): not sent");
+            }
+            return;
+        };
+        let active = self.active.as_ref().map(|c| c.number);
+        if active == Some(call.conn) {
+            let msg = wire::tool_response(&call.wire_id, &r);
+            debug!(tool = %r.name, tool_call_id = %r.id, is_error = r.is_error, "gemini: toolResponse");
+            if self.send_active(Message::Text(msg.into())).await && r.reply {
+                self.arm_watchdog();
+            }
+            return;
+        }
+        // The call was made on a connection the session has left (resumption): the new
+        // one never issued this id, and a toolResponse naming it would be refused. Its
+        // handle predates the call too (Gemini issues no resumable handle while a
+        // function call is open), so the model there is still waiting for the caller:
+        // give it the outcome as a text turn so it can go on.
+        warn!(
+            tool = %r.name,
+            tool_call_id = %r.id,
+            connection = call.conn,
+            "gemini: result of a call made before the session moved to a new connection: passed to the model as text"
+        );
+        if !r.reply {
+            return;
+        }
+        let msg = wire::instruct(&self.s.model, &wire::orphan_result_text(&r));
+        if self.active.is_some() {
+            if self.send_active(Message::Text(msg.into())).await {
+                self.arm_watchdog();
+            }
+        } else {
+            self.orphans.push(msg);
+        }
     }
 
     /// Applies the turn-level part of a message (pure, in [`Turn::on_content`]), then
@@ -868,6 +1022,11 @@ impl Gemini {
             if !self.send_active(Message::Text(msg.into())).await {
                 self.switch_buffer.clear();
                 break;
+            }
+        }
+        for msg in std::mem::take(&mut self.orphans) {
+            if self.send_active(Message::Text(msg.into())).await {
+                self.arm_watchdog();
             }
         }
         let switch_ms = resume.started.elapsed().as_millis() as u64;
@@ -1007,6 +1166,8 @@ mod tests {
                 response_timeout: timeout,
                 instructions: String::new(),
                 greeting: String::new(),
+                tools: None,
+                tools_dropped: Vec::new(),
             },
             instructions: String::new(),
             greeting: String::new(),
@@ -1028,7 +1189,10 @@ mod tests {
             watchdog: None,
             watchdog_warned: false,
             rate_warned: false,
-            tools_warned: false,
+            calls: HashMap::new(),
+            cancelled: HashSet::new(),
+            orphans: Vec::new(),
+            call_seq: 0,
         }
     }
 
@@ -1087,6 +1251,7 @@ mod tests {
             vec![
                 "ready L16/16000 L16/24000",
                 "caller Hi  false",
+                "SpeechStopped",
                 "caller there false",
                 "audio turn-1 960",
                 "audio turn-1 960",
@@ -1126,9 +1291,10 @@ mod tests {
             !t.on_content(m.usage_metadata, m.server_content, &mut out)
                 .caller_between_turns
         );
+        assert!(matches!(out[1], ProviderEvent::SpeechStopped));
         // Three bytes decoded: the odd one is dropped.
         assert!(
-            matches!(&out[1], ProviderEvent::Audio { item, data } if &**item == "turn-1" && data.len() == 2)
+            matches!(&out[2], ProviderEvent::Audio { item, data } if &**item == "turn-1" && data.len() == 2)
         );
     }
 
@@ -1148,6 +1314,76 @@ mod tests {
         assert!(g.on_message(done, false).await.is_ok());
         assert!(g.on_message(caller, false).await.is_ok());
         assert!(g.watchdog.is_some());
+    }
+
+    #[tokio::test]
+    async fn tool_calls_cancellations_and_results() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut g = gemini(tx, Duration::from_secs(5));
+        g.ready = true;
+        let caller = r#"{"serverContent":{"inputTranscription":{"text":"book it"}}}"#;
+        assert!(g.on_message(caller, false).await.is_ok());
+        assert!(g.watchdog.is_some());
+        let call = r#"{"toolCall":{"functionCalls":[
+            {"id":"fc_1","name":"book_appointment","args":{"day":"monday"}},
+            {"id":"fc_2","name":"end_call"},
+            {"name":"no_id","args":{}}]}}"#;
+        assert!(g.on_message(call, false).await.is_ok());
+        assert!(
+            g.watchdog.is_none(),
+            "a call is an answer: no silence warning"
+        );
+        let cancel = r#"{"toolCallCancellation":{"ids":["fc_2"]}}"#;
+        assert!(g.on_message(cancel, false).await.is_ok());
+        let events = drain(&mut rx);
+        assert_eq!(
+            &events[2..],
+            [
+                r#"ToolCall(ToolCall { id: "fc_1", name: "book_appointment", arguments: Object {"day": String("monday")} })"#,
+                r#"ToolCall(ToolCall { id: "fc_2", name: "end_call", arguments: Null })"#,
+                r#"ToolCall(ToolCall { id: "gemini-call-1", name: "no_id", arguments: Object {} })"#,
+                r#"ToolCancelled(["fc_2"])"#,
+            ]
+        );
+        assert_eq!(g.calls.len(), 2);
+        assert_eq!(g.calls["gemini-call-1"].wire_id, "");
+
+        let result = |id: &str, name: &str| ToolResult {
+            id: id.into(),
+            name: name.into(),
+            output: serde_json::json!({"booked": true}),
+            is_error: false,
+            reply: true,
+        };
+        // The cancelled call's result goes nowhere, and is forgotten.
+        g.on_tool_result(result("fc_2", "end_call")).await;
+        assert!(g.orphans.is_empty() && g.cancelled.is_empty());
+        // A result for an id never issued is dropped.
+        g.on_tool_result(result("fc_9", "x")).await;
+        assert!(g.orphans.is_empty());
+        // fc_1 came on connection 1; no connection is open now (as while a dropped one
+        // is being resumed): it waits, as text, for the new connection.
+        g.on_tool_result(result("fc_1", "book_appointment")).await;
+        assert_eq!(g.orphans.len(), 1);
+        let v: serde_json::Value = serde_json::from_str(&g.orphans[0]).unwrap();
+        let text = v["clientContent"]["turns"][0]["parts"][0]["text"]
+            .as_str()
+            .unwrap();
+        assert!(
+            text.contains("book_appointment") && text.contains(r#"{"booked":true}"#),
+            "{text}"
+        );
+        assert_eq!(g.calls.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn tool_calls_on_a_retired_connection_are_not_run() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut g = gemini(tx, Duration::ZERO);
+        let call = r#"{"toolCall":{"functionCalls":[{"id":"fc_1","name":"t","args":{}}]}}"#;
+        assert!(g.on_message(call, true).await.is_ok());
+        assert!(drain(&mut rx).is_empty());
+        assert!(g.calls.is_empty());
     }
 
     #[tokio::test]

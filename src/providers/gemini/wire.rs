@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use base64::Engine;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Map, Value};
+
+use crate::providers::ToolResult;
+use crate::tools::ToolDecl;
 
 /// The caller audio we send: PCM16 LE mono at the model's native input rate.
 pub const INPUT_RATE: u32 = 16_000;
@@ -42,6 +45,8 @@ pub struct SetupParams<'a> {
     pub instructions: &'a str,
     /// Resumption handle of the session being continued, if any.
     pub handle: Option<&'a str>,
+    /// `setup.tools`, already built by [`tools`] (`None`: no tools offered).
+    pub tools: Option<&'a Value>,
 }
 
 /// The `setup` message: the first and only configuration of a connection.
@@ -82,7 +87,278 @@ pub fn setup(p: &SetupParams<'_>) -> String {
     if !p.instructions.is_empty() {
         setup["systemInstruction"] = json!({"parts": [{"text": p.instructions}]});
     }
+    if let Some(tools) = p.tools {
+        setup["tools"] = tools.clone();
+    }
     json!({ "setup": setup }).to_string()
+}
+
+// ---- tools -----------------------------------------------------------------------------
+
+/// `setup.tools` for the route's declarations: `[{"functionDeclarations": [...]}]`, or
+/// `None` when there are none. Also returns the JSON Schema keywords that were left out
+/// (Gemini's `parameters` is an OpenAPI subset; see [`gemini_schema`]).
+pub fn tools(decls: &[ToolDecl]) -> (Option<Value>, Vec<String>) {
+    if decls.is_empty() {
+        return (None, Vec::new());
+    }
+    let mut dropped = Vec::new();
+    let functions: Vec<Value> = decls
+        .iter()
+        .map(|d| {
+            let mut f = json!({"name": d.name, "description": d.description});
+            let params = gemini_schema(&d.parameters, &d.parameters, &mut dropped, 0);
+            // An OBJECT without properties is refused ("should be non-empty for OBJECT
+            // type"): a function without arguments simply has no `parameters`.
+            if params["properties"]
+                .as_object()
+                .is_some_and(|p| !p.is_empty())
+            {
+                f["parameters"] = params;
+            }
+            f
+        })
+        .collect();
+    dropped.sort();
+    dropped.dedup();
+    (
+        Some(json!([{ "functionDeclarations": functions }])),
+        dropped,
+    )
+}
+
+/// How deep `$ref`s and nesting are followed (a recursive schema cannot be expressed in
+/// the subset anyway).
+const MAX_SCHEMA_DEPTH: usize = 12;
+
+/// A JSON Schema (as configured) in the OpenAPI-3.0 subset Gemini's
+/// `FunctionDeclaration.parameters` takes: type names upper-case (`OBJECT`, `STRING`...),
+/// `["string","null"]` → `STRING` + `nullable`, `const` → a one-value `enum`, `oneOf` →
+/// `anyOf`, local `$ref`s (`#/$defs/..`, `#/definitions/..`) inlined, `required` limited
+/// to declared properties, non-string `enum`s moved into the description. Keywords
+/// outside the subset (`additionalProperties`, `$schema`, `allOf`, ...) are left out and
+/// named in `dropped`: the Live API refuses the whole setup (close 1007) for some of them.
+///
+/// Why not `parametersJsonSchema` (full JSON Schema): the Live API has been seen to
+/// accept it but call the function with empty arguments (googleapis/python-genai#1147;
+/// LiveKit and others switched their Live integrations back to `parameters`).
+pub fn gemini_schema(v: &Value, root: &Value, dropped: &mut Vec<String>, depth: usize) -> Value {
+    let Some(src) = v.as_object() else {
+        return json!({});
+    };
+    if depth > MAX_SCHEMA_DEPTH {
+        dropped.push("(nesting too deep)".to_owned());
+        return json!({});
+    }
+    if let Some(r) = src.get("$ref").and_then(Value::as_str) {
+        return match resolve_ref(root, r) {
+            Some(target) => {
+                let mut merged = gemini_schema(target, root, dropped, depth + 1);
+                // Siblings of a $ref (a description) describe this use of it.
+                if let Some(d) = src.get("description").and_then(Value::as_str) {
+                    merged["description"] = json!(d);
+                }
+                merged
+            }
+            None => {
+                dropped.push(format!("$ref {r}"));
+                json!({})
+            }
+        };
+    }
+    let mut out = Map::new();
+    let mut description = src
+        .get("description")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    match src.get("type") {
+        Some(Value::String(t)) => {
+            if let Some(t) = type_name(t) {
+                out.insert("type".into(), json!(t));
+            } else if t == "null" {
+                out.insert("nullable".into(), json!(true));
+            }
+        }
+        Some(Value::Array(types)) => {
+            let names: Vec<&str> = types.iter().filter_map(Value::as_str).collect();
+            let real: Vec<&str> = names.iter().copied().filter_map(type_name).collect();
+            if names.contains(&"null") {
+                out.insert("nullable".into(), json!(true));
+            }
+            match real.as_slice() {
+                [] => {}
+                [one] => {
+                    out.insert("type".into(), json!(one));
+                }
+                many => {
+                    let any: Vec<Value> = many.iter().map(|t| json!({ "type": t })).collect();
+                    out.insert("anyOf".into(), Value::Array(any));
+                }
+            }
+        }
+        _ => {}
+    }
+    for (k, val) in src {
+        match k.as_str() {
+            "type" | "description" | "$ref" => {}
+            "title" | "pattern" if val.is_string() => {
+                out.insert(k.clone(), val.clone());
+            }
+            "nullable" if val.is_boolean() => {
+                out.insert(k.clone(), val.clone());
+            }
+            "minimum" | "maximum" if val.is_number() => {
+                out.insert(k.clone(), val.clone());
+            }
+            "minItems" | "maxItems" | "minLength" | "maxLength" | "minProperties"
+            | "maxProperties"
+                if val.is_u64() =>
+            {
+                out.insert(k.clone(), val.clone());
+            }
+            "format" => match (out.get("type").and_then(Value::as_str), val.as_str()) {
+                (Some("STRING"), Some(f @ ("enum" | "date-time")))
+                | (Some("INTEGER"), Some(f @ ("int32" | "int64")))
+                | (Some("NUMBER"), Some(f @ ("float" | "double"))) => {
+                    out.insert(k.clone(), json!(f));
+                }
+                _ => dropped.push(format!("format {val}")),
+            },
+            "enum" | "const" => {
+                let values: Vec<Value> = match val {
+                    Value::Array(a) if k == "enum" => a.clone(),
+                    other => vec![other.clone()],
+                };
+                if values.iter().all(Value::is_string) && !values.is_empty() {
+                    out.insert("enum".into(), Value::Array(values));
+                } else {
+                    // Gemini's enum is for strings; the model still reads the choices.
+                    let list: Vec<String> = values.iter().map(Value::to_string).collect();
+                    let note = format!("One of: {}.", list.join(", "));
+                    description = Some(match description.take() {
+                        Some(d) if !d.is_empty() => format!("{d} {note}"),
+                        _ => note,
+                    });
+                }
+            }
+            "items" if val.is_object() => {
+                out.insert(k.clone(), gemini_schema(val, root, dropped, depth + 1));
+            }
+            "anyOf" | "oneOf" => {
+                if let Value::Array(alts) = val {
+                    let alts: Vec<Value> = alts
+                        .iter()
+                        .map(|a| gemini_schema(a, root, dropped, depth + 1))
+                        .collect();
+                    out.insert("anyOf".into(), Value::Array(alts));
+                }
+            }
+            "properties" => {
+                if let Value::Object(props) = val {
+                    let mut converted = Map::new();
+                    for (name, schema) in props {
+                        converted.insert(
+                            name.clone(),
+                            gemini_schema(schema, root, dropped, depth + 1),
+                        );
+                    }
+                    if !converted.is_empty() {
+                        out.insert("properties".into(), Value::Object(converted));
+                    }
+                }
+            }
+            "required" => {}
+            // Documentation only in JSON Schema; the subset has no place for them.
+            "$schema" | "$id" | "$defs" | "definitions" | "$comment" => {}
+            other => dropped.push(other.to_owned()),
+        }
+    }
+    if let (Some(Value::Array(req)), Some(Value::Object(props))) =
+        (src.get("required"), out.get("properties"))
+    {
+        let req: Vec<Value> = req
+            .iter()
+            .filter(|r| r.as_str().is_some_and(|n| props.contains_key(n)))
+            .cloned()
+            .collect();
+        if !req.is_empty() {
+            out.insert("required".into(), Value::Array(req));
+        }
+    }
+    if let Some(d) = description {
+        out.insert("description".into(), json!(d));
+    }
+    Value::Object(out)
+}
+
+fn type_name(t: &str) -> Option<&'static str> {
+    Some(match t {
+        "object" => "OBJECT",
+        "string" => "STRING",
+        "integer" => "INTEGER",
+        "number" => "NUMBER",
+        "boolean" => "BOOLEAN",
+        "array" => "ARRAY",
+        _ => return None,
+    })
+}
+
+fn resolve_ref<'v>(root: &'v Value, r: &str) -> Option<&'v Value> {
+    if r == "#" {
+        return Some(root);
+    }
+    let path = r.strip_prefix("#/")?;
+    let mut at = root;
+    for part in path.split('/') {
+        let part = part.replace("~1", "/").replace("~0", "~");
+        at = at.get(part.as_str())?;
+    }
+    Some(at)
+}
+
+/// `FunctionResponse.response`: `{"output": ...}` for a result, `{"error": "..."}` for a
+/// failure (Google's reference: use the "output" key for the function's output and the
+/// "error" key for error details).
+pub fn function_response(r: &ToolResult) -> Value {
+    if r.is_error {
+        let message = r
+            .error_message()
+            .map_or_else(|| r.output_text(), str::to_owned);
+        json!({ "error": message })
+    } else {
+        json!({ "output": r.output })
+    }
+}
+
+/// `{"toolResponse":{"functionResponses":[{"id","name","response"}]}}`; `id` is left
+/// out when the call came without one.
+pub fn tool_response(id: &str, r: &ToolResult) -> String {
+    let mut f = json!({"name": r.name, "response": function_response(r)});
+    if !id.is_empty() {
+        f["id"] = json!(id);
+    }
+    json!({"toolResponse": {"functionResponses": [f]}}).to_string()
+}
+
+/// The text turn that hands the model a result its current connection never asked for
+/// (the call was made before a session resumption: see `docs/providers/gemini.md`).
+pub fn orphan_result_text(r: &ToolResult) -> String {
+    if r.is_error {
+        let message = r
+            .error_message()
+            .map_or_else(|| r.output_text(), str::to_owned);
+        format!(
+            "(system) The function {} you called before the connection was renewed failed: \
+             {message}. Tell the caller and continue.",
+            r.name
+        )
+    } else {
+        format!(
+            "(system) The function {} you called before the connection was renewed returned: \
+             {}. Continue the conversation with this result.",
+            r.name, r.output
+        )
+    }
 }
 
 /// The instruction that makes the assistant speak first.
@@ -133,8 +409,32 @@ pub struct ServerMessage<'a> {
     pub usage_metadata: Option<UsageMetadata>,
     pub go_away: Option<GoAway>,
     pub session_resumption_update: Option<ResumptionUpdate>,
-    pub tool_call: Option<serde::de::IgnoredAny>,
-    pub tool_call_cancellation: Option<serde::de::IgnoredAny>,
+    pub tool_call: Option<ToolCallMessage>,
+    pub tool_call_cancellation: Option<ToolCallCancellation>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolCallMessage {
+    #[serde(default)]
+    pub function_calls: Vec<FunctionCall>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct FunctionCall {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    /// The arguments object; absent for a function without parameters.
+    #[serde(default)]
+    pub args: Value,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ToolCallCancellation {
+    #[serde(default)]
+    pub ids: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -256,6 +556,7 @@ mod tests {
             language,
             instructions: "Be brief.",
             handle,
+            tools: None,
         }
     }
 
@@ -388,6 +689,164 @@ mod tests {
         let m = parse(r#"{"serverContent":{"interrupted":true}}"#).unwrap();
         assert!(m.server_content.unwrap().interrupted);
         assert!(parse(r#"{"somethingNew":{}}"#).is_ok());
+    }
+
+    fn decl(name: &str, parameters: Value) -> ToolDecl {
+        ToolDecl {
+            name: name.into(),
+            description: format!("{name} does things"),
+            parameters,
+        }
+    }
+
+    #[test]
+    fn tools_are_declared_in_the_setup_and_omitted_when_none() {
+        assert_eq!(tools(&[]), (None, Vec::new()));
+        let (t, dropped) = tools(&[
+            decl(
+                "book_appointment",
+                json!({"type": "object", "additionalProperties": false,
+                    "properties": {"day": {"type": "string", "description": "Weekday"}},
+                    "required": ["day"]}),
+            ),
+            decl("end_call", json!({"type": "object", "properties": {}})),
+        ]);
+        assert_eq!(dropped, ["additionalProperties"]);
+        let t = t.unwrap();
+        assert_eq!(
+            t,
+            json!([{"functionDeclarations": [
+                {"name": "book_appointment", "description": "book_appointment does things",
+                 "parameters": {"type": "OBJECT",
+                    "properties": {"day": {"type": "STRING", "description": "Weekday"}},
+                    "required": ["day"]}},
+                {"name": "end_call", "description": "end_call does things"},
+            ]}])
+        );
+        let mut p = params("models/m", "", Some("h"));
+        p.tools = Some(&t);
+        let v: Value = serde_json::from_str(&setup(&p)).unwrap();
+        assert_eq!(v["setup"]["tools"], t, "kept in a resuming setup too");
+        assert!(v["setup"]["generationConfig"].get("tools").is_none());
+    }
+
+    #[test]
+    fn json_schema_becomes_the_openapi_subset() {
+        let schema = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "$defs": {"slot": {"type": "string", "format": "date-time", "description": "A slot"}},
+            "properties": {
+                "when": {"$ref": "#/$defs/slot", "description": "When to book"},
+                "note": {"type": ["string", "null"], "maxLength": 200},
+                "party": {"type": "integer", "minimum": 1, "maximum": 8, "format": "uint8"},
+                "kind": {"enum": ["visit", "call"]},
+                "floor": {"enum": [1, 2]},
+                "fixed": {"const": "yes"},
+                "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                         "uniqueItems": true},
+                "either": {"oneOf": [{"type": "string"}, {"type": "number"}]},
+                "free": {"type": "object", "properties": {}},
+                "ghost": {"$ref": "#/$defs/missing"}
+            },
+            "required": ["when", "nope"],
+            "additionalProperties": false
+        });
+        let mut dropped = Vec::new();
+        let out = gemini_schema(&schema, &schema, &mut dropped, 0);
+        let p = &out["properties"];
+        assert_eq!(out["type"], "OBJECT");
+        assert_eq!(
+            p["when"],
+            json!({"type": "STRING", "format": "date-time", "description": "When to book"})
+        );
+        assert_eq!(
+            p["note"],
+            json!({"type": "STRING", "nullable": true, "maxLength": 200})
+        );
+        assert_eq!(
+            p["party"],
+            json!({"type": "INTEGER", "minimum": 1, "maximum": 8})
+        );
+        assert_eq!(p["kind"], json!({"enum": ["visit", "call"]}));
+        assert_eq!(p["floor"], json!({"description": "One of: 1, 2."}));
+        assert_eq!(p["fixed"], json!({"enum": ["yes"]}));
+        assert_eq!(
+            p["tags"],
+            json!({"type": "ARRAY", "items": {"type": "STRING"}, "minItems": 1})
+        );
+        assert_eq!(
+            p["either"],
+            json!({"anyOf": [{"type": "STRING"}, {"type": "NUMBER"}]})
+        );
+        assert_eq!(p["free"], json!({"type": "OBJECT"}));
+        assert_eq!(p["ghost"], json!({}));
+        assert_eq!(out["required"], json!(["when"]), "only declared properties");
+        dropped.sort();
+        assert_eq!(
+            dropped,
+            [
+                "$ref #/$defs/missing",
+                "additionalProperties",
+                "format \"uint8\"",
+                "uniqueItems"
+            ]
+        );
+        // Self-reference ends instead of recursing forever.
+        let rec = json!({"type": "object", "properties": {"next": {"$ref": "#"}}});
+        let mut dropped = Vec::new();
+        let _ = gemini_schema(&rec, &rec, &mut dropped, 0);
+        assert!(dropped.iter().any(|d| d.contains("too deep")));
+    }
+
+    fn result(is_error: bool, output: Value) -> ToolResult {
+        ToolResult {
+            id: "fc_1".into(),
+            name: "book_appointment".into(),
+            output,
+            is_error,
+            reply: true,
+        }
+    }
+
+    #[test]
+    fn tool_responses_carry_output_or_error() {
+        let ok = result(false, json!({"booked": true, "at": "10:00"}));
+        let v: Value = serde_json::from_str(&tool_response("fc_1", &ok)).unwrap();
+        assert_eq!(
+            v,
+            json!({"toolResponse": {"functionResponses": [{"id": "fc_1",
+                "name": "book_appointment", "response": {"output": {"booked": true, "at": "10:00"}}}]}})
+        );
+        let err = result(true, json!({"error": "the calendar is down"}));
+        let v: Value = serde_json::from_str(&tool_response("", &err)).unwrap();
+        assert_eq!(
+            v,
+            json!({"toolResponse": {"functionResponses": [{
+                "name": "book_appointment", "response": {"error": "the calendar is down"}}]}})
+        );
+        // An error without the usual shape still says something.
+        let odd = result(true, json!("boom"));
+        assert_eq!(function_response(&odd), json!({"error": "boom"}));
+        assert!(orphan_result_text(&err).contains("failed: the calendar is down"));
+        assert!(orphan_result_text(&ok).contains(r#"returned: {"at":"10:00","booked":true}"#));
+    }
+
+    #[test]
+    fn parses_tool_calls_and_cancellations() {
+        let m = parse(
+            r#"{"toolCall":{"functionCalls":[{"id":"fc_1","name":"t","args":{"a":1}},{"name":"u"}]}}"#,
+        )
+        .unwrap();
+        let calls = m.tool_call.unwrap().function_calls;
+        assert_eq!(
+            (calls[0].id.as_str(), calls[0].name.as_str()),
+            ("fc_1", "t")
+        );
+        assert_eq!(calls[0].args, json!({"a": 1}));
+        assert_eq!((calls[1].id.as_str(), &calls[1].args), ("", &Value::Null));
+        let m = parse(r#"{"toolCallCancellation":{"ids":["fc_1","fc_2"]}}"#).unwrap();
+        assert_eq!(m.tool_call_cancellation.unwrap().ids, ["fc_1", "fc_2"]);
     }
 
     #[test]
