@@ -63,10 +63,14 @@ pub(super) fn context(at: &str, raw: Option<&RawContext>) -> Result<Option<Conte
     }))
 }
 
-/// OpenAI's rule for function names, which the other providers also accept.
+/// What every provider accepts: OpenAI's `^[a-zA-Z0-9_-]{1,64}$`, and Gemini's rule
+/// that a name starts with a letter or an underscore.
 fn valid_tool_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
+    name.len() <= 64
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
@@ -80,7 +84,10 @@ pub(super) fn tools(at: &str, raw: &[RawTool]) -> Result<Arc<[ToolSpec]>> {
         if !valid_tool_name(&name) {
             return Err(ConfigError::invalid(
                 key("name"),
-                format!("{name:?} is not a valid tool name: 1 to 64 letters, digits, '_' or '-'"),
+                format!(
+                    "{name:?} is not a valid tool name: 1 to 64 letters, digits, '_' or '-', \
+                     starting with a letter or '_'"
+                ),
             ));
         }
         if BUILTIN_TOOLS.contains(&name.as_str()) {
@@ -315,6 +322,7 @@ output_per_million_tokens = 64.5
                 TOOL.replace("\"book\"", "\"bad name\""),
                 "call.tools[0].name",
             ),
+            (TOOL.replace("\"book\"", "\"1book\""), "call.tools[0].name"),
             (
                 TOOL.replace("https://crm.example/book", "crm"),
                 "call.tools[0].url",
