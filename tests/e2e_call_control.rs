@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use common::call::{Call, Playback};
 use common::daemon::{field, message, Daemon, HANG_GUARD};
@@ -15,7 +14,6 @@ use common::fake_freeswitch::{ConnectOptions, FakeFreeSwitch};
 use common::mock_openai::{MockFormat, MockOpenAi, MockOptions, Script};
 use common::webhook_server::{Reply, WebhookServer};
 use serde_json::{json, Value};
-use voicebridge::audio::signal::speech_like;
 
 const KEY: &str = "fake-openai-test-key-0123456789abcdefXYZ";
 const PASSWORD: &str = "not-ClueCon-2718";
@@ -71,25 +69,7 @@ async fn start(toml: &str, mock: &MockOpenAi) -> Daemon {
 
 /// A call whose caller keeps talking quietly until the daemon closes it.
 async fn connect(daemon: &Daemon, id: &str) -> Call {
-    let call = Call::connect(daemon, "call", id, "rate=8000&channels=mono").await;
-    call.writer
-        .send_text(&format!(
-            r#"{{"uuid":"{id}","caller_id":"+3902123","called":"100"}}"#
-        ))
-        .await
-        .unwrap();
-    let writer = call.writer.clone();
-    let caller = speech_like(8000, 30.0, 5);
-    tokio::spawn(async move {
-        let mut clock = tokio::time::interval(Duration::from_millis(20));
-        for chunk in caller.chunks(160) {
-            clock.tick().await;
-            if writer.send_audio(&common::call::l16(chunk)).await.is_err() {
-                return;
-            }
-        }
-    });
-    call
+    Call::with_caller(daemon, id, 8000, 30.0).await
 }
 
 /// Audio frames FreeSWITCH got before our Close.

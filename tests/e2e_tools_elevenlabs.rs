@@ -5,16 +5,13 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::call::{l16, Call, Collected, Playback};
+use common::call::{Call, Collected, Playback};
 use common::daemon::{call_id, field, message, Daemon};
-use common::fake_freeswitch::FsWriter;
 use common::http;
 use common::mock_elevenlabs::{Cmd, MockEleven, MockOptions};
 use common::webhook_server::{Reply, WebhookServer};
 use serde_json::{json, Value};
-use voicebridge::audio::signal::{snr_db_within, speech_like};
+use voicebridge::audio::signal::snr_db_within;
 
 const AGENT: &str = "agent_mock_tools_1";
 const SECRET: &str = "whsec-test-0a9b8c7d6e";
@@ -61,28 +58,7 @@ async fn start(timeout_ms: u64) -> (MockEleven, WebhookServer, Daemon) {
 }
 
 async fn connect(d: &Daemon, id: &str) -> Call {
-    let call = Call::connect(d, "call", id, "rate=16000&channels=mono").await;
-    call.writer
-        .send_text(&format!(
-            r#"{{"uuid":"{id}","caller_id":"+3902123","called":"100"}}"#
-        ))
-        .await
-        .unwrap();
-    talk(call.writer.clone(), speech_like(16000, 4.0, 5), 16000);
-    call
-}
-
-/// The caller talks in real time until done or until the call is closed.
-fn talk(writer: FsWriter, samples: Vec<i16>, rate: u32) {
-    tokio::spawn(async move {
-        let mut clock = tokio::time::interval(Duration::from_millis(20));
-        for chunk in samples.chunks(rate as usize / 50) {
-            clock.tick().await;
-            if writer.send_audio(&l16(chunk)).await.is_err() {
-                break;
-            }
-        }
-    });
+    Call::with_caller(d, id, 16000, 4.0).await
 }
 
 fn book() -> Cmd {

@@ -17,7 +17,6 @@ use common::mock_openai::{
 };
 use common::webhook_server::{Reply, WebhookServer};
 use serde_json::{json, Value};
-use voicebridge::audio::signal::speech_like;
 
 const KEY: &str = "fake-openai-test-key-0123456789abcdefXYZ";
 const SECRET: &str = "test-webhook-secret-not-a-real-one";
@@ -74,25 +73,7 @@ async fn start(tools: &str, mock: &MockOpenAi) -> Daemon {
 
 /// A call whose caller keeps talking (quietly) until the test closes it.
 async fn connect(daemon: &Daemon, id: &str) -> Call {
-    let call = Call::connect(daemon, "call", id, "rate=8000&channels=mono").await;
-    call.writer
-        .send_text(&format!(
-            r#"{{"uuid":"{id}","caller_id":"+3902123","called":"100"}}"#
-        ))
-        .await
-        .unwrap();
-    let writer = call.writer.clone();
-    let caller = speech_like(8000, 30.0, 3);
-    tokio::spawn(async move {
-        let mut clock = tokio::time::interval(std::time::Duration::from_millis(20));
-        for chunk in caller.chunks(160) {
-            clock.tick().await;
-            if writer.send_audio(&common::call::l16(chunk)).await.is_err() {
-                return;
-            }
-        }
-    });
-    call
+    Call::with_caller(daemon, id, 8000, 30.0).await
 }
 
 fn assert_no_problems(mock: &MockOpenAi) {

@@ -250,6 +250,42 @@ pub fn spawn_talker(writer: FsWriter, byte: u8, max_frames: usize) -> JoinHandle
     })
 }
 
+/// Sends `samples` (mono L16 at `rate`) in real time from a task of its own, until done
+/// or until the daemon closes the call: a caller talking through a scripted turn.
+pub fn spawn_speech(writer: FsWriter, samples: Vec<i16>, rate: u32) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut clock = tokio::time::interval(Duration::from_millis(20));
+        for chunk in samples.chunks(rate as usize / 50) {
+            clock.tick().await;
+            if writer.send_audio(&l16(chunk)).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+impl Call {
+    /// A mono L16 call on the default route whose metadata names the caller
+    /// (`+3902123` calling `100`), and who then says `speech` (`seconds` of speech-like
+    /// audio) in real time.
+    pub async fn with_caller(daemon: &Daemon, id: &str, rate: u32, seconds: f64) -> Call {
+        let query = format!("rate={rate}&channels=mono");
+        let call = Call::connect(daemon, "call", id, &query).await;
+        call.writer
+            .send_text(&format!(
+                r#"{{"uuid":"{id}","caller_id":"+3902123","called":"100"}}"#
+            ))
+            .await
+            .expect("metadata");
+        spawn_speech(
+            call.writer.clone(),
+            voicebridge::audio::signal::speech_like(rate, seconds, 5),
+            rate,
+        );
+        call
+    }
+}
+
 /// The maximum number of ms the released audio ran ahead of real time, measured from
 /// the first audio message: what the pacer's lead bounds.
 pub fn max_lead_ms(frames: &[(Instant, usize)], rate: u32) -> f64 {
