@@ -237,3 +237,65 @@ fn every_shipped_toml_loads() {
         }
     }
 }
+
+/// What a deployment provides from the environment (keys, the ESL password).
+fn example_env() -> Vec<(String, String)> {
+    [
+        ("FREESWITCH_ESL_PASSWORD", "x"),
+        ("OPENAI_API_KEY", "example-key"),
+        ("GEMINI_API_KEY", "example-key"),
+        (
+            "VOICEBRIDGE__PROVIDERS__ELEVENLABS__AGENT_ID",
+            "example-agent",
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Every TOML example in the README (and in docs/) is a valid config, so a user who
+/// copies one gets what it says: in particular the receptionist of "Business features"
+/// (lookup, a booking tool, end_call, transfer_call, records, prices, budgets).
+#[test]
+fn readme_toml_examples_load() {
+    let mut checked = 0;
+    let mut docs = vec![root().join("README.md"), root().join("DEPLOY.md")];
+    for entry in std::fs::read_dir(root().join("docs")).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "md") {
+            docs.push(entry.path());
+        }
+    }
+    for doc in docs {
+        let text = std::fs::read_to_string(&doc).unwrap();
+        for block in text.split("```toml\n").skip(1) {
+            let Some((toml, _)) = block.split_once("```") else {
+                continue;
+            };
+            // Paths in examples point at /var/...: keep them, loading does not touch them.
+            if let Err(e) = Config::from_toml_str(toml, example_env()) {
+                panic!("{}: example does not load: {e}\n{toml}", doc.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "found {checked} examples");
+}
+
+#[test]
+fn readme_receptionist_is_what_it_says() {
+    let text = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = text.find("### A receptionist, end to end").unwrap();
+    let block = text[start..].split("```toml\n").nth(1).unwrap();
+    let toml = block.split_once("```").unwrap().0;
+    let c = Config::from_toml_str(toml, example_env()).unwrap();
+    let call = &c.default_route().call;
+    assert!(call.context.is_some());
+    assert_eq!(call.tools.len(), 1);
+    assert_eq!(call.tools[0].name, "book_appointment");
+    assert!(call.end_call);
+    assert_eq!(call.transfer_to, "1000 XML default");
+    assert!(c.records.webhook_url.is_some() && c.records.file.is_some());
+    assert!(c.budgets.state_file.is_some());
+    assert_eq!(c.prices.openai.input_per_million_tokens, 32_000_000);
+}

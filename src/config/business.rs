@@ -57,7 +57,7 @@ pub(super) fn context(at: &str, raw: Option<&RawContext>) -> Result<Option<Conte
             &format!("{at}.timeout_ms"),
             raw.timeout_ms,
             50,
-            10_000,
+            5_000,
             Duration::from_millis(1500),
         )?,
     }))
