@@ -413,6 +413,26 @@ impl Config {
                     .to_string(),
             );
         }
+        let uses_webhooks = self.records.webhook_url.is_some()
+            || self
+                .routes()
+                .any(|r| r.call.context.is_some() || !r.call.tools.is_empty());
+        if uses_webhooks && self.webhooks.secret.is_empty() {
+            out.push(
+                "webhooks are configured (caller lookup, tools or records) but [webhooks] \
+                 secret is empty: requests go unsigned and receivers cannot tell them from \
+                 forgeries; set VOICEBRIDGE_WEBHOOK_SECRET"
+                    .to_string(),
+            );
+        }
+        if self.routes().any(|r| r.call.end_call) && self.freeswitch.esl.is_none() {
+            out.push(
+                "end_call without [freeswitch.esl]: after the goodbye voicebridge can only \
+                 close the stream, and the dialplan must hang up (e.g. `hangup` after the \
+                 app that started the stream)"
+                    .to_string(),
+            );
+        }
         if let Some(esl) = &self.freeswitch.esl {
             if esl.password.is_empty() {
                 out.push(

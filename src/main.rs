@@ -319,6 +319,53 @@ async fn check(path: &std::path::Path) -> ExitCode {
         );
     }
     let mut failed = false;
+    for route in config.routes() {
+        for line in business_lines(route) {
+            println!("route {:<12} {line}", route.name);
+        }
+    }
+    let mut endpoints: Vec<(&str, String)> = Vec::new();
+    for route in config.routes() {
+        if let Some(c) = &route.call.context {
+            endpoints.push(("lookup", c.url.clone()));
+        }
+        for t in route.call.tools.iter() {
+            endpoints.push(("tool", t.url.clone()));
+        }
+    }
+    if let Some(url) = &config.records.webhook_url {
+        endpoints.push(("records", url.clone()));
+    }
+    let r = &config.records;
+    if r.file.is_some() || r.webhook_url.is_some() {
+        let mut parts = Vec::new();
+        if let Some(f) = &r.file {
+            parts.push(format!("file {}", f.display()));
+        }
+        if let (Some(url), Some(spool)) = (&r.webhook_url, &r.spool_dir) {
+            parts.push(format!(
+                "webhook {} (spool {})",
+                voicebridge::webhook::shown_url(url),
+                spool.display()
+            ));
+        }
+        println!("records {}", parts.join(", "));
+    }
+    endpoints.sort_by(|a, b| a.1.cmp(&b.1));
+    endpoints.dedup_by(|a, b| a.1 == b.1);
+    for (what, url) in endpoints {
+        let shown = voicebridge::webhook::shown_url(&url);
+        match voicebridge::webhook::reachable(&url, Duration::from_secs(5)).await {
+            Ok(took) => println!(
+                "webhook {what} {shown}: reachable (connected in {} ms; nothing sent)",
+                took.as_millis()
+            ),
+            Err(e) => {
+                failed = true;
+                println!("webhook {what} {shown}: FAILED: {e}");
+            }
+        }
+    }
     for kind in config.providers_in_use() {
         // Check each provider with the first route that uses it (its voice, language...).
         let Some(route) = config.routes().find(|r| r.call.provider == kind) else {
@@ -337,6 +384,45 @@ async fn check(path: &std::path::Path) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// What `check` says about a route's business features, one line each.
+fn business_lines(route: &voicebridge::config::Route) -> Vec<String> {
+    let c = &route.call;
+    let mut out = Vec::new();
+    if let Some(l) = &c.context {
+        out.push(format!(
+            "lookup {} {} (timeout {} ms)",
+            l.method.name().to_uppercase(),
+            voicebridge::webhook::shown_url(&l.url),
+            l.timeout.as_millis()
+        ));
+    }
+    let tools: Vec<String> = voicebridge::tools::declarations(c)
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    if !tools.is_empty() {
+        out.push(format!("tools {}", tools.join(", ")));
+    }
+    if !c.transfer_to.is_empty() {
+        out.push(format!("transfer_call to {}", c.transfer_to));
+    }
+    if c.daily_max_calls > 0 || c.daily_max_minutes > 0 {
+        let part = |n: u64, unit: &str| {
+            if n == 0 {
+                format!("unlimited {unit}")
+            } else {
+                format!("{n} {unit}")
+            }
+        };
+        out.push(format!(
+            "budget {}, {} per UTC day",
+            part(c.daily_max_calls, "calls"),
+            part(c.daily_max_minutes, "minutes")
+        ));
+    }
+    out
 }
 
 async fn call(args: CallArgs) -> ExitCode {

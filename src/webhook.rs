@@ -147,6 +147,30 @@ pub async fn send(
     serde_json::from_slice(&bytes).map_err(|e| WebhookError::NotJson(e.to_string()))
 }
 
+/// `voicebridge check`: can a TCP connection be opened to the URL's host and port?
+/// Nothing is sent: a lookup or a tool endpoint may act on any request it receives.
+pub async fn reachable(url: &str, timeout: Duration) -> Result<Duration, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    let host = parsed.host_str().ok_or("the URL has no host")?.to_owned();
+    let port = parsed
+        .port_or_known_default()
+        .ok_or("the URL has no port")?;
+    let started = std::time::Instant::now();
+    match tokio::time::timeout(
+        timeout,
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(started.elapsed()),
+        Ok(Err(e)) => Err(format!("cannot connect to {host}:{port}: {e}")),
+        Err(_) => Err(format!(
+            "no connection to {host}:{port} within {} ms",
+            timeout.as_millis()
+        )),
+    }
+}
+
 fn classify(e: reqwest::Error, timeout: Duration) -> WebhookError {
     if e.is_timeout() {
         return WebhookError::Timeout(timeout);

@@ -1,0 +1,94 @@
+//! `voicebridge check` on a receptionist config: it lists each route's business
+//! features and tries a TCP connection to every webhook host without sending anything
+//! (a lookup or tool endpoint may act on any request), failing when one is unreachable.
+
+mod common;
+
+use std::net::TcpListener;
+
+use common::webhook_server::WebhookServer;
+
+async fn check(toml: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("voicebridge.toml");
+    std::fs::write(&path, toml).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_voicebridge"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_remove("VOICEBRIDGE_WEBHOOK_SECRET")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn config(lookup: &str, tool: &str) -> String {
+    format!(
+        r#"
+[call]
+end_call = true
+daily_max_calls = 200
+
+[call.context]
+url = "{lookup}?key=do-not-print-me"
+method = "GET"
+timeout_ms = 700
+
+[[call.tools]]
+name = "book_appointment"
+description = "Books an appointment."
+url = "{tool}"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_lists_the_business_features_and_reaches_the_webhooks() {
+    let hooks = WebhookServer::start().await;
+    let (ok, out) = check(&config(&hooks.url("/lookup"), &hooks.url("/book"))).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("lookup GET"), "{out}");
+    assert!(out.contains("(timeout 700 ms)"), "{out}");
+    assert!(out.contains("tools book_appointment, end_call"), "{out}");
+    assert!(
+        out.contains("budget 200 calls, unlimited minutes per UTC day"),
+        "{out}"
+    );
+    assert!(out.contains("reachable"), "{out}");
+    assert!(
+        !out.contains("do-not-print-me"),
+        "a URL's query may hold a key: {out}"
+    );
+    assert!(
+        out.contains("[webhooks] secret is empty"),
+        "unsigned webhooks are warned about: {out}"
+    );
+    assert!(out.contains("end_call without [freeswitch.esl]"), "{out}");
+    assert!(hooks.requests("/lookup").is_empty(), "check sends nothing");
+    assert!(hooks.requests("/book").is_empty(), "check sends nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_webhook_fails_the_check() {
+    let hooks = WebhookServer::start().await;
+    // A port nothing listens on: bound, then released.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (ok, out) = check(&config(
+        &hooks.url("/lookup"),
+        &format!("http://{closed}/book"),
+    ))
+    .await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "webhook tool http://{closed}/book: FAILED: cannot connect"
+        )),
+        "{out}"
+    );
+}
