@@ -313,3 +313,53 @@ async fn record_reaches_the_webhook_after_an_outage() {
     assert_eq!(in_file.len(), 1);
     assert_eq!(in_file[0], record);
 }
+
+/// The records webhook is down for the whole life of a daemon: its record is in the
+/// spool when the daemon exits (SIGTERM), and the next daemon on the same spool
+/// delivers it as soon as it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spooled_record_survives_a_restart() {
+    let esl = FakeEsl::start(PASSWORD).await;
+    let hooks = WebhookServer::start().await;
+    let down = hooks.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let mock = MockOpenAi::start(MockOptions::new(MockFormat::Pcmu, KEY)).await;
+    let toml = config(
+        esl.addr,
+        "end_call = true",
+        &format!(
+            "[records]\nwebhook_url = \"http://{down}/records\"\nspool_dir = \"{}\"",
+            spool.display()
+        ),
+    );
+    let daemon = start(&toml, &mock).await;
+    let id = "control-restart-1";
+    let call = connect(&daemon, id).await;
+    mock.wait("session.updated", |s| s.session_updated_sent)
+        .await;
+    mock.script(Script::say_then_call(200, 3, "end_call", json!({})));
+    daemon.wait_call_end(id).await;
+    drop(call);
+    daemon
+        .wait_log(|l| message(l).starts_with("call records webhook unavailable"))
+        .await;
+    assert_eq!(daemon.stop().await, Some(0));
+    let spooled: Vec<_> = std::fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(spooled.len(), 1, "the record waits in the spool");
+
+    let hooks = WebhookServer::start_at(down).await;
+    let again = start(&toml, &mock).await;
+    let got = hooks.wait_for("/records", 1).await;
+    assert!(got[0].signature_valid(SECRET));
+    assert_eq!(got[0].json()["call_id"], id);
+    let noted = again
+        .wait_log(|l| message(l).starts_with("call records from a previous run"))
+        .await;
+    assert_eq!(field(&noted, "records"), 1);
+    again.stop().await;
+}
