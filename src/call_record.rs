@@ -51,7 +51,8 @@ pub struct RecordBuilder {
     assistant_turns: u64,
     /// The caller finished a turn; the next audio played closes it.
     turn_started: Option<Instant>,
-    turn_latencies: Vec<u64>,
+    /// Milliseconds, to 0.1 ms (sub-millisecond turns happen against local mocks).
+    turn_latencies: Vec<f64>,
     pub lookup: &'static str,
 }
 
@@ -129,7 +130,8 @@ impl RecordBuilder {
         let start = self.turn_started.take()?;
         let latency = at.saturating_duration_since(start);
         if self.turn_latencies.len() < MAX_TURNS {
-            self.turn_latencies.push(latency.as_millis() as u64);
+            self.turn_latencies
+                .push((latency.as_secs_f64() * 10_000.0).round() / 10.0);
         }
         Some(latency)
     }
@@ -189,8 +191,8 @@ impl RecordBuilder {
         let ended_wall = SystemTime::now();
         let duration = self.started.elapsed();
         let mut sorted = self.turn_latencies.clone();
-        sorted.sort_unstable();
-        let pick = |q: f64| -> Option<u64> {
+        sorted.sort_by(f64::total_cmp);
+        let pick = |q: f64| -> Option<f64> {
             if sorted.is_empty() {
                 return None;
             }
@@ -297,8 +299,8 @@ mod tests {
         });
         assert_eq!(v["turns"]["caller"], 1);
         assert_eq!(v["turns"]["assistant"], 1);
-        assert_eq!(v["latency_ms"]["turns"], json!([400]));
-        assert_eq!(v["latency_ms"]["turn_p50"], 400);
+        assert_eq!(v["latency_ms"]["turns"], json!([400.0]));
+        assert_eq!(v["latency_ms"]["turn_p50"], 400.0);
         assert_eq!(v["tool_calls"][0]["name"], "lookup");
         assert_eq!(v["tool_calls"][0]["duration_ms"], 30);
         assert_eq!(v["transcript"][0]["text"], "hello");
