@@ -85,6 +85,36 @@ impl Recorded {
     }
 }
 
+/// What a tool webhook request must carry (see `tools::run_webhook`).
+pub struct ToolRequest<'a> {
+    pub secret: &'a str,
+    pub tool: &'a str,
+    pub tool_call_id: &'a str,
+    pub call_id: &'a str,
+    pub arguments: serde_json::Value,
+}
+
+impl WebhookServer {
+    /// The one request `path` received: a signed POST naming the tool, its call id, the
+    /// call, the route `call`, the caller and the arguments. Returns its body.
+    pub fn the_tool_request(&self, path: &str, want: ToolRequest<'_>) -> serde_json::Value {
+        let reqs = self.requests(path);
+        assert_eq!(reqs.len(), 1, "exactly one webhook request");
+        let r = &reqs[0];
+        assert_eq!(r.method, "POST");
+        assert!(r.signature_valid(want.secret), "signature: {:?}", r.headers);
+        assert!(!r.signature_valid("another-secret"));
+        let body = r.json();
+        assert_eq!(body["tool"], want.tool);
+        assert_eq!(body["tool_call_id"], want.tool_call_id);
+        assert_eq!(body["call_id"], want.call_id);
+        assert_eq!(body["route"], "call");
+        assert_eq!(body["caller_id"], "+3902123");
+        assert_eq!(body["arguments"], want.arguments);
+        body
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     replies: Mutex<HashMap<String, Reply>>,
