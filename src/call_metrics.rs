@@ -16,6 +16,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const ACTIVE_CALLS: &str = "voicebridge_active_calls";
 pub const CALLS: &str = "voicebridge_calls_total";
 pub const REJECTED: &str = "voicebridge_upgrades_rejected_total";
+pub const ADMIN_REFUSED: &str = "voicebridge_admin_connections_refused_total";
 pub const FRAMES: &str = "voicebridge_frames_total";
 pub const BYTES: &str = "voicebridge_bytes_total";
 pub const DROPPED: &str = "voicebridge_frames_dropped_total";
@@ -76,6 +77,10 @@ fn describe() {
     );
     describe_counter!(CALLS, "Calls ended, by route, provider and end reason.");
     describe_counter!(REJECTED, "WebSocket upgrades refused, by reason.");
+    describe_counter!(
+        ADMIN_REFUSED,
+        "Admin connections refused because admin.max_connections were open."
+    );
     describe_counter!(
         FRAMES,
         "Audio messages, by direction (fs_in, fs_out, to_provider, from_provider)."
@@ -147,6 +152,10 @@ pub fn esl_dropped(n: u64) {
 
 pub fn upgrade_rejected(reason: &'static str) {
     counter!(REJECTED, "reason" => reason).increment(1);
+}
+
+pub fn admin_connection_refused() {
+    counter!(ADMIN_REFUSED).increment(1);
 }
 
 pub fn budget_refused(route: &str, limit: &'static str) {

@@ -81,14 +81,26 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Allows a non-loopback `listen` with no tokens (warned at every start).
     pub allow_unauthenticated: bool,
-    /// New connections per second from one source IP (burst: twice that); 0 disables.
+    /// Failed upgrades per second from one source (IPv4 address or IPv6 /64) before
+    /// its further failing upgrades get 429 (burst: twice that); 0 disables.
+    /// Authenticated upgrades are never refused by it.
     pub per_ip_rate_limit: u32,
+    /// Connections from one source that have not finished the handshake; above it a
+    /// new one gets HTTP 429 at once.
+    pub max_handshakes_per_ip: usize,
+    /// The same in total; above it a new connection gets HTTP 503 at once.
+    pub max_handshakes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     /// `/healthz`, `/readyz`, `/metrics`.
     pub listen: SocketAddr,
+    /// Open admin connections; a new one above it is answered 503 and closed.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this of the connection opening or of
+    /// the previous response (so it is also the keep-alive idle timeout).
+    pub header_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -536,7 +548,9 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_millis(800),
             drain_timeout: Duration::from_secs(30),
             allow_unauthenticated: false,
-            per_ip_rate_limit: 50,
+            per_ip_rate_limit: 5,
+            max_handshakes_per_ip: 64,
+            max_handshakes: 1024,
         }
     }
 }
@@ -545,6 +559,8 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9091)),
+            max_connections: 64,
+            header_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! See `README.md` for the architecture; each module opens with why it exists.
 
 pub mod admin;
+pub mod admission;
 pub mod audio;
 pub mod budget;
 pub mod call_client;

@@ -60,6 +60,9 @@ enum Command {
 
 /// At exit, how long the record writers may take to write or spool what is queued.
 const RECORDS_SHUTDOWN: Duration = Duration::from_secs(5);
+/// At exit, how long the admin listener may take to drop its connections (it aborts
+/// them at once; this only bounds a surprise).
+const ADMIN_SHUTDOWN: Duration = Duration::from_millis(500);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -148,6 +151,9 @@ async fn serve(path: &std::path::Path) -> ExitCode {
     let config = Arc::new(ArcSwap::from_pointee(config));
     let registry = Registry::new();
     let shutdown = Shutdown::default();
+    // Installed before "listening" is logged: a SIGTERM sent by whoever waits for that
+    // line must drain, not kill the process with the default action.
+    let signals = Signals::install();
     info!(
         listen = %addr,
         version = env!("CARGO_PKG_VERSION"),
@@ -169,6 +175,7 @@ async fn serve(path: &std::path::Path) -> ExitCode {
     ));
     let saver = tokio::spawn(Arc::clone(&budgets).run_saver(shutdown.stop.clone()));
     tokio::spawn(watch_signals(
+        signals,
         Arc::clone(&registry),
         shutdown.clone(),
         Arc::clone(&config),
@@ -195,7 +202,9 @@ async fn serve(path: &std::path::Path) -> ExitCode {
     // Every call has ended and submitted its record: write them out (or spool them for
     // the webhook) before exiting.
     records.shutdown(RECORDS_SHUTDOWN).await;
-    let _ = admin.await;
+    if tokio::time::timeout(ADMIN_SHUTDOWN, admin).await.is_err() {
+        warn!("admin listener did not stop in time; exiting anyway");
+    }
     // Every call has ended (and charged its time): the final save has it all.
     let _ = saver.await;
     budgets.save();
@@ -203,14 +212,31 @@ async fn serve(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The SIGTERM and SIGINT streams; `None` if they could not be installed.
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Signals(Some((term, int))),
+            _ => Signals(None),
+        }
+    }
+}
+
 /// SIGTERM / first SIGINT: drain (refuse new calls, let live ones finish for up to
 /// `drain_timeout`), then close what is left. A second SIGINT exits at once.
-async fn watch_signals(registry: Arc<Registry>, shutdown: Shutdown, config: Arc<ArcSwap<Config>>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+async fn watch_signals(
+    signals: Signals,
+    registry: Arc<Registry>,
+    shutdown: Shutdown,
+    config: Arc<ArcSwap<Config>>,
+) {
+    let Signals(Some((mut term, mut int))) = signals else {
         error!("cannot install signal handlers; stop with SIGKILL");
         return;
     };
@@ -259,6 +285,9 @@ async fn watch_reload(path: PathBuf, config: Arc<ArcSwap<Config>>) {
         }
         if new.admin.listen != old.admin.listen {
             restart_only.push("admin.listen");
+        }
+        if new.admin.max_connections != old.admin.max_connections {
+            restart_only.push("admin.max_connections");
         }
         if new.log != old.log {
             restart_only.push("log");

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use crate::call_metrics;
@@ -26,6 +27,9 @@ pub struct Registry {
     active: AtomicUsize,
     /// Live calls per route, for routes' own `max_calls`.
     per_route: DashMap<String, usize>,
+    /// Call ids of live calls: ESL events are matched to a call by its id, so two live
+    /// calls with one id would see each other's playback events.
+    call_ids: DashMap<String, ()>,
     next_key: AtomicU64,
 }
 
@@ -36,6 +40,8 @@ pub enum Full {
     Server(usize),
     /// The route's `max_calls`.
     Route(usize),
+    /// A live call already has this call id.
+    CallIdInUse,
 }
 
 /// Holding one keeps the call counted; dropping it removes the call.
@@ -49,13 +55,21 @@ impl Registry {
         Arc::new(Registry::default())
     }
 
-    /// Registers a call unless `max` calls are already live, or `route_max` on its route.
+    /// Registers a call unless `max` calls are already live, or `route_max` on its route,
+    /// or a live call has the same call id.
     pub fn try_register(
         self: &Arc<Self>,
         entry: CallEntry,
         max: usize,
         route_max: Option<usize>,
     ) -> Result<CallGuard, Full> {
+        // Held (its shard locked) until the call is in, so two racing upgrades with one
+        // id cannot both get through; nothing else locks `call_ids` while holding
+        // another map, so the lock order is fixed.
+        let id_slot = match self.call_ids.entry(entry.call_id.clone()) {
+            Entry::Occupied(_) => return Err(Full::CallIdInUse),
+            Entry::Vacant(slot) => slot,
+        };
         // Reserve a slot first so two racing upgrades cannot both take the last one.
         if self.active.fetch_add(1, Ordering::AcqRel) >= max {
             self.active.fetch_sub(1, Ordering::AcqRel);
@@ -71,6 +85,7 @@ impl Registry {
             }
             *n += 1;
         }
+        id_slot.insert(());
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         self.calls.insert(key, entry);
         call_metrics::set_active_calls(self.len());
@@ -113,6 +128,7 @@ impl Drop for CallGuard {
             if let Some(mut n) = self.registry.per_route.get_mut(&entry.route) {
                 *n = n.saturating_sub(1);
             }
+            self.registry.call_ids.remove(&entry.call_id);
         }
         self.registry.active.fetch_sub(1, Ordering::AcqRel);
         call_metrics::set_active_calls(self.registry.len());
@@ -164,5 +180,28 @@ mod tests {
         drop(a);
         assert_eq!(r.on_route("call"), 0);
         assert!(r.try_register(entry("b"), 10, Some(1)).is_ok());
+    }
+
+    #[test]
+    fn a_live_call_id_is_refused_until_that_call_ends() {
+        let r = Registry::new();
+        let a = r.try_register(entry("same"), 10, None).unwrap();
+        assert_eq!(
+            r.try_register(entry("same"), 10, None).err(),
+            Some(Full::CallIdInUse)
+        );
+        assert_eq!(r.len(), 1, "the refused call holds no slot");
+        drop(a);
+        let again = r.try_register(entry("same"), 10, None);
+        assert!(again.is_ok(), "the id is free once its call ended");
+        // A capacity refusal does not leave the id taken.
+        let r = Registry::new();
+        let _x = r.try_register(entry("x"), 1, None).unwrap();
+        assert_eq!(
+            r.try_register(entry("y"), 1, None).err(),
+            Some(Full::Server(1))
+        );
+        drop(_x);
+        assert!(r.try_register(entry("y"), 1, None).is_ok());
     }
 }

@@ -5,13 +5,11 @@
 //! nothing slow happens before the 101: the provider is connected by the session, after
 //! the upgrade. Rejections are plain HTTP statuses with a short body and one log line.
 
-use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{header, StatusCode};
@@ -20,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
+use crate::admission::{self, Admission, PendingGuard, Source, Summary, TooMany};
 use crate::budget::{Budgets, Exceeded, Ticket};
 use crate::call_metrics;
 use crate::config::{Config, Route};
@@ -55,23 +54,16 @@ struct Shared {
     config: Arc<ArcSwap<Config>>,
     registry: Arc<Registry>,
     shutdown: Shutdown,
-    /// New connections per source IP (`server.per_ip_rate_limit`).
-    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Failed upgrades and unfinished handshakes per source; rejection log summaries.
+    admission: Admission,
     esl: Option<Esl>,
     records: Option<Records>,
     budgets: Arc<Budgets>,
 }
 
-/// How often the per-IP limiter forgets idle addresses, so its memory stays bounded.
-const LIMITER_SWEEP: Duration = Duration::from_secs(60);
-
-fn per_ip_limiter(per_sec: u32) -> Option<DefaultKeyedRateLimiter<IpAddr>> {
-    let rate = NonZeroU32::new(per_sec)?;
-    let burst = NonZeroU32::new(per_sec.saturating_mul(2)).unwrap_or(rate);
-    Some(RateLimiter::keyed(
-        Quota::per_second(rate).allow_burst(burst),
-    ))
-}
+/// How often ended rejection-log windows are written out and the failure limiter
+/// forgets quiet sources (so its memory follows current activity).
+const ADMISSION_SWEEP: Duration = Duration::from_secs(10);
 
 /// Serves until `shutdown.stop` is cancelled and every session has ended. `esl` is
 /// the daemon's Event Socket connection, handed to every call; `records` where each
@@ -86,7 +78,7 @@ pub async fn serve(
     budgets: Arc<Budgets>,
 ) {
     let shared = Arc::new(Shared {
-        limiter: per_ip_limiter(config.load().server.per_ip_rate_limit),
+        admission: Admission::new(config.load().server.per_ip_rate_limit),
         config,
         registry,
         shutdown: shutdown.clone(),
@@ -95,19 +87,31 @@ pub async fn serve(
         budgets,
     });
     let tracker = TaskTracker::new();
-    let mut sweep = tokio::time::interval(LIMITER_SWEEP);
+    let mut sweep = tokio::time::interval(ADMISSION_SWEEP);
     loop {
         tokio::select! {
             _ = shutdown.stop.cancelled() => break,
             _ = sweep.tick() => {
-                if let Some(l) = &shared.limiter {
-                    l.retain_recent();
-                }
+                shared.admission.failures.sweep();
+                shared.admission.flush(false).iter().for_each(log_summary);
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let shared = Arc::clone(&shared);
-                    tracker.spawn(handle_connection(shared, stream, peer));
+                    // Counted here, before a task exists, so a flood of connections
+                    // that never send a request is refused without costing a task.
+                    let source = Source::of(peer.ip());
+                    let server = &shared.config.load().server;
+                    match shared.admission.pending.try_enter(
+                        source,
+                        server.max_handshakes_per_ip,
+                        server.max_handshakes,
+                    ) {
+                        Ok(pending) => {
+                            let shared = Arc::clone(&shared);
+                            tracker.spawn(handle_connection(shared, stream, peer, pending));
+                        }
+                        Err(too_many) => refuse_at_once(&shared, stream, peer, too_many),
+                    }
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed; retrying");
@@ -119,6 +123,56 @@ pub async fn serve(
     drop(listener);
     tracker.close();
     tracker.wait().await;
+    shared.admission.flush(true).iter().for_each(log_summary);
+}
+
+/// Over a pre-handshake cap: a canned response written without waiting (the socket
+/// buffer of a fresh connection takes it), then the connection is dropped.
+fn refuse_at_once(shared: &Shared, stream: TcpStream, peer: SocketAddr, too_many: TooMany) {
+    let (response, label, reason) = match too_many {
+        TooMany::Source(n) => (
+            "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 20\r\nConnection: close\r\n\r\ntoo many handshakes\n",
+            "too_many_handshakes",
+            format!("server.max_handshakes_per_ip ({n}) connections from this source have not finished their handshake"),
+        ),
+        TooMany::Total(n) => (
+            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 20\r\nConnection: close\r\n\r\ntoo many handshakes\n",
+            "too_many_handshakes",
+            format!("server.max_handshakes ({n}) connections have not finished their handshake"),
+        ),
+    };
+    let _ = stream.try_write(response.as_bytes());
+    call_metrics::upgrade_rejected(label);
+    let status = if matches!(too_many, TooMany::Source(_)) {
+        429
+    } else {
+        503
+    };
+    log_rejection(shared, peer, label, || {
+        warn!(%peer, status, %reason, "upgrade rejected");
+    });
+}
+
+/// Logs a rejection in full when it is the first of its kind from its source this
+/// minute; otherwise it is only counted, for the source's summary line.
+fn log_rejection(shared: &Shared, peer: SocketAddr, label: &'static str, full: impl FnOnce()) {
+    let (in_full, ended) = shared.admission.note(Source::of(peer.ip()), label);
+    if let Some(s) = ended {
+        log_summary(&s);
+    }
+    if in_full {
+        full();
+    }
+}
+
+fn log_summary(s: &Summary) {
+    warn!(
+        source = %s.source,
+        rejected = s.total(),
+        by_reason = %s.by_reason(),
+        over_secs = s.over.as_secs(),
+        "upgrade rejections not logged one by one (summary)"
+    );
 }
 
 /// Why an upgrade was refused.
@@ -131,10 +185,15 @@ struct Rejection {
     retry_after: Option<u64>,
     /// Refused by a daily budget: logged (rate-limited) as such, not as a plain rejection.
     budget: Option<Box<Exceeded>>,
+    /// A failed upgrade (no valid token, bad request, unknown route): counts against
+    /// the source's `per_ip_rate_limit`.
+    failure: bool,
 }
 
 /// `Retry-After` of a 503 for a transient condition (capacity, drain).
 const RETRY_AFTER_SECS: u64 = 5;
+/// `Retry-After` of a 429: the failure budget refills within a second.
+const RATE_LIMITED_RETRY_AFTER_SECS: u64 = 1;
 
 /// What the upgrade callback decided for an accepted call.
 struct Accepted {
@@ -145,25 +204,41 @@ struct Accepted {
     budget: Ticket,
 }
 
-async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+async fn handle_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    pending: PendingGuard,
+) {
     // Audio frames are small and latency-bound: never let Nagle hold them back.
     let _ = stream.set_nodelay(true);
     let started = Instant::now();
     let config = shared.config.load_full();
+    let source = Source::of(peer.ip());
     let mut decision: Option<Result<Accepted, Rejection>> = None;
     // The signature is tungstenite's `Callback`; its error type is not ours to shrink.
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        match decide(&shared, &config, req, peer.ip()) {
+        match decide(&shared, &config, req) {
             Ok(accepted) => {
                 decision = Some(Ok(accepted));
                 Ok(resp)
             }
-            Err(rejection) => {
+            Err(mut rejection) => {
+                if rejection.failure && shared.admission.failures.fail(source) {
+                    rejection =
+                        rate_limited(rejection, source, shared.admission.failures.per_sec());
+                }
                 let mut error = ErrorResponse::new(Some(format!("{}\n", rejection.body)));
                 *error.status_mut() = rejection.status;
-                if rejection.status == StatusCode::SERVICE_UNAVAILABLE {
-                    let secs = rejection.retry_after.unwrap_or(RETRY_AFTER_SECS);
+                let retry_after = match rejection.status {
+                    StatusCode::SERVICE_UNAVAILABLE => {
+                        Some(rejection.retry_after.unwrap_or(RETRY_AFTER_SECS))
+                    }
+                    StatusCode::TOO_MANY_REQUESTS => Some(RATE_LIMITED_RETRY_AFTER_SECS),
+                    _ => None,
+                };
+                if let Some(secs) = retry_after {
                     error
                         .headers_mut()
                         .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
@@ -179,29 +254,43 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
     let timeout = config.server.handshake_timeout;
-    let handshake = tokio::time::timeout(
-        timeout,
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config)),
-    )
-    .await;
+    let handshake = tokio::select! {
+        h = tokio::time::timeout(
+            timeout,
+            tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config)),
+        ) => h,
+        // Stopping: a half-done handshake must not hold the exit up.
+        _ = shared.shutdown.stop.cancelled() => return,
+    };
+    drop(pending);
     let ws = match handshake {
         Err(_) => {
+            shared.admission.failures.fail(source);
             call_metrics::upgrade_rejected("handshake_timeout");
-            warn!(%peer, timeout_ms = timeout.as_millis() as u64, "handshake timed out: connection dropped");
+            log_rejection(&shared, peer, "handshake_timeout", || {
+                warn!(%peer, timeout_ms = timeout.as_millis() as u64, "handshake timed out: connection dropped");
+            });
             return;
         }
         Ok(Err(e)) => {
             match decision {
                 Some(Err(r)) => {
-                    call_metrics::upgrade_rejected(metric_label(r.body));
+                    let label = metric_label(r.body);
+                    call_metrics::upgrade_rejected(label);
                     match &r.budget {
                         Some(b) => log_budget_refusal(peer, b),
-                        None => {
-                            warn!(%peer, status = r.status.as_u16(), reason = %r.reason, "upgrade rejected")
-                        }
+                        None => log_rejection(&shared, peer, label, || {
+                            warn!(%peer, status = r.status.as_u16(), reason = %r.reason, "upgrade rejected");
+                        }),
                     }
                 }
-                _ => warn!(%peer, error = %e, "handshake failed: not a valid WebSocket upgrade"),
+                _ => {
+                    shared.admission.failures.fail(source);
+                    call_metrics::upgrade_rejected("bad_handshake");
+                    log_rejection(&shared, peer, "bad_handshake", || {
+                        warn!(%peer, error = %e, "handshake failed: not a valid WebSocket upgrade");
+                    });
+                }
             }
             return;
         }
@@ -234,14 +323,9 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketA
     .await;
 }
 
-/// The upgrade decision: route, auth, capacity. Runs inside the handshake, so it must
+/// The upgrade decision: auth, route, capacity. Runs inside the handshake, so it must
 /// be quick and must not await anything.
-fn decide(
-    shared: &Arc<Shared>,
-    config: &Config,
-    req: &Request,
-    ip: IpAddr,
-) -> Result<Accepted, Rejection> {
+fn decide(shared: &Arc<Shared>, config: &Config, req: &Request) -> Result<Accepted, Rejection> {
     let uri = req.uri();
     let reject = |status, body, reason: String| Rejection {
         status,
@@ -249,20 +333,35 @@ fn decide(
         reason,
         retry_after: None,
         budget: None,
+        failure: false,
     };
-    if shared
-        .limiter
-        .as_ref()
-        .is_some_and(|l| l.check_key(&ip).is_err())
-    {
-        return Err(reject(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate limited",
-            format!(
-                "more than {} new connections per second from {ip}",
-                config.server.per_ip_rate_limit
-            ),
-        ));
+    let fail = |status, body, reason: String| Rejection {
+        failure: true,
+        ..reject(status, body, reason)
+    };
+    // First, on the raw request: without a valid token nothing else is looked at, so
+    // the answer (401) says nothing about routes, call ids or the daemon's state.
+    if !config.server.auth_tokens.is_empty() {
+        let bearer = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(admission::auth::bearer);
+        let query = admission::auth::query_token(uri.query());
+        let presented = bearer.or(query.as_deref());
+        let ok = presented.is_some_and(|p| config.server.auth_tokens.iter().any(|t| t.matches(p)));
+        if !ok {
+            let why = if presented.is_some() {
+                "wrong token"
+            } else {
+                "no token (Authorization: Bearer or ?token=)"
+            };
+            return Err(fail(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                why.to_owned(),
+            ));
+        }
     }
     if shared.shutdown.draining.is_cancelled() {
         return Err(reject(
@@ -272,36 +371,14 @@ fn decide(
         ));
     }
     let request = StreamRequest::parse(uri.path(), uri.query())
-        .map_err(|e| reject(StatusCode::BAD_REQUEST, "bad request", e.to_string()))?;
+        .map_err(|e| fail(StatusCode::BAD_REQUEST, "bad request", e.to_string()))?;
     let Some(route) = config.route(&request.route) else {
-        return Err(reject(
+        return Err(fail(
             StatusCode::NOT_FOUND,
             "unknown route",
             format!("unknown route {:?} (path {})", request.route, uri.path()),
         ));
     };
-    if !config.server.auth_tokens.is_empty() {
-        let bearer = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let presented = bearer.or(request.token.as_deref());
-        let ok = presented.is_some_and(|p| config.server.auth_tokens.iter().any(|t| t.matches(p)));
-        if !ok {
-            let why = if presented.is_some() {
-                "wrong token"
-            } else {
-                "no token (Authorization: Bearer or ?token=)"
-            };
-            return Err(reject(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                format!("{why} for route {:?}", route.name),
-            ));
-        }
-    }
     // After auth, so strangers cannot use up a route's budget; before capacity, so a
     // route out of budget says so (with the real Retry-After) even when also full.
     // The limits are this snapshot's: a SIGHUP changes them for new calls.
@@ -314,6 +391,7 @@ fn decide(
                 reason: exceeded.to_string(),
                 retry_after: Some(exceeded.retry_after.as_secs().max(1)),
                 budget: Some(Box::new(exceeded)),
+                failure: false,
             })
         }
     };
@@ -338,6 +416,14 @@ fn decide(
             let which = match full {
                 Full::Server(n) => format!("server.max_calls ({n})"),
                 Full::Route(n) => format!("max_calls of route {:?} ({n})", route.name),
+                // The first call keeps its id (and its ESL events); this one is refused.
+                Full::CallIdInUse => return Err(reject(
+                    StatusCode::CONFLICT,
+                    "call id in use",
+                    format!(
+                        "call {call_id} is already live; a second stream with its id is refused"
+                    ),
+                )),
             };
             return Err(reject(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -353,6 +439,21 @@ fn decide(
         guard,
         budget,
     })
+}
+
+/// The same rejection, answered 429: its source is over its failed-upgrade budget.
+fn rate_limited(r: Rejection, source: Source, per_sec: u32) -> Rejection {
+    Rejection {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        body: "rate limited",
+        reason: format!(
+            "more than {} failed upgrades per second from {source} (this one: {}: {})",
+            per_sec, r.body, r.reason
+        ),
+        retry_after: None,
+        budget: None,
+        failure: true,
+    }
 }
 
 /// One line per route per minute at most, however many calls the dialplan keeps
@@ -384,6 +485,7 @@ fn metric_label(body: &'static str) -> &'static str {
         "at capacity" => "at_capacity",
         "rate limited" => "rate_limited",
         "daily budget reached" => "budget",
+        "call id in use" => "call_id_in_use",
         _ => "other",
     }
 }

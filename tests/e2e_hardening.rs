@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::call::{send_paced, Call};
 use common::daemon::{field, message, Daemon};
@@ -78,7 +78,13 @@ async fn auth_by_header_or_query_with_constant_time_check() {
         .into_iter()
         .filter(|l| message(l) == "upgrade rejected" && field(l, "status") == 401)
         .collect();
-    assert_eq!(rejected.len(), 3, "one line per refused upgrade");
+    // The first from this address is logged in full, the other two only counted (they
+    // come as a summary line): a flood cannot flood the journal.
+    assert_eq!(
+        rejected.len(),
+        1,
+        "one line per source and reason per minute"
+    );
     let (_, metrics) = http::get(daemon.admin, "/metrics").await;
     assert_eq!(
         series(
@@ -171,44 +177,6 @@ async fn capacity_gives_503_with_retry_after_and_flips_readyz() {
     )
     .await;
     s1.close().await.unwrap();
-    daemon.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn per_ip_rate_limit_answers_429() {
-    let daemon = Daemon::start(&echo("per_ip_rate_limit = 1", ""), &[]).await;
-    let started = Instant::now();
-    let mut accepted = Vec::new();
-    let mut limited = 0;
-    for i in 0..6 {
-        let opts = ConnectOptions::new(daemon.addr, format!("/call/rl-{i}?rate=8000"));
-        match FakeFreeSwitch::connect(&opts).await {
-            Ok(fs) => accepted.push(fs),
-            Err(e) => {
-                assert_eq!(e.status(), Some(429), "{e}");
-                limited += 1;
-            }
-        }
-    }
-    // A burst of 2, then one per second: whatever the machine's speed, no more than that.
-    let allowed = 2 + started.elapsed().as_secs_f64().ceil() as usize;
-    assert!(
-        accepted.len() <= allowed,
-        "{} accepted, at most {allowed} allowed",
-        accepted.len()
-    );
-    assert_eq!(accepted.len() + limited, 6);
-    assert!(limited > 0);
-    let line = daemon
-        .wait_log(|l| message(l) == "upgrade rejected" && field(l, "status") == 429)
-        .await;
-    assert!(field(&line, "reason")
-        .as_str()
-        .unwrap()
-        .contains("127.0.0.1"));
-    for fs in accepted {
-        fs.close().await.unwrap();
-    }
     daemon.stop().await;
 }
 

@@ -16,13 +16,7 @@ type Result<T> = std::result::Result<T, ConfigError>;
 
 pub(crate) fn compile(raw: RawConfig, secrets: &EnvSecrets, notes: Vec<String>) -> Result<Config> {
     let server = server(raw.server)?;
-    let admin = AdminConfig {
-        listen: listen(
-            "admin.listen",
-            raw.admin.listen,
-            AdminConfig::default().listen,
-        )?,
-    };
+    let admin = admin(raw.admin)?;
     // Port 0 (an ephemeral port, used by tests) cannot collide.
     if admin.listen == server.listen && admin.listen.port() != 0 {
         return Err(ConfigError::invalid(
@@ -121,7 +115,45 @@ fn server(raw: RawServer) -> Result<ServerConfig> {
             Some(v) => u32::try_from(int_in("server.per_ip_rate_limit", v, 0, 100_000, "")?)
                 .map_err(|_| ConfigError::invalid("server.per_ip_rate_limit", "too large"))?,
         },
+        max_handshakes_per_ip: count_or(
+            "server.max_handshakes_per_ip",
+            raw.max_handshakes_per_ip,
+            d.max_handshakes_per_ip,
+        )?,
+        max_handshakes: count_or(
+            "server.max_handshakes",
+            raw.max_handshakes,
+            d.max_handshakes,
+        )?,
     })
+}
+
+fn admin(raw: super::raw::RawAdmin) -> Result<AdminConfig> {
+    let d = AdminConfig::default();
+    Ok(AdminConfig {
+        listen: listen("admin.listen", raw.listen, d.listen)?,
+        max_connections: count_or(
+            "admin.max_connections",
+            raw.max_connections,
+            d.max_connections,
+        )?,
+        header_timeout: ms_or(
+            "admin.header_timeout_ms",
+            raw.header_timeout_ms,
+            100,
+            3_600_000,
+            d.header_timeout,
+        )?,
+    })
+}
+
+/// A connection count: 1..=1 000 000.
+fn count_or(key: &str, raw: Option<i64>, default: usize) -> Result<usize> {
+    match raw {
+        None => Ok(default),
+        Some(v) => usize::try_from(int_in(key, v, 1, 1_000_000, "")?)
+            .map_err(|_| ConfigError::invalid(key, "too large")),
+    }
 }
 
 fn log(raw: super::raw::RawLog) -> Result<LogConfig> {

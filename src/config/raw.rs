@@ -117,12 +117,20 @@ pub(crate) struct RawServer {
     pub allow_unauthenticated: Option<bool>,
     #[serde(deserialize_with = "int")]
     pub per_ip_rate_limit: Option<i64>,
+    #[serde(deserialize_with = "int")]
+    pub max_handshakes_per_ip: Option<i64>,
+    #[serde(deserialize_with = "int")]
+    pub max_handshakes: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct RawAdmin {
     pub listen: Option<String>,
+    #[serde(deserialize_with = "int")]
+    pub max_connections: Option<i64>,
+    #[serde(deserialize_with = "int")]
+    pub header_timeout_ms: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
