@@ -341,67 +341,21 @@ struct Target {
     url_codec: Option<Codec>,
 }
 
-fn is_secret_key(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    ["token", "key", "secret", "password", "auth"]
-        .iter()
-        .any(|s| k.contains(s))
-}
-
 fn decode_component(s: &str) -> String {
     percent_encoding::percent_decode_str(s)
         .decode_utf8_lossy()
         .into_owned()
 }
 
-/// The URL with secret query values and any `user:pass@` removed, for printing.
+/// The URL as printed: the one redaction rule of `crate::redact`.
 pub fn redact_url(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    // Credentials in the authority part are as secret as a token.
-    let base = match base.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = match rest.find('/') {
-                Some(i) => rest.split_at(i),
-                None => (rest, ""),
-            };
-            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            format!("{scheme}://{host}{path}")
-        }
-        None => base.to_string(),
-    };
-    match query {
-        None => base,
-        Some(q) => {
-            let pairs: Vec<String> = q
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((k, _)) if is_secret_key(&decode_component(k)) => format!("{k}=***"),
-                    _ => pair.to_string(),
-                })
-                .collect();
-            format!("{base}?{}", pairs.join("&"))
-        }
-    }
+    crate::redact::url(url)
 }
 
-/// Removes the URL's secret query values (and the URL itself) from an error text that
-/// came from a library, which may quote the URI it was given.
+/// Removes the URL's secret parts (and the URL itself) from an error text that came
+/// from a library, which may quote the URI it was given.
 fn scrub_secrets(text: &str, url: &str) -> String {
-    let mut out = text.replace(url, &redact_url(url));
-    if let Some((_, q)) = url.split_once('?') {
-        for pair in q.split('&') {
-            if let Some((k, v)) = pair.split_once('=') {
-                // Very short values would mangle unrelated text and are no real secret.
-                if is_secret_key(&decode_component(k)) && v.len() >= 3 {
-                    out = out.replace(v, "***");
-                }
-            }
-        }
-    }
-    out
+    crate::redact::scrub(text, url)
 }
 
 /// Parses the URL, reads the format keys it carries and adds the missing ones.
@@ -1708,7 +1662,7 @@ mod tests {
             "ws://h:9090/call/x?token=s3cret&rate=8000&channels=stereo&codec=PCMU"
         );
         assert!(!t.display_url.contains("s3cret"), "{}", t.display_url);
-        assert!(t.display_url.contains("token=***"));
+        assert!(t.display_url.contains("token=[redacted]"));
     }
 
     #[test]
@@ -1747,13 +1701,13 @@ mod tests {
     fn redaction_removes_tokens_and_credentials() {
         assert_eq!(
             redact_url("ws://u:pw@h:1/call/x?rate=8000&access_token=abc&api_key=k"),
-            "ws://h:1/call/x?rate=8000&access_token=***&api_key=***"
+            "ws://h:1/call/x?rate=[redacted]&access_token=[redacted]&api_key=[redacted]"
         );
         assert_eq!(redact_url("ws://h:1/call/x"), "ws://h:1/call/x");
         let url = "ws://h:1/call/x?token=s3cret";
         assert_eq!(
             scrub_secrets(&format!("Unable to connect to {url}; s3cret"), url),
-            "Unable to connect to ws://h:1/call/x?token=***; ***"
+            "Unable to connect to ws://h:1/call/x?token=[redacted]; [redacted]"
         );
     }
 

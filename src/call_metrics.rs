@@ -3,8 +3,8 @@
 //! Recording is cheap and never on the per-frame path: a session accumulates its
 //! counters and flushes the deltas about once a second and at the end of the call, so
 //! thousands of calls cost a handful of atomic adds per second each. Label values are
-//! bounded (route names from the config, provider names, end-reason tags, sanitised
-//! error codes), so the series count stays bounded too.
+//! bounded (route names from the config, provider names, end-reason tags, provider error
+//! codes: a fixed set per provider), so the series count stays bounded too.
 
 use std::time::Duration;
 
@@ -180,8 +180,11 @@ pub fn first_response(provider: &'static str, latency: Duration) {
     histogram!(FIRST_RESPONSE, "provider" => provider).record(latency.as_secs_f64());
 }
 
+/// `code` is the provider's own text: only a fixed set per provider becomes a label
+/// value, the rest counts as `other` (see `providers::error_codes`).
 pub fn provider_error(provider: &'static str, code: &str) {
-    counter!(PROVIDER_ERRORS, "provider" => provider, "code" => sanitise(code)).increment(1);
+    let code = crate::providers::error_codes::label(provider, code);
+    counter!(PROVIDER_ERRORS, "provider" => provider, "code" => code).increment(1);
 }
 
 /// Traffic counters of one call since its last flush.
@@ -241,7 +244,8 @@ impl Traffic {
     }
 }
 
-/// Error codes come from providers: keep label values short and plain.
+/// Tool names come from the config (an unknown one is labelled `unknown`): keep label
+/// values short and plain.
 fn sanitise(code: &str) -> String {
     let s: String = code
         .chars()

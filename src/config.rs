@@ -24,6 +24,7 @@
 
 mod business;
 mod compile;
+pub mod env_file;
 mod error;
 mod load;
 mod raw;

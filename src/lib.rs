@@ -15,6 +15,7 @@ pub mod loadtest;
 pub mod lookup;
 pub mod providers;
 pub mod records;
+pub mod redact;
 pub mod registry;
 pub mod server;
 pub mod session;

@@ -49,7 +49,13 @@ enum Command {
     /// Run the daemon (the default when no command is given).
     Serve,
     /// Validate the configuration and report on each provider in use.
-    Check,
+    Check {
+        /// Read API keys and other variables from this KEY=VALUE file (the unit's
+        /// EnvironmentFile), so they never go on a command line. Its values win over
+        /// the environment's.
+        #[arg(long, value_name = "PATH")]
+        env_file: Option<PathBuf>,
+    },
     /// Stream a WAV file to a running voicebridge exactly like mod_audio_stream does,
     /// record what comes back, and print a summary.
     Call(CallArgs),
@@ -79,13 +85,17 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Call(args)) => runtime.block_on(call(args)),
         Some(Command::Loadtest(args)) => runtime.block_on(load_test(args)),
-        Some(Command::Check) => runtime.block_on(check(&cli.config)),
+        Some(Command::Check { env_file }) => runtime.block_on(check(&cli.config, env_file)),
         Some(Command::Serve) | None => runtime.block_on(serve(&cli.config)),
     }
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load(path, std::env::vars()).map_err(|e| {
+    load_with(path, std::env::vars().collect())
+}
+
+fn load_with(path: &std::path::Path, env: Vec<(String, String)>) -> Result<Config, ExitCode> {
+    Config::load(path, env).map_err(|e| {
         eprintln!("voicebridge: configuration error: {e}");
         ExitCode::from(2)
     })
@@ -326,8 +336,19 @@ async fn watch_reload(path: PathBuf, config: Arc<ArcSwap<Config>>) {
     }
 }
 
-async fn check(path: &std::path::Path) -> ExitCode {
-    let config = match load(path) {
+async fn check(path: &std::path::Path, env_file: Option<PathBuf>) -> ExitCode {
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    if let Some(file) = env_file {
+        match voicebridge::config::env_file::read(&file) {
+            // Later entries win, as in the daemon's environment under systemd.
+            Ok(vars) => env.extend(vars),
+            Err(e) => {
+                eprintln!("voicebridge: --env-file: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let config = match load_with(path, env) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -374,7 +395,7 @@ async fn check(path: &std::path::Path) -> ExitCode {
         if let (Some(url), Some(spool)) = (&r.webhook_url, &r.spool_dir) {
             parts.push(format!(
                 "webhook {} (spool {})",
-                voicebridge::webhook::shown_url(url),
+                voicebridge::redact::url(url),
                 spool.display()
             ));
         }
@@ -383,7 +404,7 @@ async fn check(path: &std::path::Path) -> ExitCode {
     endpoints.sort_by(|a, b| a.1.cmp(&b.1));
     endpoints.dedup_by(|a, b| a.1 == b.1);
     for (what, url) in endpoints {
-        let shown = voicebridge::webhook::shown_url(&url);
+        let shown = voicebridge::redact::url(&url);
         match voicebridge::webhook::reachable(&url, Duration::from_secs(5)).await {
             Ok(took) => println!(
                 "webhook {what} {shown}: reachable (connected in {} ms; nothing sent)",
@@ -423,7 +444,7 @@ fn business_lines(route: &voicebridge::config::Route) -> Vec<String> {
         out.push(format!(
             "lookup {} {} (timeout {} ms)",
             l.method.name().to_uppercase(),
-            voicebridge::webhook::shown_url(&l.url),
+            voicebridge::redact::url(&l.url),
             l.timeout.as_millis()
         ));
     }

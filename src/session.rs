@@ -155,9 +155,10 @@ impl EndReason {
         }
     }
 
-    /// Text for the Close frame we send FreeSWITCH (it shows in `::disconnect`).
+    /// Text for the Close frame we send FreeSWITCH (it shows in `::disconnect`). It
+    /// leaves the process, so it carries no URL at all, not even a redacted one.
     fn close_reason(&self) -> String {
-        let mut s = self.to_string();
+        let mut s = crate::redact::without_urls(&self.to_string());
         // A Close reason is at most 123 bytes.
         while s.len() > 120 {
             s.pop();

@@ -1,7 +1,11 @@
 //! Log setup: JSON lines for journald and log shippers, a human format on a terminal.
 //! Every line of a call carries `call_id` through the session's span.
 
+mod escape;
+
 use std::io::IsTerminal;
+
+pub use escape::{escape, EscapedFields};
 
 use tracing_subscriber::EnvFilter;
 
@@ -31,7 +35,12 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
             .with_span_list(false)
             .try_init()
     } else {
-        builder.try_init()
+        // Peer-provided strings are escaped, so no value can forge a line; colours
+        // only on a terminal (journald would store the escape codes).
+        builder
+            .fmt_fields(EscapedFields)
+            .with_ansi(std::io::stdout().is_terminal())
+            .try_init()
     };
     result.map_err(|e| format!("cannot install the logger: {e}"))
 }

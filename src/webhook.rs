@@ -4,12 +4,21 @@
 //!
 //! ```text
 //! X-Voicebridge-Timestamp: <unix seconds>
-//! X-Voicebridge-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>
+//! X-Voicebridge-Signature-V2: v2=<hex HMAC-SHA256(secret, canonical)>
+//! X-Voicebridge-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>   (v1, deprecated)
+//!
+//! canonical = "v2\n<timestamp>\n<METHOD>\n<path>\n<query>\n<body>"
 //! ```
 //!
-//! The body is the exact bytes sent (for a GET, the query string without `?`). The
-//! timestamp is inside the MAC so a captured request cannot be replayed later than
-//! the receiver's tolerance. Without `[webhooks] secret` requests go unsigned.
+//! v2 covers what v1 left open: the method, the path and the whole query (the one
+//! configured in the URL and, for a GET, the lookup's own parameters), so a captured
+//! request cannot be replayed to another endpoint or with another query. `<path>` and
+//! `<query>` are exactly as sent on the wire (percent-encoding kept, query without `?`,
+//! empty when there is none); `<body>` is the exact bytes sent (empty for a GET). v1
+//! (`"<timestamp>.<body>"`, the body being the query string for a GET) is still sent
+//! beside it while receivers migrate. The timestamp is inside both MACs so a captured
+//! request cannot be replayed later than the receiver's tolerance. Without
+//! `[webhooks] secret` requests go unsigned.
 
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,6 +29,7 @@ use sha2::Sha256;
 use crate::config::Secret;
 
 pub const SIGNATURE_HEADER: &str = "x-voicebridge-signature";
+pub const SIGNATURE_V2_HEADER: &str = "x-voicebridge-signature-v2";
 pub const TIMESTAMP_HEADER: &str = "x-voicebridge-timestamp";
 pub const CALL_ID_HEADER: &str = "x-voicebridge-call-id";
 
@@ -52,7 +62,29 @@ impl WebhookError {
     }
 }
 
-/// `sha256=<hex>` over `"<timestamp>.<body>"`.
+/// `v2=<hex>` over the canonical string (see the module doc). `path` and `query` are
+/// as sent on the wire; `query` without its `?`.
+pub fn signature_v2(
+    secret: &[u8],
+    timestamp: u64,
+    method: &str,
+    path: &str,
+    query: &str,
+    body: &[u8],
+) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        return String::new();
+    };
+    let ts = timestamp.to_string();
+    for part in ["v2", ts.as_str(), &method.to_ascii_uppercase(), path, query] {
+        mac.update(part.as_bytes());
+        mac.update(b"\n");
+    }
+    mac.update(body);
+    format!("v2={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// v1 (deprecated, sent beside v2): `sha256=<hex>` over `"<timestamp>.<body>"`.
 pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
@@ -88,11 +120,6 @@ pub fn client() -> Result<reqwest::Client, WebhookError> {
     Ok(CLIENT.get_or_init(|| client).clone())
 }
 
-/// The URL without its query, for log lines (a query may carry a key).
-pub fn shown_url(url: &str) -> &str {
-    url.split(['?', '#']).next().unwrap_or(url)
-}
-
 /// One signed request; the answer's body parsed as JSON (an empty body is `null`).
 /// `body` is the JSON for a POST, or the query string for a GET.
 pub async fn send(
@@ -106,18 +133,35 @@ pub async fn send(
     let client = client()?;
     let ts = now_secs();
     let is_get = method == reqwest::Method::GET;
-    let mut req = if is_get {
+    let target = if is_get {
         let query = String::from_utf8_lossy(&body).into_owned();
         let sep = if url.contains('?') { '&' } else { '?' };
-        let full = if query.is_empty() {
+        if query.is_empty() {
             url.to_owned()
         } else {
             format!("{url}{sep}{query}")
-        };
-        client.get(full)
+        }
+    } else {
+        url.to_owned()
+    };
+    // Parsed once, so the path and query signed are the ones sent.
+    let target = reqwest::Url::parse(&target)
+        .map_err(|e| WebhookError::Client(format!("invalid URL: {e}")))?;
+    let signed_v2 = (!secret.is_empty()).then(|| {
+        signature_v2(
+            secret.expose().as_bytes(),
+            ts,
+            method.as_str(),
+            target.path(),
+            target.query().unwrap_or(""),
+            if is_get { b"" } else { &body },
+        )
+    });
+    let mut req = if is_get {
+        client.get(target)
     } else {
         client
-            .request(method, url)
+            .request(method, target)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.clone())
     };
@@ -126,8 +170,8 @@ pub async fn send(
         .header(TIMESTAMP_HEADER, ts.to_string())
         .header(CALL_ID_HEADER, call_id)
         .timeout(timeout);
-    if !secret.is_empty() {
-        req = req.header(
+    if let Some(v2) = signed_v2 {
+        req = req.header(SIGNATURE_V2_HEADER, v2).header(
             SIGNATURE_HEADER,
             signature(secret.expose().as_bytes(), ts, &body),
         );
@@ -223,16 +267,37 @@ mod tests {
     }
 
     #[test]
+    fn v2_signs_the_documented_canonical_string() {
+        // The vector README and docs/records.md give receivers.
+        let sig = signature_v2(b"key", 0, "post", "/hook", "a=1", b"{}");
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"key").unwrap();
+        mac.update(b"v2\n0\nPOST\n/hook\na=1\n{}");
+        assert_eq!(
+            sig,
+            format!("v2={}", hex::encode(mac.finalize().into_bytes()))
+        );
+        assert_eq!(
+            sig, "v2=3db7a7e4664d1a96cf3781b4473b414bf5633729d5b7eb893a51eb8844029f0b",
+            "update the docs' vector too"
+        );
+    }
+
+    #[test]
+    fn v2_depends_on_method_path_query_and_body() {
+        let a = signature_v2(b"s", 1, "POST", "/p", "k=1", b"{}");
+        assert_ne!(a, signature_v2(b"s", 1, "GET", "/p", "k=1", b"{}"));
+        assert_ne!(a, signature_v2(b"s", 1, "POST", "/q", "k=1", b"{}"));
+        assert_ne!(a, signature_v2(b"s", 1, "POST", "/p", "k=2", b"{}"));
+        assert_ne!(a, signature_v2(b"s", 1, "POST", "/p", "", b"k=1\n{}"));
+        assert_ne!(a, signature_v2(b"s", 2, "POST", "/p", "k=1", b"{}"));
+        assert_ne!(a, signature_v2(b"s", 1, "POST", "/p", "k=1", b"{ }"));
+    }
+
+    #[test]
     fn signature_depends_on_timestamp_and_body() {
         let a = signature(b"s", 1, b"{}");
         assert_ne!(a, signature(b"s", 2, b"{}"));
         assert_ne!(a, signature(b"s", 1, b"{ }"));
         assert_ne!(a, signature(b"t", 1, b"{}"));
-    }
-
-    #[test]
-    fn shown_url_drops_the_query() {
-        assert_eq!(shown_url("https://h/p?key=abc"), "https://h/p");
-        assert_eq!(shown_url("https://h/p"), "https://h/p");
     }
 }

@@ -333,6 +333,21 @@ fn toml_syntax_error_is_reported() {
 }
 
 #[test]
+fn toml_syntax_error_never_quotes_the_line() {
+    // The broken line holds a key: the error gives its position, not its text.
+    let e = fail(
+        "[providers.openai]\napi_key = \"sk-live-SECRET123\" oops\n",
+        &[],
+    );
+    let text = e.to_string();
+    assert!(matches!(e, ConfigError::Syntax { .. }), "{text}");
+    assert!(!text.contains("SECRET123"), "{text}");
+    assert!(!text.contains("oops"), "{text}");
+    assert!(text.contains("line 2"), "{text}");
+    assert!(!text.contains('\n'), "one line: {text}");
+}
+
+#[test]
 fn missing_file_names_the_path() {
     let e = Config::load(std::path::Path::new("/nonexistent/vb.toml"), env(&[])).unwrap_err();
     assert!(e.to_string().contains("/nonexistent/vb.toml"), "{e}");

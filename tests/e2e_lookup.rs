@@ -140,6 +140,41 @@ async fn get_lookup_sends_the_caller_in_the_query() {
     daemon.stop().await;
 }
 
+/// v2 signs the method, the path and the whole query (the configured part too, which
+/// v1 left out): a receiver recomputing it from what it got verifies, and any change to
+/// the method, path or query breaks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signature_v2_covers_method_path_and_the_configured_query() {
+    let hooks = WebhookServer::start().await;
+    hooks.respond("/who", Reply::Json(json!({"customer": {"name": "Grace"}})));
+    let mock = MockOpenAi::start(MockOptions::new(MockFormat::Pcmu, KEY)).await;
+    let url = format!("{}?tenant=acme&region=eu%20west", hooks.url("/who"));
+    let daemon = start(&config(&url, "GET", 2000), &mock).await;
+    let _call = connect(&daemon, "lookup-v2-1").await;
+
+    assert!(instructions(&mock).await.contains("The caller is Grace,"));
+    let req = hooks.wait_for("/who", 1).await.remove(0);
+    assert!(
+        req.query.starts_with("tenant=acme&region=eu%20west&"),
+        "{}",
+        req.query
+    );
+    assert!(req.signature_v2_valid(SECRET), "{:?}", req.headers);
+    assert!(!req.signature_v2_valid("another-secret"));
+    // v1 (still sent) covers only the lookup's own parameters, not the configured ones.
+    assert!(req.header("x-voicebridge-signature").is_some());
+    let mut other = req.clone();
+    other.query = other.query.replace("tenant=acme", "tenant=evil");
+    assert!(!other.signature_v2_valid(SECRET), "query is signed");
+    let mut other = req.clone();
+    other.path = "/admin".into();
+    assert!(!other.signature_v2_valid(SECRET), "path is signed");
+    let mut other = req.clone();
+    other.method = "DELETE".into();
+    assert!(!other.signature_v2_valid(SECRET), "method is signed");
+    daemon.stop().await;
+}
+
 /// A lookup that answers after its timeout: the provider is set up with the defaults
 /// (the fallbacks in the template) and one warning says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,7 +28,10 @@ fn http_url(key: &str, url: &str) -> Result<()> {
     if !has_scheme(url, &["http://", "https://"]) {
         return Err(ConfigError::invalid(
             key,
-            format!("{url:?} is not an HTTP URL: expected http://HOST/... or https://HOST/..."),
+            format!(
+                "{:?} is not an HTTP URL: expected http://HOST/... or https://HOST/...",
+                crate::redact::url(url)
+            ),
         ));
     }
     Ok(())

@@ -764,7 +764,10 @@ fn ws_url(key: &str, raw: Option<String>, default: String) -> Result<String> {
     if !has_scheme(&url, &["ws://", "wss://"]) {
         return Err(ConfigError::invalid(
             key,
-            format!("{url:?} is not a WebSocket URL: expected ws://HOST/... or wss://HOST/..."),
+            format!(
+                "{:?} is not a WebSocket URL: expected ws://HOST/... or wss://HOST/...",
+                crate::redact::url(&url)
+            ),
         ));
     }
     Ok(url)

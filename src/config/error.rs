@@ -6,8 +6,9 @@
 
 use std::path::PathBuf;
 
-/// Why the configuration could not be loaded. `Display` is the whole message, one line
-/// (except TOML syntax errors, which quote the offending line).
+/// Why the configuration could not be loaded. `Display` is the whole message, one line.
+/// TOML syntax errors give the line and column but never quote the line: it may hold
+/// a key.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {

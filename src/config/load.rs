@@ -149,7 +149,7 @@ fn convert(err: config::ConfigError, origin: &str, env: &EnvInput) -> ConfigErro
     let ours = match err {
         config::ConfigError::FileParse { cause, .. } => ConfigError::Syntax {
             origin: origin.to_string(),
-            message: cause.to_string().trim_end().to_string(),
+            message: without_quoted_source(&cause.to_string()),
         },
         config::ConfigError::Type {
             unexpected,
@@ -183,6 +183,23 @@ fn convert(err: config::ConfigError, origin: &str, env: &EnvInput) -> ConfigErro
         },
     };
     name_env_var(ours, env)
+}
+
+/// The TOML parser quotes the offending line under a `|` gutter; that line may hold a
+/// key (`api_key = "sk-…" oops`), so only the position and the reason are kept, on
+/// one line: "TOML parse error at line 2, column 28: expected newline".
+fn without_quoted_source(message: &str) -> String {
+    let kept: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            let gutter = l
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start();
+            !l.is_empty() && !gutter.starts_with('|')
+        })
+        .collect();
+    kept.join(": ")
 }
 
 /// Splits serde's "unknown field `x`, expected one of `a`, `b`" into (`x`, "expected

@@ -7,6 +7,7 @@
 
 pub mod echo;
 pub mod elevenlabs;
+pub mod error_codes;
 pub mod gemini;
 pub mod openai;
 pub mod template;

@@ -685,7 +685,7 @@ struct Connection {
 /// Runs the OpenAI provider for one call until the session closes it or the socket ends.
 pub async fn run(cfg: OpenAiConfig, route: Route, mut ends: ProviderChannels) {
     let url = endpoint(&cfg);
-    let shown = ws::redact_url(&url);
+    let shown = crate::redact::url(&url);
     let key = cfg.api_key.expose().to_owned();
     let headers = [("authorization", format!("Bearer {key}"))];
     let mut context: Option<Arc<CallContext>> = None;
@@ -1102,7 +1102,7 @@ impl Connection {
 pub async fn check(config: &Config, route: &Route) -> Result<String, String> {
     let cfg = &config.providers.openai;
     let url = endpoint(cfg);
-    let shown = ws::redact_url(&url);
+    let shown = crate::redact::url(&url);
     let key = cfg.api_key.expose();
     if key.is_empty() {
         return Err("no API key: set OPENAI_API_KEY".to_owned());

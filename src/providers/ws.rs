@@ -53,12 +53,12 @@ pub async fn connect(
     headers: &[(&'static str, String)],
     secrets: &[&str],
 ) -> Result<ProviderWs, ConnectError> {
-    let shown = redact_url(url);
+    let shown = crate::redact::url(url);
     let mut request = url
         .into_client_request()
         .map_err(|e| ConnectError::BadUrl {
             url: shown.clone(),
-            reason: e.to_string(),
+            reason: crate::redact::scrub(&e.to_string(), url),
         })?;
     for (name, value) in headers {
         let value = HeaderValue::from_str(value).map_err(|_| ConnectError::BadUrl {
@@ -87,12 +87,16 @@ pub async fn connect(
             Err(ConnectError::Refused {
                 url: shown,
                 status,
-                body: redact(&clip(body.trim(), MAX_BODY), secrets),
+                body: redact(
+                    &crate::redact::scrub(&clip(body.trim(), MAX_BODY), url),
+                    secrets,
+                ),
             })
         }
         Ok(Err(e)) => Err(ConnectError::Failed {
             url: shown,
-            reason: redact(&e.to_string(), secrets),
+            // tungstenite's text may quote the URL it was given.
+            reason: redact(&crate::redact::scrub(&e.to_string(), url), secrets),
         }),
     }
 }
@@ -105,37 +109,6 @@ pub fn close_parts(
     frame
         .map(|f| (u16::from(f.code), f.reason.to_string()))
         .unwrap_or((1005, String::new()))
-}
-
-/// A URL fit for a log line: query values that can carry credentials are blanked
-/// (`?key=` for Gemini, signed-URL tokens for ElevenLabs).
-pub fn redact_url(url: &str) -> String {
-    let Some((base, query)) = url.split_once('?') else {
-        return url.to_owned();
-    };
-    let parts: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if is_secret_param(k) => format!("{k}=[redacted]"),
-            _ => pair.to_owned(),
-        })
-        .collect();
-    format!("{base}?{}", parts.join("&"))
-}
-
-fn is_secret_param(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    [
-        "key",
-        "token",
-        "signature",
-        "sig",
-        "secret",
-        "auth",
-        "conversation_signature",
-    ]
-    .iter()
-    .any(|s| k == *s || k.ends_with(&format!("_{s}")) || k.contains("token"))
 }
 
 /// Replaces every occurrence of each non-empty secret.
@@ -158,19 +131,6 @@ fn clip(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_lose_their_credentials() {
-        assert_eq!(
-            redact_url("wss://h/ws?key=AIzaSECRET&alt=x"),
-            "wss://h/ws?key=[redacted]&alt=x"
-        );
-        assert_eq!(
-            redact_url("wss://h/c?agent_id=a1&conversation_signature=s&token=t"),
-            "wss://h/c?agent_id=a1&conversation_signature=[redacted]&token=[redacted]"
-        );
-        assert_eq!(redact_url("wss://h/v1/realtime"), "wss://h/v1/realtime");
-    }
 
     #[test]
     fn secrets_are_redacted_from_text() {

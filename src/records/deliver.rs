@@ -100,7 +100,7 @@ struct Outage {
 
 impl Delivery {
     pub async fn run(self) {
-        let shown = webhook::shown_url(&self.url).to_owned();
+        let shown = crate::redact::url(&self.url);
         let mut outage: Option<Outage> = None;
         loop {
             let Some(entry) = self.spool.front() else {

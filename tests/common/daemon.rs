@@ -42,9 +42,80 @@ pub fn call_id(line: &Value) -> Option<&str> {
     line["span"]["call_id"].as_str()
 }
 
+/// `line` without ANSI colour sequences (`ESC [ … m`).
+fn without_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl Daemon {
     /// Starts the daemon with `toml` as its config file plus `env` overrides.
     pub async fn start(toml: &str, env: &[(&str, &str)]) -> Daemon {
+        let mut d = Self::spawn(toml, env, "json");
+        let admin = d
+            .wait_log(|l| message(l).starts_with("admin listening"))
+            .await;
+        d.admin = field(&admin, "listen")
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("admin address in the log");
+        let listening = d.wait_log(|l| message(l) == "listening").await;
+        d.addr = field(&listening, "listen")
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("listen address in the log");
+        d
+    }
+
+    /// Like [`Daemon::start`], with `[log] format = "pretty"` (the human format): only
+    /// [`Daemon::output`] and [`Daemon::wait_raw`] see its lines.
+    pub async fn start_pretty(toml: &str, env: &[(&str, &str)]) -> Daemon {
+        let mut d = Self::spawn(toml, env, "pretty");
+        let listen_of = |line: &str| -> SocketAddr {
+            without_ansi(line)
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("listen=").map(str::to_owned))
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no listen= in {line:?}"))
+        };
+        d.admin = listen_of(&d.wait_raw(|l| l.contains("admin listening")).await);
+        d.addr = listen_of(
+            &d.wait_raw(|l| l.contains(" listening ") && !l.contains("admin"))
+                .await,
+        );
+        d
+    }
+
+    /// Waits for the first raw output line (old or new) matching `pred`.
+    pub async fn wait_raw(&self, pred: impl Fn(&str) -> bool) -> String {
+        let wait = async {
+            loop {
+                let notified = self.notify.notified();
+                if let Some(l) = self.raw.lock().unwrap().iter().find(|l| pred(l)) {
+                    return l.clone();
+                }
+                notified.await;
+            }
+        };
+        match tokio::time::timeout(HANG_GUARD, wait).await {
+            Ok(l) => l,
+            Err(_) => panic!("output line not seen; output so far:\n{}", self.output()),
+        }
+    }
+
+    fn spawn(toml: &str, env: &[(&str, &str)], log_format: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("voicebridge.toml");
         std::fs::write(&path, toml).expect("write config");
@@ -55,7 +126,7 @@ impl Daemon {
             .env_remove("RUST_LOG")
             .env("VOICEBRIDGE__SERVER__LISTEN", "127.0.0.1:0")
             .env("VOICEBRIDGE__ADMIN__LISTEN", "127.0.0.1:0")
-            .env("VOICEBRIDGE__LOG__FORMAT", "json")
+            .env("VOICEBRIDGE__LOG__FORMAT", log_format)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -91,7 +162,7 @@ impl Daemon {
                 }
             });
         }
-        let mut d = Daemon {
+        Daemon {
             child,
             addr: "127.0.0.1:0".parse().unwrap(),
             admin: "127.0.0.1:0".parse().unwrap(),
@@ -100,20 +171,7 @@ impl Daemon {
             notify,
             config_path: path,
             _dir: dir,
-        };
-        let admin = d
-            .wait_log(|l| message(l).starts_with("admin listening"))
-            .await;
-        d.admin = field(&admin, "listen")
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .expect("admin address in the log");
-        let listening = d.wait_log(|l| message(l) == "listening").await;
-        d.addr = field(&listening, "listen")
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .expect("listen address in the log");
-        d
+        }
     }
 
     /// Waits for the first log line (old or new) matching `pred`.

@@ -54,7 +54,7 @@ impl Recorded {
             .map(String::as_str)
     }
 
-    /// The signed payload: the body, or for a GET the query string.
+    /// The v1 signed payload: the body, or for a GET the query string.
     pub fn signed_payload(&self) -> &[u8] {
         if self.method == "GET" {
             self.query.as_bytes()
@@ -63,8 +63,14 @@ impl Recorded {
         }
     }
 
-    /// `X-Voicebridge-Signature` is `sha256=<hex HMAC(secret, "<ts>.<payload>")>`.
+    /// Both signatures verify: v2 (method, path, whole query, body) and the deprecated
+    /// v1 sent beside it.
     pub fn signature_valid(&self, secret: &str) -> bool {
+        self.signature_v2_valid(secret) && self.signature_v1_valid(secret)
+    }
+
+    /// `X-Voicebridge-Signature` (v1) is `sha256=<hex HMAC(secret, "<ts>.<payload>")>`.
+    pub fn signature_v1_valid(&self, secret: &str) -> bool {
         let (Some(ts), Some(sig)) = (
             self.header("x-voicebridge-timestamp"),
             self.header("x-voicebridge-signature"),
@@ -81,6 +87,37 @@ impl Recorded {
         mac.update(ts.as_bytes());
         mac.update(b".");
         mac.update(self.signed_payload());
+        mac.verify_slice(&expected).is_ok()
+    }
+
+    /// `X-Voicebridge-Signature-V2` is `v2=<hex HMAC(secret, canonical)>`, canonical
+    /// being `v2\n<ts>\n<METHOD>\n<path>\n<query>\n<body>` with the path and query
+    /// as received on the wire (README, "Webhook signatures").
+    pub fn signature_v2_valid(&self, secret: &str) -> bool {
+        let (Some(ts), Some(sig)) = (
+            self.header("x-voicebridge-timestamp"),
+            self.header("x-voicebridge-signature-v2"),
+        ) else {
+            return false;
+        };
+        let Some(hex_sig) = sig.strip_prefix("v2=") else {
+            return false;
+        };
+        let Ok(expected) = hex::decode(hex_sig) else {
+            return false;
+        };
+        let canonical = [
+            "v2",
+            ts,
+            self.method.as_str(),
+            self.path.as_str(),
+            self.query.as_str(),
+        ]
+        .join("\n");
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("hmac key");
+        mac.update(canonical.as_bytes());
+        mac.update(b"\n");
+        mac.update(&self.body);
         mac.verify_slice(&expected).is_ok()
     }
 }

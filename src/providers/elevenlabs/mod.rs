@@ -131,7 +131,7 @@ async fn open(config: &ElevenLabsConfig) -> Result<ProviderWs, SetupError> {
     } else {
         signed_url(config).await?
     };
-    let shown = ws::redact_url(&url);
+    let shown = crate::redact::url(&url);
     info!(url = %shown, signed = !key.is_empty(), "elevenlabs: connecting");
     match ws::connect(&url, &[], &[key]).await {
         Ok(socket) => {
@@ -183,7 +183,7 @@ fn http_client() -> Result<reqwest::Client, SetupError> {
 async fn signed_url(config: &ElevenLabsConfig) -> Result<String, SetupError> {
     let key = config.api_key.expose();
     let endpoint = with_query(&config.signed_url_endpoint, "agent_id", &config.agent_id);
-    let shown = ws::redact_url(&endpoint);
+    let shown = crate::redact::url(&endpoint);
     let fail = |code: String, message: String| SetupError {
         code,
         message: ws::redact(&message, &[key]),

@@ -167,7 +167,7 @@ pub async fn check(config: &Config, route: &Route) -> Result<String, String> {
     };
     Ok(format!(
         "gemini: {} accepted model {} with voice {} (setupComplete in {ms} ms{tools})",
-        ws::redact_url(&s.url),
+        crate::redact::url(&s.url),
         s.model,
         s.voice
     ))
@@ -265,7 +265,7 @@ async fn run(s: Settings, ends: ProviderChannels) {
             },
             res = &mut connecting, if socket.is_none() => match res {
                 Ok(Ok(ws)) => {
-                    info!(url = %ws::redact_url(&s.url), "gemini: connected");
+                    info!(url = %crate::redact::url(&s.url), "gemini: connected");
                     socket = Some(ws);
                 }
                 Ok(Err(e)) => {
