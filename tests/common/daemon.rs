@@ -49,10 +49,30 @@ impl Daemon {
         let path = dir.path().join("voicebridge.toml");
         std::fs::write(&path, toml).expect("write config");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_voicebridge"));
+        cmd.arg("serve").arg("--config").arg(&path);
+        Daemon::spawn(cmd, env, dir, path).await
+    }
+
+    /// Starts the daemon with no config file named (no `--config`, no
+    /// `VOICEBRIDGE_CONFIG`), from an empty working directory: as when it is started
+    /// outside the repository. `config_path` is where no file is.
+    pub async fn start_without_config(env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config/default.toml");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_voicebridge"));
         cmd.arg("serve")
-            .arg("--config")
-            .arg(&path)
-            .env_remove("RUST_LOG")
+            .current_dir(dir.path())
+            .env_remove("VOICEBRIDGE_CONFIG");
+        Daemon::spawn(cmd, env, dir, path).await
+    }
+
+    async fn spawn(
+        mut cmd: Command,
+        env: &[(&str, &str)],
+        dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+    ) -> Daemon {
+        cmd.env_remove("RUST_LOG")
             .env("VOICEBRIDGE__SERVER__LISTEN", "127.0.0.1:0")
             .env("VOICEBRIDGE__ADMIN__LISTEN", "127.0.0.1:0")
             .env("VOICEBRIDGE__LOG__FORMAT", "json")
