@@ -1428,6 +1428,10 @@ impl Session {
         if let Some(records) = &self.records {
             records.submit(record);
         }
+        // The close handshake is done: close FreeSWITCH's TCP connection now. The
+        // module's hang-up (libwsc `disconnect()`) blocks until it sees the TCP close,
+        // and must not wait for the provider's own close (up to 500 ms) below.
+        drop(self.sink);
         let mut task = self.provider.task;
         if tokio::time::timeout(CLOSE_WAIT, &mut task).await.is_err() {
             task.abort();
