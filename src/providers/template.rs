@@ -59,6 +59,14 @@ fn push_value(out: &mut String, value: &str) {
     );
 }
 
+/// A variable's value as a provider inserts it into its own prompt (ElevenLabs'
+/// dynamic variables): the same cleaning as [`render`].
+pub fn clean_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len().min(MAX_VALUE_CHARS));
+    push_value(&mut out, value);
+    out
+}
+
 /// Replaces `{{ name }}` by `vars[name]`; unknown names become empty (or the fallback
 /// of `{{ name | fallback }}`), so a dialplan that does not send a key never leaks a
 /// raw placeholder into the assistant's prompt.
