@@ -222,7 +222,12 @@ fn bench_outbound(c: &mut Criterion) {
         g.bench_function("gemini_pcm24k", |b| {
             b.iter(|| {
                 if let Ok(msg) = gm::parse(black_box(&text)) {
-                    turn.on_content(msg.usage_metadata, msg.server_content, &mut events);
+                    turn.on_content(
+                        msg.usage_metadata,
+                        msg.server_content,
+                        std::time::Instant::now(),
+                        &mut events,
+                    );
                 }
                 out.play(&mut events)
             })

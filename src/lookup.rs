@@ -50,6 +50,11 @@ pub async fn lookup(
             (reqwest::Method::GET, query.join("&").into_bytes())
         }
         HttpMethod::Post => {
+            // The metadata as sent once (the template's `meta.` copies left out).
+            let metadata: BTreeMap<&String, &String> = metadata
+                .iter()
+                .filter(|(k, _)| !k.starts_with(crate::providers::template::META_PREFIX))
+                .collect();
             let body = json!({
                 "call_id": info.call_id,
                 "route": info.route,

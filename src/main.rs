@@ -29,16 +29,11 @@ use voicebridge::telemetry;
 #[derive(Parser, Debug)]
 #[command(name = "voicebridge", version, about, long_about = None)]
 struct Cli {
-    /// Configuration file (TOML). Every key can be overridden by an environment
-    /// variable VOICEBRIDGE__SECTION__KEY, e.g. VOICEBRIDGE__SERVER__LISTEN=0.0.0.0:9090.
-    #[arg(
-        long,
-        short,
-        global = true,
-        env = "VOICEBRIDGE_CONFIG",
-        default_value = "config/default.toml"
-    )]
-    config: PathBuf,
+    /// Configuration file (TOML) [default: config/default.toml if it exists, else the
+    /// built-in defaults]. Every key can be overridden by an environment variable
+    /// VOICEBRIDGE__SECTION__KEY, e.g. VOICEBRIDGE__SERVER__LISTEN=0.0.0.0:9090.
+    #[arg(long, short, global = true, env = "VOICEBRIDGE_CONFIG")]
+    config: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -64,6 +59,47 @@ enum Command {
     Loadtest(LoadtestArgs),
 }
 
+/// The config file used when none is named, relative to the working directory.
+const DEFAULT_CONFIG: &str = "config/default.toml";
+
+/// Where the configuration comes from.
+#[derive(Clone, Debug)]
+enum ConfigSource {
+    /// Named by `--config` / `VOICEBRIDGE_CONFIG` (must exist), or found at
+    /// [`DEFAULT_CONFIG`].
+    File(PathBuf),
+    /// None named and none at [`DEFAULT_CONFIG`] (e.g. started outside the repository):
+    /// the built-in defaults, the same as an empty file, plus environment overrides.
+    BuiltIn,
+}
+
+impl ConfigSource {
+    fn resolve(given: Option<PathBuf>) -> ConfigSource {
+        match given {
+            Some(path) => ConfigSource::File(path),
+            None => {
+                let path = PathBuf::from(DEFAULT_CONFIG);
+                // An unreadable file is not "none found": loading it says why.
+                if matches!(path.try_exists(), Ok(false)) {
+                    ConfigSource::BuiltIn
+                } else {
+                    ConfigSource::File(path)
+                }
+            }
+        }
+    }
+
+    fn load(&self, env: Vec<(String, String)>) -> Result<Config, voicebridge::config::ConfigError> {
+        match self {
+            ConfigSource::File(path) => Config::load(path, env),
+            ConfigSource::BuiltIn => Config::from_toml_str("", env),
+        }
+    }
+}
+
+/// The one line said when no config file is used.
+const BUILT_IN_NOTE: &str = "no config file given (--config / VOICEBRIDGE_CONFIG) and none at config/default.toml: running on the built-in defaults";
+
 /// At exit, how long the record writers may take to write or spool what is queued.
 const RECORDS_SHUTDOWN: Duration = Duration::from_secs(5);
 /// At exit, how long the admin listener may take to drop its connections (it aborts
@@ -85,30 +121,35 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Call(args)) => runtime.block_on(call(args)),
         Some(Command::Loadtest(args)) => runtime.block_on(load_test(args)),
-        Some(Command::Check { env_file }) => runtime.block_on(check(&cli.config, env_file)),
-        Some(Command::Serve) | None => runtime.block_on(serve(&cli.config)),
+        Some(Command::Check { env_file }) => {
+            runtime.block_on(check(&ConfigSource::resolve(cli.config), env_file))
+        }
+        Some(Command::Serve) | None => runtime.block_on(serve(ConfigSource::resolve(cli.config))),
     }
 }
 
-fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
-    load_with(path, std::env::vars().collect())
+fn load(source: &ConfigSource) -> Result<Config, ExitCode> {
+    load_with(source, std::env::vars().collect())
 }
 
-fn load_with(path: &std::path::Path, env: Vec<(String, String)>) -> Result<Config, ExitCode> {
-    Config::load(path, env).map_err(|e| {
+fn load_with(source: &ConfigSource, env: Vec<(String, String)>) -> Result<Config, ExitCode> {
+    source.load(env).map_err(|e| {
         eprintln!("voicebridge: configuration error: {e}");
         ExitCode::from(2)
     })
 }
 
-async fn serve(path: &std::path::Path) -> ExitCode {
-    let config = match load(path) {
+async fn serve(source: ConfigSource) -> ExitCode {
+    let config = match load(&source) {
         Ok(c) => c,
         Err(code) => return code,
     };
     if let Err(e) = telemetry::init(&config.log) {
         eprintln!("voicebridge: {e}");
         return ExitCode::from(2);
+    }
+    if matches!(source, ConfigSource::BuiltIn) {
+        info!("{BUILT_IN_NOTE}");
     }
     // tokio-tungstenite's rustls needs exactly one process-wide crypto provider, or
     // every wss:// connect panics at run time.
@@ -190,7 +231,7 @@ async fn serve(path: &std::path::Path) -> ExitCode {
         shutdown.clone(),
         Arc::clone(&config),
     ));
-    tokio::spawn(watch_reload(path.to_path_buf(), Arc::clone(&config)));
+    tokio::spawn(watch_reload(source, Arc::clone(&config)));
     // One Event Socket connection for the whole daemon; it connects (and reconnects)
     // in the background, so startup never waits for FreeSWITCH.
     let esl = config
@@ -274,14 +315,14 @@ async fn watch_signals(
 
 /// SIGHUP: load the config again and use it for new calls. Live calls keep the config
 /// they started with; what only a restart can change is said in the log.
-async fn watch_reload(path: PathBuf, config: Arc<ArcSwap<Config>>) {
+async fn watch_reload(source: ConfigSource, config: Arc<ArcSwap<Config>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         warn!("cannot install the SIGHUP handler: config reload disabled");
         return;
     };
     while hup.recv().await.is_some() {
-        let new = match Config::load(&path, std::env::vars()) {
+        let new = match source.load(std::env::vars().collect()) {
             Ok(c) => c,
             Err(e) => {
                 error!(error = %e, "SIGHUP: configuration error; keeping the running configuration");
@@ -336,7 +377,7 @@ async fn watch_reload(path: PathBuf, config: Arc<ArcSwap<Config>>) {
     }
 }
 
-async fn check(path: &std::path::Path, env_file: Option<PathBuf>) -> ExitCode {
+async fn check(source: &ConfigSource, env_file: Option<PathBuf>) -> ExitCode {
     let mut env: Vec<(String, String)> = std::env::vars().collect();
     if let Some(file) = env_file {
         match voicebridge::config::env_file::read(&file) {
@@ -348,12 +389,15 @@ async fn check(path: &std::path::Path, env_file: Option<PathBuf>) -> ExitCode {
             }
         }
     }
-    let config = match load_with(path, env) {
+    let config = match load_with(source, env) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
-    println!("config {}: OK", path.display());
+    match source {
+        ConfigSource::File(path) => println!("config {}: OK", path.display()),
+        ConfigSource::BuiltIn => println!("config: {BUILT_IN_NOTE}"),
+    }
     for w in config.warnings() {
         println!("warning: {w}");
     }

@@ -771,7 +771,7 @@ impl Session {
         );
         self.caller_id = meta.caller_id.clone().unwrap_or_default();
         self.called = meta.called.clone().unwrap_or_default();
-        let mut vars = meta.vars;
+        let mut vars = providers::template::metadata_vars(meta.vars);
         if let Some(raw) = meta.raw {
             vars.insert("metadata".to_owned(), raw);
         }
@@ -793,9 +793,7 @@ impl Session {
     /// the route's caller lookup if it has one.
     async fn send_context(&mut self, mut vars: BTreeMap<String, String>) {
         self.context_sent = true;
-        vars.insert("call_id".to_owned(), self.call_id.clone());
-        vars.entry("route".to_owned())
-            .or_insert_with(|| self.route.name.clone());
+        providers::template::set_built_ins(&mut vars, &self.call_id, &self.route.name);
         if let Some(cfg) = self.route.call.context.clone() {
             let info = self.call_info();
             let secret = self.config.webhooks.secret.clone();
@@ -836,7 +834,7 @@ impl Session {
         match result {
             Ok(found) => {
                 info!(fields = found.len(), took_ms, "caller lookup answered");
-                vars.extend(found);
+                providers::template::merge_lookup(&mut vars, found);
             }
             Err(e) => {
                 warn!(error = %e, took_ms, "caller lookup failed: the call proceeds with the defaults")
@@ -1429,6 +1427,10 @@ impl Session {
         if let Some(records) = &self.records {
             records.submit(record);
         }
+        // The close handshake is done: close FreeSWITCH's TCP connection now. The
+        // module's hang-up (libwsc `disconnect()`) blocks until it sees the TCP close,
+        // and must not wait for the provider's own close (up to 500 ms) below.
+        drop(self.sink);
         let mut task = self.provider.task;
         if tokio::time::timeout(CLOSE_WAIT, &mut task).await.is_err() {
             task.abort();

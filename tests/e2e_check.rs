@@ -92,3 +92,39 @@ async fn an_unreachable_webhook_fails_the_check() {
         "{out}"
     );
 }
+
+/// Outside the repository, with no config named: `check` runs on the built-in defaults
+/// and says so instead of failing on the missing config/default.toml.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_without_a_config_file_uses_the_built_in_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_voicebridge"))
+        .arg("check")
+        .current_dir(dir.path())
+        .env_remove("VOICEBRIDGE_CONFIG")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("running on the built-in defaults"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("provider echo"), "{stdout}");
+
+    // A file that is named must exist: no silent fallback then.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_voicebridge"))
+        .args(["check", "--config", "missing.toml"])
+        .current_dir(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing.toml"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -274,3 +274,25 @@ async fn barge_in_flushes_and_sends_clear_audio() {
     assert_eq!(field(&meta, "caller_id"), "+3902123");
     daemon.stop().await;
 }
+
+/// Started outside the repository with no config named: the daemon runs on the built-in
+/// defaults (the echo provider), says so in one log line, and answers a call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_on_the_built_in_defaults_without_a_config_file() {
+    let d = Daemon::start_without_config(&[]).await;
+    let note = d
+        .wait_log(|l| message(l).contains("running on the built-in defaults"))
+        .await;
+    assert_eq!(note["level"], "INFO", "{note}");
+    let call = Call::connect(&d, "call", "no-config-1", "rate=8000&channels=mono").await;
+    // The default echo mode repeats an utterance after a pause.
+    let mut caller = speech_like(8000, 1.0, 5);
+    caller.extend(std::iter::repeat_n(0i16, 8000));
+    let writer = call.writer.clone();
+    let talker = tokio::spawn(async move { send_paced(&writer, &caller, 8000, 1).await });
+    call.wait_received(10).await;
+    talker.await.unwrap();
+    let _ = call.close().await;
+    d.wait_call_end("no-config-1").await;
+    d.stop().await;
+}

@@ -275,6 +275,81 @@ async fn barge_in_drops_the_rest_of_the_turn() {
     d.stop().await;
 }
 
+/// `interrupted` whose `turnComplete` is lost: the caller's next words end the dropping
+/// and the next reply is heard whole; the late parts of the cut turn are still dropped.
+/// With `late_complete`, the cut turn's turnComplete comes after those words instead
+/// (the other order), and closes nothing.
+async fn barge_in_without_turn_complete(id: &str, late_complete: bool) {
+    let mock = MockGemini::start(options()).await;
+    let d = daemon(&mock, &config("", "", 0)).await;
+    let call = Call::connect(&d, "call", id, "rate=8000&channels=mono").await;
+    let talker = talk(&call, speech_like(8000, 5.0, 9));
+    mock.wait_ready(1).await;
+
+    let mut long = TurnSpec::new(signal(24000, 4.0, 31));
+    long.speed = 1.5;
+    let playing = mock.play(long);
+    call.wait_received(25).await;
+    // 300 ms of a loud tone: would be obvious if it leaked.
+    playing
+        .interrupt_with(&sine(24000, 1000.0, -3.0, 7200), false)
+        .await;
+    d.wait_log(|l| message(l) == "barge-in: playback flushed" && call_id(l) == Some(id))
+        .await;
+
+    let before = call.received.load(Ordering::SeqCst);
+    mock.send(
+        Target::Latest,
+        json!({"serverContent": {"inputTranscription": {"text": "No, tomorrow."}}}),
+    );
+    if late_complete {
+        mock.send(
+            Target::Latest,
+            json!({"serverContent": {"turnComplete": true}}),
+        );
+    }
+    let mut next = TurnSpec::new(signal(24000, 1.0, 41));
+    next.caller_text = None;
+    mock.play(next).finish().await;
+    // Before the fix not one frame of this reply reached FreeSWITCH.
+    call.wait_received(before + 49).await;
+    talker.await.unwrap();
+    let (_, got) = call.close().await;
+    let summary = d.wait_call_end(id).await;
+
+    assert_eq!(mock.violations(), Vec::<String>::new());
+    let clears = got.clears();
+    assert_eq!(clears.len(), 1, "exactly one clearAudio");
+    let next = mock.log(|l| l.turn_starts[1]);
+    let between = got
+        .audio_frames()
+        .iter()
+        .filter(|(at, _)| *at > clears[0] && *at < next)
+        .count();
+    assert_eq!(between, 0, "audio of the interrupted turn after clearAudio");
+    let (after, _) = audio_since(&got, next);
+    assert!(
+        after.len() <= 8000 + 160,
+        "{} samples after the next turn started: late parts leaked",
+        after.len()
+    );
+    let snr = snr_db_within(&signal(8000, 1.0, 41), &after, 160);
+    println!("next turn SNR {snr:.1} dB");
+    assert!(snr > 30.0);
+    assert_eq!(field(&summary, "barge_ins"), 1);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_without_turn_complete_the_next_reply_is_heard() {
+    barge_in_without_turn_complete("gem-barge-lost", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_with_turn_complete_after_new_caller_words_the_next_reply_is_heard() {
+    barge_in_without_turn_complete("gem-barge-late", true).await;
+}
+
 /// goAway during a long answer: the session moves to a new connection (with the latest
 /// handle, no second greeting) while the old one keeps delivering; FreeSWITCH hears no
 /// gap and Gemini loses no caller audio.

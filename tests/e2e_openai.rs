@@ -681,3 +681,41 @@ async fn goodbye_is_played_before_the_duration_limit_hangs_up() {
     assert_no_problems(&mock);
     daemon.stop().await;
 }
+
+/// FreeSWITCH hangs up while the provider never answers our Close: FreeSWITCH's TCP
+/// connection is closed right after the WebSocket close handshake, not after the
+/// provider's close has timed out (libwsc's `disconnect()`, the module's hang-up path,
+/// blocks until it sees the TCP close). Ordered by the daemon's own clock: the socket
+/// ended before the call's summary line, which waits for the provider task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hang_up_closes_the_freeswitch_socket_without_waiting_for_the_provider() {
+    let mut opts = MockOptions::new(MockFormat::Pcmu, KEY);
+    opts.answer_close = false;
+    let mock = MockOpenAi::start(opts).await;
+    let d = start_daemon(&config("pcmu", ""), &env(&mock.url())).await;
+    let id = "hangup-fast";
+    let call = connect(&d, id).await;
+    d.wait_log(|l| message(l) == "provider ready").await;
+    let started = std::time::Instant::now();
+    // Returns once the reader has seen the TCP connection end.
+    let (outcome, _) = call.close().await;
+    let closed_at = std::time::SystemTime::now();
+    let took = started.elapsed();
+    assert!(outcome.echoed, "close handshake completed: {outcome:?}");
+    println!(
+        "hang-up: TCP closed {:.1} ms after our Close",
+        took.as_secs_f64() * 1000.0
+    );
+    mock.wait("the provider got our Close", |s| s.client_closed)
+        .await;
+    let summary = d.wait_call_end(id).await;
+    let logged = summary["timestamp"]
+        .as_str()
+        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+        .expect("timestamp of the summary line");
+    assert!(
+        closed_at < logged,
+        "FreeSWITCH's socket stayed open until the provider task had finished"
+    );
+    d.stop().await;
+}

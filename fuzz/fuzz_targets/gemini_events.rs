@@ -34,7 +34,12 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         out.clear();
-        let effects = turn.on_content(msg.usage_metadata, msg.server_content, &mut out);
+        let effects = turn.on_content(
+            msg.usage_metadata,
+            msg.server_content,
+            std::time::Instant::now(),
+            &mut out,
+        );
         let mut audio = false;
         for ev in &out {
             match ev {

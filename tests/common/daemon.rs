@@ -63,26 +63,15 @@ fn without_ansi(line: &str) -> String {
 impl Daemon {
     /// Starts the daemon with `toml` as its config file plus `env` overrides.
     pub async fn start(toml: &str, env: &[(&str, &str)]) -> Daemon {
-        let mut d = Self::spawn(toml, env, "json");
-        let admin = d
-            .wait_log(|l| message(l).starts_with("admin listening"))
-            .await;
-        d.admin = field(&admin, "listen")
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .expect("admin address in the log");
-        let listening = d.wait_log(|l| message(l) == "listening").await;
-        d.addr = field(&listening, "listen")
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .expect("listen address in the log");
+        let mut d = Self::spawn_with_config(toml, env, "json");
+        d.learn_addresses().await;
         d
     }
 
     /// Like [`Daemon::start`], with `[log] format = "pretty"` (the human format): only
     /// [`Daemon::output`] and [`Daemon::wait_raw`] see its lines.
     pub async fn start_pretty(toml: &str, env: &[(&str, &str)]) -> Daemon {
-        let mut d = Self::spawn(toml, env, "pretty");
+        let mut d = Self::spawn_with_config(toml, env, "pretty");
         let listen_of = |line: &str| -> SocketAddr {
             without_ansi(line)
                 .split_whitespace()
@@ -115,15 +104,54 @@ impl Daemon {
         }
     }
 
-    fn spawn(toml: &str, env: &[(&str, &str)], log_format: &str) -> Daemon {
+    fn spawn_with_config(toml: &str, env: &[(&str, &str)], log_format: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("voicebridge.toml");
         std::fs::write(&path, toml).expect("write config");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_voicebridge"));
+        cmd.arg("serve").arg("--config").arg(&path);
+        Daemon::spawn(cmd, env, log_format, dir, path)
+    }
+
+    /// Starts the daemon with no config file named (no `--config`, no
+    /// `VOICEBRIDGE_CONFIG`), from an empty working directory: as when it is started
+    /// outside the repository. `config_path` is where no file is.
+    pub async fn start_without_config(env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config/default.toml");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_voicebridge"));
         cmd.arg("serve")
-            .arg("--config")
-            .arg(&path)
-            .env_remove("RUST_LOG")
+            .current_dir(dir.path())
+            .env_remove("VOICEBRIDGE_CONFIG");
+        let mut d = Daemon::spawn(cmd, env, "json", dir, path);
+        d.learn_addresses().await;
+        d
+    }
+
+    /// Reads the admin and media addresses from the JSON "listening" lines.
+    async fn learn_addresses(&mut self) {
+        let admin = self
+            .wait_log(|l| message(l).starts_with("admin listening"))
+            .await;
+        self.admin = field(&admin, "listen")
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("admin address in the log");
+        let listening = self.wait_log(|l| message(l) == "listening").await;
+        self.addr = field(&listening, "listen")
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("listen address in the log");
+    }
+
+    fn spawn(
+        mut cmd: Command,
+        env: &[(&str, &str)],
+        log_format: &str,
+        dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+    ) -> Daemon {
+        cmd.env_remove("RUST_LOG")
             .env("VOICEBRIDGE__SERVER__LISTEN", "127.0.0.1:0")
             .env("VOICEBRIDGE__ADMIN__LISTEN", "127.0.0.1:0")
             .env("VOICEBRIDGE__LOG__FORMAT", log_format)

@@ -232,6 +232,12 @@ impl Playing {
     /// Barge-in as Gemini does it: generation stops, `interrupted: true`, then (on
     /// purpose) a few late audio parts of the same turn, then `turnComplete`.
     pub async fn interrupt(self, late: &[i16]) {
+        self.interrupt_with(late, true).await
+    }
+
+    /// [`Playing::interrupt`], with the `turnComplete` left out when `complete` is
+    /// false (late or lost, as peers of Gemini have seen).
+    pub async fn interrupt_with(self, late: &[i16], complete: bool) {
         self.stop.store(true, Ordering::SeqCst);
         tokio::time::timeout(HANG_GUARD, self.task)
             .await
@@ -250,6 +256,9 @@ impl Playing {
         );
         for chunk in late.chunks(2400) {
             m.send(Target::Latest, audio_message(&[chunk]));
+        }
+        if !complete {
+            return;
         }
         m.send(
             Target::Latest,

@@ -112,6 +112,9 @@ pub struct MockOptions {
     pub burst_ms: u64,
     /// ...and one goes out this often (100 ms every 25 ms: 4x real time).
     pub burst_every: Duration,
+    /// Answer the client's Close (false: a provider that never does; the connection
+    /// is then left alone, neither read nor written, until the client drops it).
+    pub answer_close: bool,
 }
 
 impl MockOptions {
@@ -126,6 +129,7 @@ impl MockOptions {
             tls: None,
             burst_ms: 100,
             burst_every: Duration::from_millis(25),
+            answer_close: true,
         }
     }
 }
@@ -1470,6 +1474,12 @@ where
                 Some(Ok(Message::Close(_))) => {
                     if !closing {
                         shared.update(|s| s.client_closed = true);
+                        if !shared.options.answer_close {
+                            // Reading or writing would send tungstenite's automatic
+                            // reply: hold the connection untouched instead.
+                            tokio::time::sleep(HANG_GUARD).await;
+                            break;
+                        }
                         let _ = sink.send(Message::Close(None)).await;
                     }
                     break;

@@ -76,13 +76,14 @@ pub fn initiation(route: &Route, vars: &BTreeMap<String, String>) -> Value {
     for (k, v) in vars {
         // `system__*` names are ElevenLabs' own (read-only) variables.
         if !k.starts_with("system__") {
-            dynamic.insert(k.clone(), Value::String(v.clone()));
+            // ElevenLabs fills these into the agent's prompt: cleaned like ours.
+            dynamic.insert(k.clone(), Value::String(template::clean_value(v)));
         }
     }
     if let Some(called) = vars.get("called") {
         dynamic
             .entry("called_number")
-            .or_insert_with(|| Value::String(called.clone()));
+            .or_insert_with(|| Value::String(template::clean_value(called)));
     }
 
     let mut msg = Map::new();
@@ -504,8 +505,11 @@ mod tests {
             ("caller_id".to_owned(), "+3902".to_owned()),
             ("called".to_owned(), "100".to_owned()),
             ("system__time".to_owned(), "x".to_owned()),
+            ("note".to_owned(), "a\nb".to_owned()),
         ]);
         let bare = initiation(&route(""), &vars);
+        // Dynamic variables end up in the agent's prompt: cleaned like our templates.
+        assert_eq!(bare["dynamic_variables"]["note"], "a b");
         assert_eq!(bare["type"], "conversation_initiation_client_data");
         assert!(bare.get("conversation_config_override").is_none(), "{bare}");
         assert_eq!(bare["dynamic_variables"]["caller_id"], "+3902");

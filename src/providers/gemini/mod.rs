@@ -20,8 +20,10 @@
 //! Audio: caller PCM16 16 kHz in (`realtimeInput.audio`), assistant PCM16 24 kHz out
 //! (`serverContent.modelTurn.parts[].inlineData`). Each model turn is one item,
 //! `turn-<n>`; after `interrupted` the rest of that turn's audio is dropped here until
-//! `turnComplete`. Gemini has no truncate message: the server already stopped at the
-//! interruption, so `Truncate` is only logged.
+//! `turnComplete`, or until evidence of a new turn when that `turnComplete` is late or
+//! never comes (new caller transcription, or [`MAX_INTERRUPT_DROP`] passed): the
+//! assistant never goes mute for the rest of the call. Gemini has no truncate message:
+//! the server already stopped at the interruption, so `Truncate` is only logged.
 //!
 //! Tools: the route's declarations go in every `setup` (a resumed connection must declare
 //! them again); `toolCall` → one `ToolCall` per function call, answered with
@@ -68,6 +70,11 @@ const RETIRE_WAIT: Duration = Duration::from_secs(2);
 const CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// Resumptions after a connection dropped without `goAway`, per call.
 const MAX_DROP_RESUMES: u32 = 3;
+/// After `interrupted`, model audio is dropped (as late parts of the cut turn) at most
+/// this long when neither `turnComplete` nor new caller speech ends the dropping first.
+/// The late parts come in the same burst as `interrupted`; a new reply needs the caller
+/// to finish and the model to answer, which takes longer.
+pub const MAX_INTERRUPT_DROP: std::time::Duration = std::time::Duration::from_secs(2);
 
 type Sink = SplitSink<ProviderWs, Message>;
 type Source = SplitStream<ProviderWs>;
@@ -355,9 +362,13 @@ struct Resume {
 pub struct Turn {
     count: u64,
     item: Option<ItemId>,
-    /// `interrupted` came: drop this turn's audio until `turnComplete`.
-    dropping: bool,
+    /// `interrupted` came (at this moment): drop this turn's audio until `turnComplete`
+    /// or evidence of a new turn (see [`Turn::end_dropping`]).
+    dropping: Option<std::time::Instant>,
     late_parts: u64,
+    /// The cut turn was closed on evidence of a new turn, so its own `turnComplete` may
+    /// still come: if it does before the next model audio, it closes nothing.
+    owed_turn_complete: bool,
     /// `SpeechStopped` was sent for the caller's turn under way (once per caller turn:
     /// the session counts turns by it).
     caller_turn_marked: bool,
@@ -379,12 +390,13 @@ pub struct ContentEffects {
 }
 
 impl Turn {
-    /// The turn-level part of one server message: its usage snapshot and its
-    /// `serverContent`. Pushes the session events it produces, in order.
+    /// The turn-level part of one server message received at `now`: its usage snapshot
+    /// and its `serverContent`. Pushes the session events it produces, in order.
     pub fn on_content(
         &mut self,
         usage: Option<wire::UsageMetadata>,
         content: Option<wire::ServerContent<'_>>,
+        now: std::time::Instant,
         out: &mut Vec<ProviderEvent>,
     ) -> ContentEffects {
         let mut effects = ContentEffects::default();
@@ -396,6 +408,9 @@ impl Turn {
             return effects;
         };
         if let Some(t) = sc.input_transcription.filter(|t| !t.text.is_empty()) {
+            // The caller speaking after the interruption: whatever the model says next
+            // answers that, so the cut turn is over even without its turnComplete.
+            self.end_dropping("new caller speech", out);
             self.caller.push_str(&t.text);
             effects.caller_between_turns = self.item.is_none();
             out.push(ProviderEvent::Transcript {
@@ -411,14 +426,15 @@ impl Turn {
             }
         }
         if sc.interrupted {
-            self.dropping = true;
+            // A repeated `interrupted` does not restart the time limit.
+            self.dropping.get_or_insert(now);
             debug!(item = ?self.item, "gemini: interrupted");
             out.push(ProviderEvent::SpeechStarted);
         }
         if let Some(turn) = sc.model_turn {
             for part in turn.parts {
                 if let Some(blob) = part.inline_data {
-                    self.on_audio_part(&blob.mime_type, &blob.data, &mut effects, out);
+                    self.on_audio_part(&blob.mime_type, &blob.data, now, &mut effects, out);
                 }
             }
         }
@@ -434,15 +450,39 @@ impl Turn {
             debug!("gemini: generationComplete");
         }
         if sc.turn_complete {
-            self.on_turn_complete(out);
+            if self.owed_turn_complete && self.item.is_none() {
+                // The cut turn's own, late: that turn was closed already.
+                self.owed_turn_complete = false;
+                debug!("gemini: late turnComplete of the interrupted turn");
+            } else {
+                self.on_turn_complete(out);
+            }
         }
         effects
+    }
+
+    /// Ends the dropping that `interrupted` began on evidence of a new turn: closes the
+    /// cut turn as its `turnComplete` would have, so the next model audio is a new item
+    /// and is played.
+    fn end_dropping(&mut self, evidence: &'static str, out: &mut Vec<ProviderEvent>) {
+        if self.dropping.is_none() {
+            return;
+        }
+        // Logged before on_turn_complete, which takes the count.
+        debug!(
+            evidence,
+            late_parts = self.late_parts,
+            "gemini: interrupted turn closed without its turnComplete"
+        );
+        self.on_turn_complete(out);
+        self.owed_turn_complete = true;
     }
 
     fn on_audio_part(
         &mut self,
         mime: &str,
         data: &str,
+        now: std::time::Instant,
         effects: &mut ContentEffects,
         out: &mut Vec<ProviderEvent>,
     ) {
@@ -453,9 +493,12 @@ impl Turn {
         if rate != wire::OUTPUT_RATE && effects.off_rate_mime.is_none() {
             effects.off_rate_mime = Some(mime.to_owned());
         }
-        if self.dropping {
-            self.late_parts += 1;
-            return;
+        if let Some(since) = self.dropping {
+            if now.saturating_duration_since(since) < MAX_INTERRUPT_DROP {
+                self.late_parts += 1;
+                return;
+            }
+            self.end_dropping("time limit", out);
         }
         let mut pcm = match base64::engine::general_purpose::STANDARD.decode(data) {
             Ok(p) => p,
@@ -475,6 +518,8 @@ impl Turn {
             None => {
                 self.count += 1;
                 self.caller_turn_marked = false;
+                // A new model turn: any turnComplete from now on is its own.
+                self.owed_turn_complete = false;
                 let item: ItemId = format!("turn-{}", self.count).into();
                 self.item = Some(item.clone());
                 item
@@ -499,7 +544,7 @@ impl Turn {
             );
         }
         self.item = None;
-        self.dropping = false;
+        self.dropping = None;
         self.caller_turn_marked = false;
         if !caller.is_empty() {
             out.push(ProviderEvent::Transcript {
@@ -899,7 +944,8 @@ impl Gemini {
         content: Option<wire::ServerContent<'_>>,
     ) -> Step {
         let mut events = Vec::new();
-        let effects = self.turn.on_content(usage, content, &mut events);
+        let now = Instant::now().into_std();
+        let effects = self.turn.on_content(usage, content, now, &mut events);
         if let Some(mime) = &effects.off_rate_mime {
             if !self.rate_warned {
                 self.rate_warned = true;
@@ -1271,24 +1317,135 @@ mod tests {
         );
     }
 
+    /// Runs messages through the pure turn handling, each at `start + ms`.
+    fn turn_events(t: &mut Turn, start: std::time::Instant, msgs: &[(u64, String)]) -> Vec<String> {
+        let mut out = Vec::new();
+        for (ms, m) in msgs {
+            let m = wire::parse(m).unwrap();
+            let at = start + Duration::from_millis(*ms);
+            t.on_content(m.usage_metadata, m.server_content, at, &mut out);
+        }
+        out.into_iter()
+            .map(|e| match e {
+                ProviderEvent::Audio { item, data } => format!("audio {item} {}", data.len()),
+                ProviderEvent::SpeechStarted => "speech".into(),
+                ProviderEvent::SpeechStopped => "stopped".into(),
+                ProviderEvent::ResponseDone => "done".into(),
+                ProviderEvent::Transcript {
+                    who,
+                    text,
+                    is_final,
+                } => format!("{} {text} {is_final}", who.name()),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    /// `interrupted` without a `turnComplete` (late or lost, as peers of Gemini have
+    /// seen): new caller speech ends the dropping, and the cut turn's turnComplete,
+    /// if it comes late, closes nothing.
+    #[test]
+    fn interrupted_turn_ends_on_new_caller_speech_without_turn_complete() {
+        let start = std::time::Instant::now();
+        let mut t = Turn::default();
+        let caller = r#"{"serverContent":{"inputTranscription":{"text":"wait"}}}"#;
+        let done = r#"{"serverContent":{"turnComplete":true}}"#;
+        let got = turn_events(
+            &mut t,
+            start,
+            &[
+                (0, audio(240)),
+                (10, r#"{"serverContent":{"interrupted":true}}"#.to_owned()),
+                (11, audio(240)),
+                (300, caller.to_owned()),
+                (310, done.to_owned()),
+                (900, audio(240)),
+                (1000, audio(240)),
+                (1100, done.to_owned()),
+            ],
+        );
+        assert_eq!(
+            got,
+            vec![
+                "audio turn-1 480",
+                "audio turn-1 480",
+                "speech",
+                // the late part is dropped; the caller's words close the cut turn
+                "done",
+                "caller wait false",
+                "stopped",
+                // the late turnComplete closes nothing; the new reply plays
+                "audio turn-2 480",
+                "audio turn-2 480",
+                "audio turn-2 480",
+                "audio turn-2 480",
+                "caller wait true",
+                "done",
+            ]
+        );
+    }
+
+    /// No caller transcription and no turnComplete either: the dropping ends after
+    /// [`MAX_INTERRUPT_DROP`], and a turnComplete after new audio closes the new turn.
+    #[test]
+    fn interrupted_turn_dropping_is_bounded_in_time() {
+        let start = std::time::Instant::now();
+        let mut t = Turn::default();
+        let limit = MAX_INTERRUPT_DROP.as_millis() as u64;
+        let got = turn_events(
+            &mut t,
+            start,
+            &[
+                (0, audio(240)),
+                (10, r#"{"serverContent":{"interrupted":true}}"#.to_owned()),
+                (20, audio(240)),
+                (10 + limit - 1, audio(240)),
+                // a repeated interrupted does not restart the limit
+                (
+                    10 + limit - 1,
+                    r#"{"serverContent":{"interrupted":true}}"#.to_owned(),
+                ),
+                (10 + limit, audio(240)),
+                (
+                    10 + limit + 1,
+                    r#"{"serverContent":{"turnComplete":true}}"#.to_owned(),
+                ),
+            ],
+        );
+        assert_eq!(
+            got,
+            vec![
+                "audio turn-1 480",
+                "audio turn-1 480",
+                "speech",
+                "speech",
+                "done",
+                "audio turn-2 480",
+                "audio turn-2 480",
+                "done",
+            ]
+        );
+    }
+
     /// The pure part alone: what the fuzz target drives.
     #[test]
     fn turn_content_is_pure_and_reports_its_effects() {
+        let now = std::time::Instant::now();
         let mut t = Turn::default();
         let mut out = Vec::new();
         let caller = r#"{"serverContent":{"inputTranscription":{"text":"hi"}}}"#;
         let m = wire::parse(caller).unwrap();
-        let fx = t.on_content(m.usage_metadata, m.server_content, &mut out);
+        let fx = t.on_content(m.usage_metadata, m.server_content, now, &mut out);
         assert!(fx.caller_between_turns && !fx.audio && fx.off_rate_mime.is_none());
         let slow = r#"{"serverContent":{"modelTurn":{"parts":[{"inlineData":{"mimeType":"audio/pcm;rate=16000","data":"AAEC"}}]}}}"#;
         let m = wire::parse(slow).unwrap();
-        let fx = t.on_content(m.usage_metadata, m.server_content, &mut out);
+        let fx = t.on_content(m.usage_metadata, m.server_content, now, &mut out);
         assert!(fx.audio);
         assert_eq!(fx.off_rate_mime.as_deref(), Some("audio/pcm;rate=16000"));
         // Inside a model turn the caller's words do not arm the watchdog.
         let m = wire::parse(caller).unwrap();
         assert!(
-            !t.on_content(m.usage_metadata, m.server_content, &mut out)
+            !t.on_content(m.usage_metadata, m.server_content, now, &mut out)
                 .caller_between_turns
         );
         assert!(matches!(out[1], ProviderEvent::SpeechStopped));
