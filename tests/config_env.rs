@@ -27,10 +27,19 @@ fn fail(toml: &str, pairs: &[(&str, &str)]) -> ConfigError {
 
 /// Asserts the message names `key` and contains every one of `words`.
 fn assert_names(err: &ConfigError, key: &str, words: &[&str]) {
+    assert_names_not(err, key, words, &[]);
+}
+
+/// Like [`assert_names`], and the message contains none of `hidden` (the bad value,
+/// which may be a secret pasted into the wrong key).
+fn assert_names_not(err: &ConfigError, key: &str, words: &[&str], hidden: &[&str]) {
     let msg = err.to_string();
     assert!(msg.contains(key), "message does not name {key:?}: {msg}");
     for w in words {
         assert!(msg.contains(w), "message lacks {w:?}: {msg}");
+    }
+    for h in hidden {
+        assert!(!msg.contains(h), "message repeats the value {h:?}: {msg}");
     }
     assert!(!msg.contains('\n'), "message should be one line: {msg}");
 }
@@ -348,6 +357,26 @@ fn toml_syntax_error_never_quotes_the_line() {
 }
 
 #[test]
+fn a_value_in_the_wrong_key_is_never_printed() {
+    // A key pasted into the wrong line: the error names the key and what is expected,
+    // never the value (from the file or from a VOICEBRIDGE__ variable).
+    for (toml, vars) in [
+        ("[server]\nmax_calls = \"sk-live-SECRET123\"\n", vec![]),
+        ("[call]\nprovider = \"sk-live-SECRET123\"\n", vec![]),
+        ("[log]\nformat = \"sk-live-SECRET123\"\n", vec![]),
+        (
+            "",
+            vec![("VOICEBRIDGE__SERVER__MAX_CALLS", "sk-live-SECRET123")],
+        ),
+    ] {
+        let e = fail(toml, &vars);
+        let text = e.to_string();
+        assert!(!text.contains("SECRET123"), "{text}");
+        assert!(text.contains('.'), "names the key: {text}");
+    }
+}
+
+#[test]
 fn missing_file_names_the_path() {
     let e = Config::load(std::path::Path::new("/nonexistent/vb.toml"), env(&[])).unwrap_err();
     assert!(e.to_string().contains("/nonexistent/vb.toml"), "{e}");
@@ -367,12 +396,13 @@ fn load_reads_a_file() {
 #[test]
 fn bad_listen() {
     let e = fail("[server]\nlisten = \"abc\"\n", &[]);
-    assert_names(&e, "server.listen", &["\"abc\"", "HOST:PORT"]);
+    assert_names_not(&e, "server.listen", &["HOST:PORT"], &["abc"]);
     let e = fail("", &[("VOICEBRIDGE__SERVER__LISTEN", "localhost")]);
-    assert_names(
+    assert_names_not(
         &e,
         "server.listen",
-        &["\"localhost\"", "VOICEBRIDGE__SERVER__LISTEN"],
+        &["VOICEBRIDGE__SERVER__LISTEN"],
+        &["\"localhost\""],
     );
     let e = fail("[admin]\nlisten = \"127.0.0.1:9090\"\n", &[]);
     assert_names(&e, "admin.listen", &["server.listen"]);
@@ -381,11 +411,7 @@ fn bad_listen() {
 #[test]
 fn bad_log_format_and_level() {
     let e = fail("[log]\nformat = \"xml\"\n", &[]);
-    assert_names(
-        &e,
-        "log.format",
-        &["\"xml\" is not one of auto | json | pretty"],
-    );
+    assert_names(&e, "log.format", &["not one of auto | json | pretty"]);
     let e = fail("[log]\nlevel = \"\"\n", &[]);
     assert_names(&e, "log.level", &["empty"]);
     let e = fail("[log]\nlevel = \"voicebridge=loud\"\n", &[]);
@@ -395,12 +421,18 @@ fn bad_log_format_and_level() {
 #[test]
 fn bad_codec_channels_playback() {
     let e = fail("[freeswitch]\ncodec = \"opus\"\n", &[]);
-    assert_names(&e, "freeswitch.codec", &["\"opus\"", "L16 | PCMU | PCMA"]);
+    assert_names_not(
+        &e,
+        "freeswitch.codec",
+        &["not one of L16 | PCMU | PCMA"],
+        &["opus"],
+    );
     let e = fail("", &[("VOICEBRIDGE__FREESWITCH__CHANNELS", "quad")]);
-    assert_names(
+    assert_names_not(
         &e,
         "freeswitch.channels",
-        &["\"quad\"", "mono | mixed | stereo"],
+        &["mono | mixed | stereo"],
+        &["quad"],
     );
     let e = fail("[freeswitch]\nplayback = \"rtp\"\n", &[]);
     assert_names(
@@ -435,7 +467,7 @@ fn bad_sample_rates() {
     assert_names(&e, "freeswitch.codec", &["8000"]);
     // A type mismatch names the key too.
     let e = fail("[freeswitch]\nsample_rate = \"fast\"\n", &[]);
-    assert_names(&e, "freeswitch.sample_rate", &["whole number", "fast"]);
+    assert_names_not(&e, "freeswitch.sample_rate", &["whole number"], &["fast"]);
     // Echo: 0 (the call's rate) is fine, odd rates are not.
     let c = load("[providers.echo]\nsample_rate = 0\n", &[]);
     assert_eq!(c.providers.echo.sample_rate, 0);
@@ -467,12 +499,17 @@ fn bad_playback_lead() {
         );
     }
     let e = fail("", &[("VOICEBRIDGE__FREESWITCH__PLAYBACK_LEAD_MS", "soon")]);
-    assert_names(&e, "freeswitch.playback_lead_ms", &["whole number", "soon"]);
+    assert_names_not(
+        &e,
+        "freeswitch.playback_lead_ms",
+        &["whole number"],
+        &["soon"],
+    );
     // Not rounded: 1.5 calls is a mistake, not 2.
     let e = fail("[server]\nmax_calls = 1.5\n", &[]);
     assert_names(&e, "server.max_calls", &["1.5", "whole number"]);
     let e = fail("", &[("VOICEBRIDGE__SERVER__MAX_CALLS", "yes")]);
-    assert_names(&e, "server.max_calls", &["\"yes\""]);
+    assert_names_not(&e, "server.max_calls", &["whole number"], &["yes"]);
 }
 
 #[test]
@@ -489,7 +526,12 @@ fn bad_limits_and_timeouts() {
     let c = load("[call]\nidle_timeout_secs = 0\n", &[]);
     assert_eq!(c.call.idle_timeout, Duration::ZERO);
     let e = fail("[server]\nallow_unauthenticated = \"perhaps\"\n", &[]);
-    assert_names(&e, "server.allow_unauthenticated", &["perhaps"]);
+    assert_names_not(
+        &e,
+        "server.allow_unauthenticated",
+        &["boolean"],
+        &["perhaps"],
+    );
 }
 
 #[test]
@@ -642,7 +684,7 @@ fn route_values_are_checked() {
     let e = fail("[[routes]]\nname = \"a\"\nplayback_lead_ms = 30\n", &[]);
     assert_names(&e, "routes[0].playback_lead_ms", &["multiple of 20"]);
     let e = fail("[[routes]]\nname = \"a\"\nprovider = \"nope\"\n", &[]);
-    assert_names(&e, "routes[0].provider", &["\"nope\""]);
+    assert_names_not(&e, "routes[0].provider", &["not one of echo"], &["nope"]);
 }
 
 // ---------- auth rule ----------

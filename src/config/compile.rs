@@ -624,11 +624,13 @@ const CHANNEL_NAMES: &[&str] = &["mono", "mixed", "stereo"];
 fn listen(key: &str, raw: Option<String>, default: SocketAddr) -> Result<SocketAddr> {
     match raw {
         None => Ok(default),
+        // The value is not repeated: a secret pasted into the wrong key stays out of
+        // the error (and so out of the journal).
         Some(s) => s.trim().parse().map_err(|_| {
             ConfigError::invalid(
                 key,
                 format!(
-                    "invalid socket address {s:?}: expected HOST:PORT with an IP address, \
+                    "not a socket address: expected HOST:PORT with an IP address, \
                      e.g. \"127.0.0.1:9090\", \"0.0.0.0:9090\" or \"[::1]:9090\""
                 ),
             )
@@ -646,7 +648,8 @@ pub(super) fn named_or<T>(
     match raw {
         None => Ok(default),
         Some(s) => parse(s.trim()).ok_or_else(|| {
-            ConfigError::invalid(key, format!("{s:?} is not one of {}", names.join(" | ")))
+            // The value is not repeated (it may be a secret in the wrong key).
+            ConfigError::invalid(key, format!("not one of {}", names.join(" | ")))
         }),
     }
 }

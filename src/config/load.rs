@@ -158,14 +158,14 @@ fn convert(err: config::ConfigError, origin: &str, env: &EnvInput) -> ConfigErro
             ..
         } => ConfigError::invalid(
             type_key.or(key).unwrap_or_default(),
-            format!("expected {expected}, found {unexpected}"),
+            without_string_values(&format!("expected {expected}, found {unexpected}")),
         ),
         config::ConfigError::NotFound(missing) => {
             ConfigError::invalid(missing, "required key is missing")
         }
         config::ConfigError::Message(message) => match unknown_field(&message) {
             None => {
-                let message = plain_type_names(&message);
+                let message = without_string_values(&plain_type_names(&message));
                 match key {
                     Some(key) => ConfigError::invalid(key, message),
                     None => ConfigError::Other(message),
@@ -224,6 +224,39 @@ fn plain_type_names(message: &str) -> String {
             format!("{}a table{}", &message[..at], &rest[end..])
         }
         None => message.to_string(),
+    }
+}
+
+/// serde's and the config crate's messages quote the offending value (`unknown variant
+/// `sk-…``, `invalid type: string "sk-…"`, `found string "sk-…"`); it may be a secret
+/// in the wrong key, so the value is replaced and only the reason and the allowed
+/// values are kept.
+fn without_string_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    loop {
+        let variant = rest.find("variant `").map(|i| (i + "variant `".len(), '`'));
+        let quoted = rest.find('"').map(|i| (i + 1, '"'));
+        let next = match (variant, quoted) {
+            (Some(v), Some(q)) => Some(if v.0 <= q.0 { v } else { q }),
+            (v, q) => v.or(q),
+        };
+        let Some((start, close)) = next else {
+            out.push_str(rest);
+            return out;
+        };
+        out.push_str(&rest[..start]);
+        match rest[start..].find(close) {
+            Some(len) => {
+                out.push('…');
+                out.push(close);
+                rest = &rest[start + len + 1..];
+            }
+            None => {
+                out.push('…');
+                return out;
+            }
+        }
     }
 }
 
@@ -294,5 +327,19 @@ mod tests {
             Some(("foo", "expected `a`"))
         );
         assert_eq!(unknown_field("something else"), None);
+    }
+
+    #[test]
+    fn string_values_are_left_out_of_serde_messages() {
+        assert_eq!(
+            without_string_values("unknown variant `sk-1`, expected one of `a`, `b`"),
+            "unknown variant `…`, expected one of `a`, `b`"
+        );
+        assert_eq!(
+            without_string_values("invalid type: string \"sk-1\", expected u32"),
+            "invalid type: string \"…\", expected u32"
+        );
+        assert_eq!(without_string_values("cut \"sk-1"), "cut \"…");
+        assert_eq!(without_string_values("plain"), "plain");
     }
 }
