@@ -629,10 +629,8 @@ fn listen(key: &str, raw: Option<String>, default: SocketAddr) -> Result<SocketA
         Some(s) => s.trim().parse().map_err(|_| {
             ConfigError::invalid(
                 key,
-                format!(
-                    "not a socket address: expected HOST:PORT with an IP address, \
-                     e.g. \"127.0.0.1:9090\", \"0.0.0.0:9090\" or \"[::1]:9090\""
-                ),
+                "not a socket address: expected HOST:PORT with an IP address, \
+                 e.g. \"127.0.0.1:9090\", \"0.0.0.0:9090\" or \"[::1]:9090\"",
             )
         }),
     }
