@@ -37,6 +37,12 @@ pub enum WebhookError {
     NotJson(String),
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
+    /// A 2xx answer longer than `[webhooks] max_response_kb`: not read further.
+    #[error("the answer is larger than the {} KiB limit ([webhooks] max_response_kb)", .0 / 1024)]
+    TooLarge(usize),
+    /// Redirects are not followed: a signed body goes only to the configured host.
+    #[error("HTTP {0}: redirects are not followed; configure the final URL")]
+    Redirect(u16),
 }
 
 impl WebhookError {
@@ -47,7 +53,10 @@ impl WebhookError {
             WebhookError::Status { status, .. } => {
                 *status == 408 || *status == 429 || *status >= 500
             }
-            WebhookError::NotJson(_) | WebhookError::Client(_) => false,
+            WebhookError::NotJson(_)
+            | WebhookError::Client(_)
+            | WebhookError::TooLarge(_)
+            | WebhookError::Redirect(_) => false,
         }
     }
 }
@@ -83,6 +92,8 @@ pub fn client() -> Result<reqwest::Client, WebhookError> {
         .user_agent(concat!("voicebridge/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(5))
         .pool_idle_timeout(Duration::from_secs(60))
+        // A redirect would carry the signed body to a host nobody configured.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| WebhookError::Client(e.to_string()))?;
     Ok(CLIENT.get_or_init(|| client).clone())
@@ -94,7 +105,8 @@ pub fn shown_url(url: &str) -> &str {
 }
 
 /// One signed request; the answer's body parsed as JSON (an empty body is `null`).
-/// `body` is the JSON for a POST, or the query string for a GET.
+/// `body` is the JSON for a POST, or the query string for a GET. At most `max_body`
+/// bytes of the answer are read.
 pub async fn send(
     method: reqwest::Method,
     url: &str,
@@ -102,6 +114,7 @@ pub async fn send(
     secret: &Secret,
     call_id: &str,
     timeout: Duration,
+    max_body: usize,
 ) -> Result<serde_json::Value, WebhookError> {
     let client = client()?;
     let ts = now_secs();
@@ -134,7 +147,23 @@ pub async fn send(
     }
     let resp = req.send().await.map_err(|e| classify(e, timeout))?;
     let status = resp.status();
-    let bytes = resp.bytes().await.map_err(|e| classify(e, timeout))?;
+    if status.is_redirection() {
+        return Err(WebhookError::Redirect(status.as_u16()));
+    }
+    // An error answer is only shown as a short preview: a little of it is enough.
+    let limit = if status.is_success() {
+        max_body
+    } else {
+        PREVIEW_READ
+    };
+    let bytes = match read_capped(resp, limit)
+        .await
+        .map_err(|e| classify(e, timeout))?
+    {
+        Capped::Whole(b) => b,
+        Capped::Over(b) if !status.is_success() => b,
+        Capped::Over(_) => return Err(WebhookError::TooLarge(max_body)),
+    };
     if !status.is_success() {
         return Err(WebhookError::Status {
             status: status.as_u16(),
@@ -145,6 +174,34 @@ pub async fn send(
         return Ok(serde_json::Value::Null);
     }
     serde_json::from_slice(&bytes).map_err(|e| WebhookError::NotJson(e.to_string()))
+}
+
+/// Bytes of an error answer read for its preview.
+const PREVIEW_READ: usize = 1024;
+
+/// An answer body read up to a limit.
+enum Capped {
+    Whole(Vec<u8>),
+    /// Longer than the limit: what was read (the limit's worth); the rest never is.
+    Over(Vec<u8>),
+}
+
+/// Reads the body chunk by chunk and stops at `limit` (a declared Content-Length over
+/// it stops before reading anything), so memory per answer is bounded by the limit.
+async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Capped, reqwest::Error> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Ok(Capped::Over(Vec::new()));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if out.len() + chunk.len() > limit {
+            let room = limit - out.len();
+            out.extend_from_slice(&chunk[..room]);
+            return Ok(Capped::Over(out));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Capped::Whole(out))
 }
 
 /// `voicebridge check`: can a TCP connection be opened to the URL's host and port?

@@ -18,10 +18,19 @@ pub const BUILTIN_TOOLS: [&str; 2] = ["end_call", "transfer_call"];
 
 const MB: u64 = 1024 * 1024;
 
-pub(super) fn webhooks(raw: RawWebhooks, secrets: &EnvSecrets) -> WebhooksConfig {
-    WebhooksConfig {
+pub(super) fn webhooks(raw: RawWebhooks, secrets: &EnvSecrets) -> Result<WebhooksConfig> {
+    let d = WebhooksConfig::default();
+    Ok(WebhooksConfig {
         secret: secret(raw.secret, &secrets.webhook_secret),
-    }
+        max_response_bytes: match raw.max_response_kb {
+            None => d.max_response_bytes,
+            Some(v) => int_in("webhooks.max_response_kb", v, 1, 64 * 1024, " KiB")? as usize * 1024,
+        },
+        max_tool_calls_in_flight: match raw.max_tool_calls_in_flight {
+            None => d.max_tool_calls_in_flight,
+            Some(v) => int_in("webhooks.max_tool_calls_in_flight", v, 1, 64, "")? as usize,
+        },
+    })
 }
 
 fn http_url(key: &str, url: &str) -> Result<()> {
@@ -209,6 +218,8 @@ pub(super) fn records(raw: RawRecords) -> Result<RecordsConfig> {
             60_000,
             d.webhook_timeout,
         )?,
+        // Set from `[webhooks]` by `compile`.
+        webhook_max_response: d.webhook_max_response,
         spool_dir,
         spool_max_bytes: match raw.spool_max_mb {
             None => d.spool_max_bytes,

@@ -396,7 +396,11 @@ impl Turn {
             return effects;
         };
         if let Some(t) = sc.input_transcription.filter(|t| !t.text.is_empty()) {
-            self.caller.push_str(&t.text);
+            crate::text_cap::append_capped(
+                &mut self.caller,
+                &t.text,
+                crate::text_cap::MAX_TURN_TEXT,
+            );
             effects.caller_between_turns = self.item.is_none();
             out.push(ProviderEvent::Transcript {
                 who: Speaker::Caller,
@@ -423,7 +427,11 @@ impl Turn {
             }
         }
         if let Some(t) = sc.output_transcription.filter(|t| !t.text.is_empty()) {
-            self.assistant.push_str(&t.text);
+            crate::text_cap::append_capped(
+                &mut self.assistant,
+                &t.text,
+                crate::text_cap::MAX_TURN_TEXT,
+            );
             out.push(ProviderEvent::Transcript {
                 who: Speaker::Assistant,
                 text: t.text,
