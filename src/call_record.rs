@@ -20,7 +20,7 @@ const MAX_TRANSCRIPT: usize = 2000;
 pub const MAX_TRANSCRIPT_BYTES: usize = 256 * 1024;
 /// Tool-call arguments kept per call in the record (serialised JSON); larger ones are
 /// replaced by their size.
-pub const MAX_TOOL_ARGUMENTS_BYTES: usize = 16 * 1024;
+pub const MAX_TOOL_ARGUMENTS_BYTES: usize = 4 * 1024;
 /// Per-turn latencies kept per record.
 const MAX_TURNS: usize = 2000;
 
