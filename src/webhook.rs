@@ -186,12 +186,10 @@ enum Capped {
     Over(Vec<u8>),
 }
 
-/// Reads the body chunk by chunk and stops at `limit` (a declared Content-Length over
-/// it stops before reading anything), so memory per answer is bounded by the limit.
+/// Reads the body chunk by chunk and stops at `limit`, so memory per answer is
+/// bounded by the limit whatever the Content-Length says (the start of an error page
+/// is kept for its preview).
 async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Capped, reqwest::Error> {
-    if resp.content_length().is_some_and(|n| n > limit as u64) {
-        return Ok(Capped::Over(Vec::new()));
-    }
     let mut out = Vec::new();
     while let Some(chunk) = resp.chunk().await? {
         if out.len() + chunk.len() > limit {
@@ -285,6 +283,68 @@ mod tests {
         assert_ne!(a, signature(b"s", 2, b"{}"));
         assert_ne!(a, signature(b"s", 1, b"{ }"));
         assert_ne!(a, signature(b"t", 1, b"{}"));
+    }
+
+    /// A one-shot HTTP server on loopback answering `head` then `body_len` bytes of `x`.
+    async fn answer_once(head: &'static str, body_len: usize) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let head = head.replace("{len}", &body_len.to_string());
+            let _ = s.write_all(head.as_bytes()).await;
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut left = body_len;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                if s.write_all(&chunk[..n]).await.is_err() {
+                    return;
+                }
+                left -= n;
+            }
+        });
+        format!("http://{addr}/hook")
+    }
+
+    async fn post(url: &str, max_body: usize) -> Result<serde_json::Value, WebhookError> {
+        let t = Duration::from_secs(5);
+        send(
+            reqwest::Method::POST,
+            url,
+            b"{}".to_vec(),
+            &Secret::default(),
+            "c",
+            t,
+            max_body,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn answers_are_read_up_to_the_cap_and_redirects_are_errors() {
+        let ok =
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n";
+        let url = answer_once(ok, 4 * 1024 * 1024).await;
+        let err = post(&url, 64 * 1024).await.unwrap_err();
+        assert!(matches!(err, WebhookError::TooLarge(65536)), "{err}");
+        assert!(err.to_string().contains("64 KiB"), "{err}");
+        // An error page larger than the preview still shows its start.
+        let fail = "HTTP/1.1 500 Internal Server Error\r\ncontent-length: {len}\r\n\r\n";
+        let url = answer_once(fail, 100_000).await;
+        match post(&url, 64 * 1024).await {
+            Err(WebhookError::Status { status: 500, body }) => {
+                assert!(body.starts_with("xxx"), "{body}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let moved = "HTTP/1.1 302 Found\r\nlocation: http://127.0.0.1:1/elsewhere\r\ncontent-length: {len}\r\n\r\n";
+        let url = answer_once(moved, 0).await;
+        let err = post(&url, 64 * 1024).await.unwrap_err();
+        assert!(matches!(err, WebhookError::Redirect(302)), "{err}");
+        assert!(!err.is_transient());
     }
 
     #[test]

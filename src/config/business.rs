@@ -377,4 +377,50 @@ output_per_million_tokens = 64.5
         let c = Config::from_toml_str("[webhooks]\nsecret = \"in-file\"", env).unwrap();
         assert_eq!(c.webhooks.secret.expose(), "in-file");
     }
+
+    #[test]
+    fn memory_bounds_have_defaults_and_ranges() {
+        let c = Config::from_toml_str("", vec![]).unwrap();
+        assert_eq!(c.webhooks.max_response_bytes, 256 * 1024);
+        assert_eq!(c.records.webhook_max_response, 256 * 1024);
+        assert_eq!(c.webhooks.max_tool_calls_in_flight, 4);
+        assert_eq!(
+            c.freeswitch.playback_max_queue,
+            std::time::Duration::from_secs(60)
+        );
+        let c = Config::from_toml_str(
+            "[webhooks]\nmax_response_kb = 1024\nmax_tool_calls_in_flight = 2\n\
+             [freeswitch]\nplayback_max_queue_ms = 5000",
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.webhooks.max_response_bytes, 1024 * 1024);
+        assert_eq!(
+            c.records.webhook_max_response,
+            1024 * 1024,
+            "records follow [webhooks]"
+        );
+        assert_eq!(c.webhooks.max_tool_calls_in_flight, 2);
+        assert_eq!(
+            c.freeswitch.playback_max_queue,
+            std::time::Duration::from_secs(5)
+        );
+        for (toml, key) in [
+            (
+                "[webhooks]\nmax_response_kb = 0",
+                "webhooks.max_response_kb",
+            ),
+            (
+                "[webhooks]\nmax_tool_calls_in_flight = 0",
+                "webhooks.max_tool_calls_in_flight",
+            ),
+            (
+                "[freeswitch]\nplayback_max_queue_ms = 10",
+                "freeswitch.playback_max_queue_ms",
+            ),
+        ] {
+            let err = Config::from_toml_str(toml, vec![]).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+    }
 }
