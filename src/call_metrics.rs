@@ -86,7 +86,7 @@ fn describe() {
         "Audio messages, by direction (fs_in, fs_out, to_provider, from_provider)."
     );
     describe_counter!(BYTES, Unit::Bytes, "Audio bytes, by direction.");
-    describe_counter!(DROPPED, "Audio dropped, by kind (to_provider: provider not keeping up; late_audio: interrupted reply).");
+    describe_counter!(DROPPED, "Audio dropped, by kind (to_provider: provider not keeping up; late_audio: interrupted reply; playback_overflow: 20 ms frames over [freeswitch] playback_max_queue_ms).");
     describe_counter!(BARGE_INS, "Barge-ins that flushed playback, by provider.");
     describe_counter!(PROVIDER_ERRORS, "Provider errors, by provider and code.");
     describe_histogram!(
@@ -101,7 +101,7 @@ fn describe() {
     );
     describe_counter!(
         TOOL_CALLS,
-        "Tool calls from the model, by route, tool and outcome (ok, error, timeout, unknown, cancelled)."
+        "Tool calls from the model, by route, tool and outcome (ok, error, timeout, unknown, cancelled, busy)."
     );
     describe_histogram!(
         TURN_LATENCY,
@@ -200,6 +200,7 @@ pub struct Traffic {
     pub from_provider_bytes: u64,
     pub dropped_to_provider: u64,
     pub late_audio: u64,
+    pub playback_overflow: u64,
 }
 
 impl Traffic {
@@ -240,6 +241,10 @@ impl Traffic {
         let late = now.late_audio - before.late_audio;
         if late > 0 {
             counter!(DROPPED, "kind" => "late_audio").increment(late);
+        }
+        let overflow = now.playback_overflow - before.playback_overflow;
+        if overflow > 0 {
+            counter!(DROPPED, "kind" => "playback_overflow").increment(overflow);
         }
     }
 }

@@ -15,6 +15,12 @@ pub const RECORD_VERSION: u32 = 1;
 const MAX_TOOL_CALLS: usize = 200;
 /// Transcript entries kept per record.
 const MAX_TRANSCRIPT: usize = 2000;
+/// Transcript text kept per record, all lines together: the provider decides how much
+/// text a call produces, the record must not.
+pub const MAX_TRANSCRIPT_BYTES: usize = 256 * 1024;
+/// Tool-call arguments kept per call in the record (serialised JSON); larger ones are
+/// replaced by their size.
+pub const MAX_TOOL_ARGUMENTS_BYTES: usize = 4 * 1024;
 /// Per-turn latencies kept per record.
 const MAX_TURNS: usize = 2000;
 
@@ -43,6 +49,7 @@ pub struct RecordBuilder {
     started_wall: SystemTime,
     keep_transcript: bool,
     transcript: Vec<Line>,
+    transcript_bytes: usize,
     transcript_dropped: u64,
     tools: Vec<ToolEntry>,
     tools_dropped: u64,
@@ -83,6 +90,7 @@ impl RecordBuilder {
             started_wall: SystemTime::now() - started.elapsed(),
             keep_transcript,
             transcript: Vec::new(),
+            transcript_bytes: 0,
             transcript_dropped: 0,
             tools: Vec::new(),
             tools_dropped: 0,
@@ -107,13 +115,17 @@ impl RecordBuilder {
         if !self.keep_transcript {
             return;
         }
-        if self.transcript.len() >= MAX_TRANSCRIPT {
+        let text = crate::text_cap::clip(text, crate::text_cap::MAX_TURN_TEXT);
+        if self.transcript.len() >= MAX_TRANSCRIPT
+            || self.transcript_bytes + text.len() > MAX_TRANSCRIPT_BYTES
+        {
             self.transcript_dropped += 1;
             return;
         }
+        self.transcript_bytes += text.len();
         self.transcript.push(Line {
             who,
-            text: text.to_owned(),
+            text: text.into_owned(),
             at_ms: self.ms(at),
         });
     }
@@ -146,10 +158,16 @@ impl RecordBuilder {
             self.tools_dropped += 1;
             return;
         }
+        let size = arguments.to_string().len();
+        let arguments = if size > MAX_TOOL_ARGUMENTS_BYTES {
+            json!({"truncated_bytes": size})
+        } else {
+            arguments.clone()
+        };
         self.tools.push(ToolEntry {
-            id: id.to_owned(),
-            name: name.to_owned(),
-            arguments: arguments.clone(),
+            id: crate::text_cap::clip(id, 256).into_owned(),
+            name: crate::text_cap::clip(name, 256).into_owned(),
+            arguments,
             at_ms: self.ms(at),
             duration_ms: None,
             outcome: "running",
@@ -164,7 +182,8 @@ impl RecordBuilder {
         took: Duration,
         error: Option<&str>,
     ) {
-        if let Some(t) = self.tools.iter_mut().rev().find(|t| t.id == id) {
+        let id = crate::text_cap::clip(id, 256);
+        if let Some(t) = self.tools.iter_mut().rev().find(|t| t.id == *id) {
             // A withdrawn call's webhook may still finish; the model never saw it.
             if t.outcome == "cancelled" {
                 return;
@@ -317,5 +336,41 @@ mod tests {
         assert!(v["transcript"].is_null());
         assert!(!v.to_string().contains("card number"));
         assert_eq!(v["turns"]["caller"], 1);
+    }
+
+    #[test]
+    fn peer_controlled_text_in_the_record_is_bounded() {
+        let t0 = Instant::now();
+        let mut r = RecordBuilder::new(t0, true);
+        // One huge turn is cut; a thousand big ones stop at the total.
+        r.transcript(Speaker::Assistant, &"a".repeat(1024 * 1024), t0);
+        for _ in 0..1000 {
+            r.transcript(Speaker::Caller, &"b".repeat(10_000), t0);
+        }
+        let huge_args = json!({"blob": "x".repeat(1024 * 1024)});
+        for i in 0..300 {
+            r.tool_started(&format!("c{i}"), &"n".repeat(100_000), &huge_args, t0);
+            r.tool_finished(&format!("c{i}"), "ok", Duration::ZERO, None);
+        }
+        let v = r.build(&Ending::default());
+        let text = v.to_string();
+        assert!(
+            text.len() < MAX_TRANSCRIPT_BYTES + 200 * 2048 + 64 * 1024,
+            "record is {} bytes",
+            text.len()
+        );
+        let first = v["transcript"][0]["text"].as_str().unwrap();
+        assert!(first.len() <= crate::text_cap::MAX_TURN_TEXT);
+        assert!(first.ends_with('…'));
+        assert!(v["transcript_dropped"].as_u64().unwrap() > 900);
+        assert_eq!(
+            v["tool_calls"][0]["arguments"]["truncated_bytes"],
+            1024 * 1024 + 11
+        );
+        assert_eq!(
+            v["tool_calls"][0]["outcome"], "ok",
+            "finished matches the clipped id"
+        );
+        assert_eq!(v["tool_calls_dropped"], 100);
     }
 }

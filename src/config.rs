@@ -144,6 +144,9 @@ pub struct FreeswitchConfig {
     /// `esl_files` playback: audio per file. FreeSWITCH plays the files one after
     /// another over ESL, and each file start costs a little, so small chunks leave gaps.
     pub esl_chunk: Duration,
+    /// Assistant audio queued for playback beyond this is dropped (a provider sending
+    /// far faster than real time must not grow memory without bound).
+    pub playback_max_queue: Duration,
     /// Event Socket; `None` when `[freeswitch.esl]` is absent.
     pub esl: Option<EslConfig>,
 }
@@ -228,11 +231,26 @@ pub struct ToolSpec {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhooksConfig {
     /// HMAC-SHA256 key for the `X-Voicebridge-Signature` header; empty: unsigned.
     /// From the file, else env `VOICEBRIDGE_WEBHOOK_SECRET`.
     pub secret: Secret,
+    /// Longest answer body read from any webhook (lookup, tools, records); a longer
+    /// one is an error, never read whole into memory.
+    pub max_response_bytes: usize,
+    /// Webhook tool calls running at once per call; more get an error result at once.
+    pub max_tool_calls_in_flight: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            secret: Secret::default(),
+            max_response_bytes: 256 * 1024,
+            max_tool_calls_in_flight: 4,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,6 +264,8 @@ pub struct RecordsConfig {
     /// Every record is POSTed here; `None`: no webhook.
     pub webhook_url: Option<String>,
     pub webhook_timeout: Duration,
+    /// Longest answer read from the records webhook: `[webhooks] max_response_kb`.
+    pub webhook_max_response: usize,
     /// Records not yet delivered to the webhook wait here (survives restarts).
     pub spool_dir: Option<PathBuf>,
     /// Above this the oldest spooled records are dropped (and counted).
@@ -585,6 +605,7 @@ impl Default for FreeswitchConfig {
             playback: PlaybackMode::Binary,
             playback_lead: Duration::from_millis(60),
             esl_chunk: Duration::from_millis(500),
+            playback_max_queue: Duration::from_secs(60),
             esl: None,
         }
     }
@@ -675,6 +696,7 @@ impl Default for RecordsConfig {
             file_keep: 5,
             webhook_url: None,
             webhook_timeout: Duration::from_secs(5),
+            webhook_max_response: WebhooksConfig::default().max_response_bytes,
             spool_dir: None,
             spool_max_bytes: 100 * 1024 * 1024,
         }

@@ -20,5 +20,6 @@ pub mod registry;
 pub mod server;
 pub mod session;
 pub mod telemetry;
+pub mod text_cap;
 pub mod tools;
 pub mod webhook;

@@ -34,6 +34,7 @@ pub async fn lookup(
     info: &CallInfo,
     metadata: &BTreeMap<String, String>,
     secret: &Secret,
+    max_body: usize,
 ) -> Result<BTreeMap<String, String>, WebhookError> {
     let (method, body) = match cfg.method {
         HttpMethod::Get => {
@@ -69,7 +70,15 @@ pub async fn lookup(
     // guard against anything that would not honour it.
     let answer = tokio::time::timeout(
         cfg.timeout + Duration::from_millis(50),
-        webhook::send(method, &cfg.url, body, secret, &info.call_id, cfg.timeout),
+        webhook::send(
+            method,
+            &cfg.url,
+            body,
+            secret,
+            &info.call_id,
+            cfg.timeout,
+            max_body,
+        ),
     )
     .await
     .map_err(|_| WebhookError::Timeout(cfg.timeout))??;

@@ -33,7 +33,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
-use crate::audio::{AudioFormat, Channels, Codec, ItemId, Pacer, Reframer, Transcoder};
+use crate::audio::{AudioFormat, Channels, Codec, FloodGuard, ItemId, Pacer, Reframer, Transcoder};
 use crate::call_metrics::{self, Traffic};
 use crate::call_record::{self, RecordBuilder};
 use crate::config::{Config, Route};
@@ -118,6 +118,12 @@ pub enum EndReason {
     AssistantHangup(String),
     /// The assistant called `transfer_call`: the channel goes to this destination.
     Transferred(String),
+    /// The provider kept sending audio far faster than real time (audio received, over
+    /// how long).
+    ProviderFlood {
+        audio: Duration,
+        over: Duration,
+    },
 }
 
 impl EndReason {
@@ -130,6 +136,7 @@ impl EndReason {
             EndReason::FreeswitchTooBig(_) => "freeswitch_message_too_big",
             EndReason::ProviderClosed(_) => "provider_closed",
             EndReason::ProviderError(_) => "provider_error",
+            EndReason::ProviderFlood { .. } => "provider_flood",
             EndReason::MaxDuration => "max_duration",
             EndReason::IdleTimeout => "idle_timeout",
             EndReason::Shutdown => "shutdown",
@@ -146,7 +153,9 @@ impl EndReason {
             EndReason::FreeswitchGone
             | EndReason::FreeswitchError(_)
             | EndReason::FreeswitchTooBig(_) => "freeswitch",
-            EndReason::ProviderClosed(_) | EndReason::ProviderError(_) => "provider",
+            EndReason::ProviderClosed(_)
+            | EndReason::ProviderError(_)
+            | EndReason::ProviderFlood { .. } => "provider",
             EndReason::AssistantHangup(_) | EndReason::Transferred(_) => "assistant",
             EndReason::MaxDuration
             | EndReason::IdleTimeout
@@ -179,6 +188,12 @@ impl fmt::Display for EndReason {
             EndReason::FreeswitchTooBig(e) => write!(f, "FreeSWITCH sent a {e}"),
             EndReason::ProviderClosed(r) => write!(f, "provider ended: {r}"),
             EndReason::ProviderError(r) => write!(f, "provider error: {r}"),
+            EndReason::ProviderFlood { audio, over } => write!(
+                f,
+                "provider sent {} s of audio in {} s, far faster than real time",
+                audio.as_secs(),
+                over.as_secs()
+            ),
             EndReason::MaxDuration => write!(f, "max_duration_secs reached"),
             EndReason::IdleTimeout => {
                 write!(f, "idle_timeout_secs reached: no audio from FreeSWITCH")
@@ -205,6 +220,8 @@ struct Stats {
     provider_audio_events: u64,
     provider_bytes_in: u64,
     late_audio_dropped: u64,
+    /// 20 ms frames of assistant audio dropped at the playback queue's cap.
+    playback_overflow: u64,
     frames_to_fs: u64,
     bytes_to_fs: u64,
     text_in: u64,
@@ -280,6 +297,8 @@ struct Session {
     stats: Stats,
     sink: SplitSink<Ws, Message>,
     drop_warned: bool,
+    /// Watches the provider's audio rate (a flood ends the call).
+    flood: FloodGuard,
     /// Traffic already added to the metrics.
     flushed: Traffic,
     /// `None` without `[freeswitch.esl]` or without a call id in the URL.
@@ -404,7 +423,8 @@ pub async fn run(ws: Ws, setup: CallSetup) {
                     route.playback_lead,
                     config.freeswitch.esl_chunk,
                 ),
-            ),
+            )
+            .with_max_queue(config.freeswitch.playback_max_queue),
             playback,
             converted: Vec::new(),
             frame: Vec::new(),
@@ -435,6 +455,7 @@ pub async fn run(ws: Ws, setup: CallSetup) {
         stats: Stats::default(),
         sink,
         drop_warned: false,
+        flood: FloodGuard::new(),
         flushed: Traffic::default(),
         esl,
         play_events,
@@ -655,7 +676,8 @@ impl Session {
         info!(format = %call, channels = %self.inbound.channels, "call format set by the metadata");
         let esl_chunk = self.config.freeswitch.esl_chunk;
         let lead = playback::pacer_lead(self.route.playback, self.route.playback_lead, esl_chunk);
-        self.down.pacer = Pacer::new(call, lead);
+        self.down.pacer =
+            Pacer::new(call, lead).with_max_queue(self.config.freeswitch.playback_max_queue);
         self.down.playback = Playback::new(self.route.playback, call, esl_chunk);
         if let Some(output) = self.down.output_format {
             match Transcoder::new(output, call) {
@@ -797,10 +819,11 @@ impl Session {
         if let Some(cfg) = self.route.call.context.clone() {
             let info = self.call_info();
             let secret = self.config.webhooks.secret.clone();
+            let max_body = self.config.webhooks.max_response_bytes;
             let started = Instant::now();
             self.lookup = Some(tokio::spawn(
                 async move {
-                    let result = crate::lookup::lookup(&cfg, &info, &vars, &secret).await;
+                    let result = crate::lookup::lookup(&cfg, &info, &vars, &secret, max_body).await;
                     LookupDone {
                         vars,
                         result,
@@ -876,16 +899,28 @@ impl Session {
         self.record
             .tool_started(&call.id, &call.name, &call.arguments, now.into_std());
         match tools::resolve(&self.route.call, &call.name) {
+            Resolved::Webhook(_)
+                if self.tools.len() >= self.config.webhooks.max_tool_calls_in_flight =>
+            {
+                let limit = self.config.webhooks.max_tool_calls_in_flight;
+                warn!(tool = %call.name, tool_call_id = %call.id, limit, "too many tool calls in flight: answered with an error at once");
+                let result = tools::busy(&call, limit);
+                call_metrics::tool_call(&self.route.name, &call.name, "busy");
+                self.record
+                    .tool_finished(&call.id, "busy", Duration::ZERO, result.error_message());
+                self.send_command(ProviderCommand::ToolResult(result));
+            }
             Resolved::Webhook(spec) => {
                 info!(tool = %call.name, tool_call_id = %call.id, "tool call: asking the webhook");
                 let spec = spec.clone();
                 let info = self.call_info();
                 let secret = self.config.webhooks.secret.clone();
+                let max_body = self.config.webhooks.max_response_bytes;
                 let commands = self.provider.commands.clone();
                 self.tools.spawn(
                     async move {
                         let (result, outcome, took) =
-                            tools::run_webhook(&spec, &call, &info, &secret).await;
+                            tools::run_webhook(&spec, &call, &info, &secret, max_body).await;
                         let error = result.error_message().map(str::to_owned);
                         let _ = commands.send(ProviderCommand::ToolResult(result)).await;
                         ToolDone {
@@ -1053,7 +1088,7 @@ impl Session {
                     self.up.pending = pending;
                 }
             }
-            ProviderEvent::Audio { item, data } => self.on_assistant_audio(item, &data),
+            ProviderEvent::Audio { item, data } => self.on_assistant_audio(item, &data)?,
             ProviderEvent::SpeechStopped => {
                 self.record.caller_turn_ended(Instant::now().into_std())
             }
@@ -1085,6 +1120,7 @@ impl Session {
                 text,
                 is_final,
             } => {
+                let text = crate::text_cap::clip(&text, crate::text_cap::MAX_TURN_TEXT);
                 if is_final {
                     self.record
                         .transcript(who, &text, Instant::now().into_std());
@@ -1121,8 +1157,23 @@ impl Session {
         Ok(())
     }
 
-    fn on_assistant_audio(&mut self, item: ItemId, data: &[u8]) {
+    fn on_assistant_audio(&mut self, item: ItemId, data: &[u8]) -> Result<(), EndReason> {
         self.stats.provider_audio_events += 1;
+        if let Some(format) = self.down.output_format {
+            let audio = Duration::from_micros(
+                data.len() as u64 * 1_000_000 / format.bytes_per_sec().max(1) as u64,
+            );
+            if self.flood.on_audio(Instant::now().into_std(), audio) {
+                let over = crate::audio::flood::WINDOW * crate::audio::flood::HOT_WINDOWS;
+                let audio = self.flood.flood_audio();
+                error!(
+                    audio_secs = audio.as_secs(),
+                    over_secs = over.as_secs(),
+                    "provider floods assistant audio far faster than real time: ending the call"
+                );
+                return Err(EndReason::ProviderFlood { audio, over });
+            }
+        }
         // The model is still talking after end_call/transfer_call: let it finish.
         if let Some(
             EndAction::Hangup {
@@ -1141,11 +1192,11 @@ impl Session {
         self.stats.provider_bytes_in += data.len() as u64;
         if self.down.interrupted.contains(&item) {
             self.stats.late_audio_dropped += 1;
-            return;
+            return Ok(());
         }
         let Some(transcoder) = self.down.transcoder.as_mut() else {
             warn!("provider sent audio before it was ready: dropped");
-            return;
+            return Ok(());
         };
         if let Some(format) = self.down.output_format {
             let ms = (data.len() as u64 * 1000) / format.bytes_per_sec() as u64;
@@ -1161,8 +1212,18 @@ impl Session {
         }
         self.down.converted.clear();
         transcoder.process(data, &mut self.down.converted);
-        self.down.pacer.push(&item, &self.down.converted);
+        let overflow = self.down.pacer.push(&item, &self.down.converted);
+        if overflow > 0 {
+            if self.stats.playback_overflow == 0 {
+                warn!(
+                    max_queue_ms = self.config.freeswitch.playback_max_queue.as_millis() as u64,
+                    "playback queue full (provider sends faster than real time): assistant audio dropped (counted)"
+                );
+            }
+            self.stats.playback_overflow += overflow;
+        }
         self.down.reply_done = false;
+        Ok(())
     }
 
     /// Releases every frame that is due, in one write batch.
@@ -1321,6 +1382,7 @@ impl Session {
             from_provider_bytes: s.provider_bytes_in,
             dropped_to_provider: s.frames_dropped,
             late_audio: s.late_audio_dropped,
+            playback_overflow: s.playback_overflow,
         }
     }
 
@@ -1370,6 +1432,7 @@ impl Session {
                 "frames_to_fs": s.frames_to_fs,
                 "bytes_to_fs": s.bytes_to_fs,
                 "late_audio_dropped": s.late_audio_dropped,
+                "playback_overflow_frames": s.playback_overflow,
             }),
         })
     }
@@ -1461,6 +1524,7 @@ impl Session {
                     provider_audio_events = s.provider_audio_events,
                     provider_bytes_in = s.provider_bytes_in,
                     late_audio_dropped = s.late_audio_dropped,
+                    playback_overflow_frames = s.playback_overflow,
                     frames_to_fs = s.frames_to_fs,
                     bytes_to_fs = s.bytes_to_fs,
                     text_in = s.text_in,

@@ -129,6 +129,20 @@ pub fn error(call: &ToolCall, message: impl Into<String>) -> ToolResult {
     }
 }
 
+/// The answer to a webhook call over `[webhooks] max_tool_calls_in_flight`: at once,
+/// so a model looping on calls cannot pile up requests (and memory) behind a slow
+/// webhook.
+pub fn busy(call: &ToolCall, limit: usize) -> ToolResult {
+    error(
+        call,
+        format!(
+            "{limit} tool call(s) are already running on this call; wait for their results \
+             before calling {} again",
+            call.name
+        ),
+    )
+}
+
 /// The arguments as an object: the model's own object, `{}` for none, or an error for
 /// anything else (OpenAI arguments that were not valid JSON arrive as a string).
 pub fn arguments(call: &ToolCall) -> Result<Value, String> {
@@ -168,6 +182,7 @@ pub async fn run_webhook(
     call: &ToolCall,
     info: &CallInfo,
     secret: &Secret,
+    max_body: usize,
 ) -> (ToolResult, Outcome, Duration) {
     let started = Instant::now();
     let args = match arguments(call) {
@@ -195,6 +210,7 @@ pub async fn run_webhook(
             secret,
             &info.call_id,
             spec.timeout,
+            max_body,
         ),
     )
     .await

@@ -47,6 +47,12 @@ pub enum WebhookError {
     NotJson(String),
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
+    /// A 2xx answer longer than `[webhooks] max_response_kb`: not read further.
+    #[error("the answer is larger than the {} KiB limit ([webhooks] max_response_kb)", .0 / 1024)]
+    TooLarge(usize),
+    /// Redirects are not followed: a signed body goes only to the configured host.
+    #[error("HTTP {0}: redirects are not followed; configure the final URL")]
+    Redirect(u16),
 }
 
 impl WebhookError {
@@ -57,7 +63,10 @@ impl WebhookError {
             WebhookError::Status { status, .. } => {
                 *status == 408 || *status == 429 || *status >= 500
             }
-            WebhookError::NotJson(_) | WebhookError::Client(_) => false,
+            WebhookError::NotJson(_)
+            | WebhookError::Client(_)
+            | WebhookError::TooLarge(_)
+            | WebhookError::Redirect(_) => false,
         }
     }
 }
@@ -115,13 +124,16 @@ pub fn client() -> Result<reqwest::Client, WebhookError> {
         .user_agent(concat!("voicebridge/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(5))
         .pool_idle_timeout(Duration::from_secs(60))
+        // A redirect would carry the signed body to a host nobody configured.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| WebhookError::Client(e.to_string()))?;
     Ok(CLIENT.get_or_init(|| client).clone())
 }
 
 /// One signed request; the answer's body parsed as JSON (an empty body is `null`).
-/// `body` is the JSON for a POST, or the query string for a GET.
+/// `body` is the JSON for a POST, or the query string for a GET. At most `max_body`
+/// bytes of the answer are read.
 pub async fn send(
     method: reqwest::Method,
     url: &str,
@@ -129,6 +141,7 @@ pub async fn send(
     secret: &Secret,
     call_id: &str,
     timeout: Duration,
+    max_body: usize,
 ) -> Result<serde_json::Value, WebhookError> {
     let client = client()?;
     let ts = now_secs();
@@ -178,7 +191,23 @@ pub async fn send(
     }
     let resp = req.send().await.map_err(|e| classify(e, timeout))?;
     let status = resp.status();
-    let bytes = resp.bytes().await.map_err(|e| classify(e, timeout))?;
+    if status.is_redirection() {
+        return Err(WebhookError::Redirect(status.as_u16()));
+    }
+    // An error answer is only shown as a short preview: a little of it is enough.
+    let limit = if status.is_success() {
+        max_body
+    } else {
+        PREVIEW_READ
+    };
+    let bytes = match read_capped(resp, limit)
+        .await
+        .map_err(|e| classify(e, timeout))?
+    {
+        Capped::Whole(b) => b,
+        Capped::Over(b) if !status.is_success() => b,
+        Capped::Over(_) => return Err(WebhookError::TooLarge(max_body)),
+    };
     if !status.is_success() {
         return Err(WebhookError::Status {
             status: status.as_u16(),
@@ -189,6 +218,32 @@ pub async fn send(
         return Ok(serde_json::Value::Null);
     }
     serde_json::from_slice(&bytes).map_err(|e| WebhookError::NotJson(e.to_string()))
+}
+
+/// Bytes of an error answer read for its preview.
+const PREVIEW_READ: usize = 1024;
+
+/// An answer body read up to a limit.
+enum Capped {
+    Whole(Vec<u8>),
+    /// Longer than the limit: what was read (the limit's worth); the rest never is.
+    Over(Vec<u8>),
+}
+
+/// Reads the body chunk by chunk and stops at `limit`, so memory per answer is
+/// bounded by the limit whatever the Content-Length says (the start of an error page
+/// is kept for its preview).
+async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Capped, reqwest::Error> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if out.len() + chunk.len() > limit {
+            let room = limit - out.len();
+            out.extend_from_slice(&chunk[..room]);
+            return Ok(Capped::Over(out));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Capped::Whole(out))
 }
 
 /// `voicebridge check`: can a TCP connection be opened to the URL's host and port?
@@ -299,5 +354,67 @@ mod tests {
         assert_ne!(a, signature(b"s", 2, b"{}"));
         assert_ne!(a, signature(b"s", 1, b"{ }"));
         assert_ne!(a, signature(b"t", 1, b"{}"));
+    }
+
+    /// A one-shot HTTP server on loopback answering `head` then `body_len` bytes of `x`.
+    async fn answer_once(head: &'static str, body_len: usize) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let head = head.replace("{len}", &body_len.to_string());
+            let _ = s.write_all(head.as_bytes()).await;
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut left = body_len;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                if s.write_all(&chunk[..n]).await.is_err() {
+                    return;
+                }
+                left -= n;
+            }
+        });
+        format!("http://{addr}/hook")
+    }
+
+    async fn post(url: &str, max_body: usize) -> Result<serde_json::Value, WebhookError> {
+        let t = Duration::from_secs(5);
+        send(
+            reqwest::Method::POST,
+            url,
+            b"{}".to_vec(),
+            &Secret::default(),
+            "c",
+            t,
+            max_body,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn answers_are_read_up_to_the_cap_and_redirects_are_errors() {
+        let ok =
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n";
+        let url = answer_once(ok, 4 * 1024 * 1024).await;
+        let err = post(&url, 64 * 1024).await.unwrap_err();
+        assert!(matches!(err, WebhookError::TooLarge(65536)), "{err}");
+        assert!(err.to_string().contains("64 KiB"), "{err}");
+        // An error page larger than the preview still shows its start.
+        let fail = "HTTP/1.1 500 Internal Server Error\r\ncontent-length: {len}\r\n\r\n";
+        let url = answer_once(fail, 100_000).await;
+        match post(&url, 64 * 1024).await {
+            Err(WebhookError::Status { status: 500, body }) => {
+                assert!(body.starts_with("xxx"), "{body}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let moved = "HTTP/1.1 302 Found\r\nlocation: http://127.0.0.1:1/elsewhere\r\ncontent-length: {len}\r\n\r\n";
+        let url = answer_once(moved, 0).await;
+        let err = post(&url, 64 * 1024).await.unwrap_err();
+        assert!(matches!(err, WebhookError::Redirect(302)), "{err}");
+        assert!(!err.is_transient());
     }
 }

@@ -5,6 +5,7 @@
 //! and direction, for the whole call.
 
 mod fifo;
+pub mod flood;
 pub mod format;
 pub mod frame;
 pub mod g711;
@@ -14,6 +15,7 @@ pub mod resample;
 pub mod signal;
 pub mod transcode;
 
+pub use flood::FloodGuard;
 pub use format::{AudioFormat, Channels, Codec, FRAME_MS};
 pub use frame::Reframer;
 pub use pacer::{Flushed, ItemId, Pacer};

@@ -10,6 +10,10 @@
 //!
 //! Pure: the clock is always a parameter.
 //!
+//! Bounded: at most `max_queue` of audio waits here (see [`Pacer::with_max_queue`]);
+//! what a provider sends beyond it is dropped and reported by [`Pacer::push`], so a
+//! peer streaming far faster than real time costs a fixed amount of memory.
+//!
 //! Model: the *playhead* is the instant at which FreeSWITCH will have played everything
 //! released. A playhead in the past means FreeSWITCH ran dry, and it restarts from `now`.
 //! A frame may go when `playhead + 20 ms - now <= lead`, and each release moves the
@@ -29,6 +33,8 @@ pub type ItemId = Arc<str>;
 const LEDGER_ITEMS: usize = 8;
 const COMPACT_AT: usize = 16 * 1024;
 const FRAME: Duration = Duration::from_millis(FRAME_MS as u64);
+/// Default queue cap (`[freeswitch] playback_max_queue_ms`).
+pub const DEFAULT_MAX_QUEUE: Duration = Duration::from_secs(60);
 
 /// What a barge-in [`Pacer::flush`] threw away.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +102,10 @@ pub struct Pacer {
     ledger: VecDeque<(ItemId, u64)>,
     playhead: Option<Instant>,
     playing: Option<ItemId>,
+    /// Queued bytes never exceed this (whole samples).
+    max_queued: usize,
+    /// Dropped bytes not yet reported as a whole frame.
+    overflow_carry: usize,
 }
 
 impl Pacer {
@@ -104,7 +114,7 @@ impl Pacer {
     /// nothing could ever be released otherwise.
     pub fn new(format: AudioFormat, lead: Duration) -> Pacer {
         let frame_bytes = format.bytes_per_frame();
-        Pacer {
+        let mut pacer = Pacer {
             format,
             frame_bytes,
             lead: lead.max(FRAME),
@@ -115,7 +125,17 @@ impl Pacer {
             ledger: VecDeque::with_capacity(LEDGER_ITEMS + 1),
             playhead: None,
             playing: None,
-        }
+            max_queued: usize::MAX,
+            overflow_carry: 0,
+        };
+        pacer.max_queued = pacer.bytes_in(DEFAULT_MAX_QUEUE);
+        pacer
+    }
+
+    /// Caps the queue at `max` of audio (at least one frame).
+    pub fn with_max_queue(mut self, max: Duration) -> Pacer {
+        self.max_queued = self.bytes_in(max).max(self.frame_bytes);
+        self
     }
 
     pub fn format(&self) -> AudioFormat {
@@ -124,12 +144,33 @@ impl Pacer {
 
     /// Queues audio of `item` (bytes in [`format`](Self::format)). Consecutive pushes of
     /// different items may share a frame; each keeps its exact byte count.
-    pub fn push(&mut self, item: &ItemId, data: &[u8]) {
+    ///
+    /// Audio that would take the queue over its cap is dropped (the tail of `data`, in
+    /// whole samples). Returns how many whole 20 ms frames' worth were dropped since
+    /// the last report (partial frames carry over to the next drop).
+    pub fn push(&mut self, item: &ItemId, data: &[u8]) -> u64 {
         if data.is_empty() {
-            return;
+            return 0;
         }
-        self.buf.extend(data);
-        append_run(&mut self.queued, &Some(item.clone()), data.len());
+        let room = self.max_queued.saturating_sub(self.queued_bytes());
+        let sample = self.format.bytes_per_sample();
+        let take = if data.len() <= room {
+            data.len()
+        } else {
+            room - room % sample
+        };
+        if take > 0 {
+            self.buf.extend(&data[..take]);
+            append_run(&mut self.queued, &Some(item.clone()), take);
+        }
+        let dropped = data.len() - take;
+        if dropped == 0 {
+            return 0;
+        }
+        self.overflow_carry += dropped;
+        let frames = self.overflow_carry / self.frame_bytes;
+        self.overflow_carry %= self.frame_bytes;
+        frames as u64
     }
 
     /// The response is complete: pad a trailing partial frame with codec silence so it
@@ -532,6 +573,44 @@ mod tests {
                 dropped_ms: 0
             }
         );
+    }
+
+    #[test]
+    fn the_queue_is_capped_and_drops_are_counted_in_frames() {
+        let t0 = Instant::now();
+        // 200 ms cap: 1600 bytes of PCMU.
+        let mut p = pacer(60).with_max_queue(200 * MS);
+        let a = id("a");
+        assert_eq!(p.push(&a, &[1u8; 1000]), 0);
+        // 600 fit, 400 dropped: 2 whole frames, 80 bytes carried.
+        assert_eq!(p.push(&a, &[1u8; 1000]), 2);
+        assert_eq!(p.queued_ms(), 200);
+        // 80 carried + 80 more dropped: one frame.
+        assert_eq!(p.push(&a, &[1u8; 80]), 1);
+        assert_eq!(p.queued_ms(), 200);
+        // Releasing makes room again, and accounting stays exact.
+        assert_eq!(pop_all_due(&mut p, t0), 3);
+        assert_eq!(p.push(&a, &[1u8; 480]), 0);
+        assert_eq!(p.queued_ms(), 200);
+        assert_eq!(p.released_ms(&a), 60);
+        // L16: whole samples only, even with an odd room.
+        let mut l16 = Pacer::new(AudioFormat::l16(8000), 60 * MS).with_max_queue(20 * MS);
+        assert_eq!(l16.push(&a, &[0u8; 319]), 0);
+        assert_eq!(l16.push(&a, &[0u8; 4]), 0);
+        assert_eq!(
+            l16.queued_bytes(),
+            319,
+            "one byte of room: no whole sample fits"
+        );
+    }
+
+    #[test]
+    fn the_default_cap_is_a_minute() {
+        let mut p = pacer(60);
+        let a = id("a");
+        let dropped = p.push(&a, &vec![0u8; 8 * 61_000]);
+        assert_eq!(p.queued_ms(), 60_000);
+        assert_eq!(dropped, 50, "1 s over: 50 frames");
     }
 
     #[test]

@@ -18,10 +18,19 @@ pub const BUILTIN_TOOLS: [&str; 2] = ["end_call", "transfer_call"];
 
 const MB: u64 = 1024 * 1024;
 
-pub(super) fn webhooks(raw: RawWebhooks, secrets: &EnvSecrets) -> WebhooksConfig {
-    WebhooksConfig {
+pub(super) fn webhooks(raw: RawWebhooks, secrets: &EnvSecrets) -> Result<WebhooksConfig> {
+    let d = WebhooksConfig::default();
+    Ok(WebhooksConfig {
         secret: secret(raw.secret, &secrets.webhook_secret),
-    }
+        max_response_bytes: match raw.max_response_kb {
+            None => d.max_response_bytes,
+            Some(v) => int_in("webhooks.max_response_kb", v, 1, 64 * 1024, " KiB")? as usize * 1024,
+        },
+        max_tool_calls_in_flight: match raw.max_tool_calls_in_flight {
+            None => d.max_tool_calls_in_flight,
+            Some(v) => int_in("webhooks.max_tool_calls_in_flight", v, 1, 64, "")? as usize,
+        },
+    })
 }
 
 fn http_url(key: &str, url: &str) -> Result<()> {
@@ -212,6 +221,8 @@ pub(super) fn records(raw: RawRecords) -> Result<RecordsConfig> {
             60_000,
             d.webhook_timeout,
         )?,
+        // Set from `[webhooks]` by `compile`.
+        webhook_max_response: d.webhook_max_response,
         spool_dir,
         spool_max_bytes: match raw.spool_max_mb {
             None => d.spool_max_bytes,
@@ -368,5 +379,51 @@ output_per_million_tokens = 64.5
             .all(|w| !w.contains("VOICEBRIDGE_WEBHOOK_SECRET")));
         let c = Config::from_toml_str("[webhooks]\nsecret = \"in-file\"", env).unwrap();
         assert_eq!(c.webhooks.secret.expose(), "in-file");
+    }
+
+    #[test]
+    fn memory_bounds_have_defaults_and_ranges() {
+        let c = Config::from_toml_str("", vec![]).unwrap();
+        assert_eq!(c.webhooks.max_response_bytes, 256 * 1024);
+        assert_eq!(c.records.webhook_max_response, 256 * 1024);
+        assert_eq!(c.webhooks.max_tool_calls_in_flight, 4);
+        assert_eq!(
+            c.freeswitch.playback_max_queue,
+            std::time::Duration::from_secs(60)
+        );
+        let c = Config::from_toml_str(
+            "[webhooks]\nmax_response_kb = 1024\nmax_tool_calls_in_flight = 2\n\
+             [freeswitch]\nplayback_max_queue_ms = 5000",
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.webhooks.max_response_bytes, 1024 * 1024);
+        assert_eq!(
+            c.records.webhook_max_response,
+            1024 * 1024,
+            "records follow [webhooks]"
+        );
+        assert_eq!(c.webhooks.max_tool_calls_in_flight, 2);
+        assert_eq!(
+            c.freeswitch.playback_max_queue,
+            std::time::Duration::from_secs(5)
+        );
+        for (toml, key) in [
+            (
+                "[webhooks]\nmax_response_kb = 0",
+                "webhooks.max_response_kb",
+            ),
+            (
+                "[webhooks]\nmax_tool_calls_in_flight = 0",
+                "webhooks.max_tool_calls_in_flight",
+            ),
+            (
+                "[freeswitch]\nplayback_max_queue_ms = 10",
+                "freeswitch.playback_max_queue_ms",
+            ),
+        ] {
+            let err = Config::from_toml_str(toml, vec![]).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 }

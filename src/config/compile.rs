@@ -29,8 +29,9 @@ pub(crate) fn compile(raw: RawConfig, secrets: &EnvSecrets, notes: Vec<String>) 
     let call = call(raw.call)?;
     let providers = providers(raw.providers, secrets)?;
     let (default_route, extra_routes) = routes(&raw.routes, &call, &freeswitch)?;
-    let webhooks = business::webhooks(raw.webhooks, secrets);
-    let records = business::records(raw.records)?;
+    let webhooks = business::webhooks(raw.webhooks, secrets)?;
+    let mut records = business::records(raw.records)?;
+    records.webhook_max_response = webhooks.max_response_bytes;
     let prices = business::prices(raw.prices)?;
     let budgets = business::budgets(raw.budgets);
 
@@ -223,6 +224,13 @@ fn freeswitch(raw: RawFreeswitch, secrets: &EnvSecrets) -> Result<FreeswitchConf
             None => d.esl_chunk,
             Some(v) => esl_chunk("freeswitch.esl_chunk_ms", v)?,
         },
+        playback_max_queue: ms_or(
+            "freeswitch.playback_max_queue_ms",
+            raw.playback_max_queue_ms,
+            1_000,
+            600_000,
+            d.playback_max_queue,
+        )?,
         esl,
     };
     check_format(

@@ -32,6 +32,10 @@ pub(crate) struct RawConfig {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct RawWebhooks {
     pub secret: Option<String>,
+    #[serde(deserialize_with = "int")]
+    pub max_response_kb: Option<i64>,
+    #[serde(deserialize_with = "int")]
+    pub max_tool_calls_in_flight: Option<i64>,
 }
 
 /// `[call.context]` / a route's `context`: the caller lookup.
@@ -153,6 +157,8 @@ pub(crate) struct RawFreeswitch {
     pub playback_lead_ms: Option<i64>,
     #[serde(deserialize_with = "int")]
     pub esl_chunk_ms: Option<i64>,
+    #[serde(deserialize_with = "int")]
+    pub playback_max_queue_ms: Option<i64>,
     pub esl: Option<RawEsl>,
 }
 

@@ -14,9 +14,11 @@ pub type ProviderWs = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Connect + TLS + upgrade must finish within this, or the call is ended.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Provider messages carry up to a few hundred ms of base64 audio; 16 MiB is tungstenite's
-/// own frame default and bounds a misbehaving server.
-const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Largest provider message accepted. Audio deltas are a few KiB to tens of KiB; the
+/// largest legitimate messages are session echoes (instructions and tool schemas) and
+/// tool calls, a few hundred KiB at most. Anything bigger ends the call as a provider
+/// error instead of being buffered (tungstenite's own default is 64 MiB per message).
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Longest provider error body kept for the log line.
 const MAX_BODY: usize = 500;
 

@@ -52,6 +52,8 @@ pub struct Delivery {
     pub url: String,
     pub secret: Secret,
     pub timeout: Duration,
+    /// Longest answer read (the answer's content is not used, only its status).
+    pub max_body: usize,
     pub backoff: Backoff,
     pub stats: Stats,
     pub stop: CancellationToken,
@@ -66,8 +68,9 @@ enum Outcome {
 
 fn classify(r: Result<serde_json::Value, WebhookError>) -> Outcome {
     match r {
-        // 2xx with a body that is not JSON ("OK"): the receiver has the record.
-        Ok(_) | Err(WebhookError::NotJson(_)) => Outcome::Delivered,
+        // 2xx with a body that is not JSON ("OK") or too long to read: the receiver
+        // has the record.
+        Ok(_) | Err(WebhookError::NotJson(_) | WebhookError::TooLarge(_)) => Outcome::Delivered,
         Err(e) if e.is_transient() => Outcome::Retry(e),
         // Not the record's fault (no HTTP client): keep it and retry.
         Err(e @ WebhookError::Client(_)) => Outcome::Retry(e),
@@ -125,7 +128,7 @@ impl Delivery {
             };
             let call_id = header_call_id(&body, &entry);
             let sent = tokio::select! {
-                r = webhook::send(reqwest::Method::POST, &self.url, body, &self.secret, &call_id, self.timeout) => r,
+                r = webhook::send(reqwest::Method::POST, &self.url, body, &self.secret, &call_id, self.timeout, self.max_body) => r,
                 // Exit: the record stays in the spool and goes out at the next start.
                 _ = self.stop.cancelled() => return,
             };

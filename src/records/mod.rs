@@ -201,6 +201,7 @@ impl Records {
                         url: url.clone(),
                         secret,
                         timeout: config.webhook_timeout,
+                        max_body: config.webhook_max_response,
                         backoff,
                         stats: stats.clone(),
                         stop: stop.clone(),

@@ -164,6 +164,8 @@ pub enum Script {
     Error { code: String, message: String },
     /// A server-initiated Close.
     Close { code: u16, reason: String },
+    /// This exact text message (a misbehaving server: oversized or malformed).
+    Raw(String),
 }
 
 /// A function the mock model calls; `arguments` is the JSON text the model produces
@@ -829,6 +831,7 @@ impl Conn {
             Script::SilentTurn => self.caller_vad_turn(),
             Script::BargeIn => self.barge_in(),
             Script::Error { code, message } => self.error(&code, &message, None),
+            Script::Raw(text) => self.out.push(Message::text(text)),
             Script::Close { .. } => unreachable!("handled by the connection loop"),
         }
     }

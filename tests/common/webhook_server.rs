@@ -30,6 +30,11 @@ pub enum Reply {
     Delayed(Duration, Box<Reply>),
     /// Never answer (the request is still recorded).
     Hang,
+    /// `302 Found` to this location.
+    Redirect(String),
+    /// A valid JSON object of this many bytes, streamed in 64 KiB chunks without a
+    /// Content-Length (so only reading it tells its size), never held in memory whole.
+    Huge(usize),
 }
 
 /// One request as received.
@@ -307,6 +312,27 @@ async fn answer(mut reply: Reply) -> Response {
                 reply = *inner;
             }
             Reply::Hang => std::future::pending::<()>().await,
+            Reply::Redirect(location) => {
+                return (StatusCode::FOUND, [("location", location)], "").into_response()
+            }
+            Reply::Huge(n) => return huge_json(n),
         }
     }
+}
+
+/// `{"pad":"xxxx…"}` of exactly `n` bytes (at least 10), streamed.
+fn huge_json(n: usize) -> Response {
+    const CHUNK: usize = 64 * 1024;
+    let head = b"{\"pad\":\"".to_vec();
+    let pad = n.saturating_sub(head.len() + 2);
+    let chunks = std::iter::once(head)
+        .chain((0..pad.div_ceil(CHUNK)).map(move |i| vec![b'x'; CHUNK.min(pad - i * CHUNK)]))
+        .chain(std::iter::once(b"\"}".to_vec()))
+        .map(|c| Ok::<_, std::io::Error>(axum::body::Bytes::from(c)));
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        Body::from_stream(futures_util::stream::iter(chunks)),
+    )
+        .into_response()
 }

@@ -411,7 +411,11 @@ impl Turn {
             // The caller speaking after the interruption: whatever the model says next
             // answers that, so the cut turn is over even without its turnComplete.
             self.end_dropping("new caller speech", out);
-            self.caller.push_str(&t.text);
+            crate::text_cap::append_capped(
+                &mut self.caller,
+                &t.text,
+                crate::text_cap::MAX_TURN_TEXT,
+            );
             effects.caller_between_turns = self.item.is_none();
             out.push(ProviderEvent::Transcript {
                 who: Speaker::Caller,
@@ -439,7 +443,11 @@ impl Turn {
             }
         }
         if let Some(t) = sc.output_transcription.filter(|t| !t.text.is_empty()) {
-            self.assistant.push_str(&t.text);
+            crate::text_cap::append_capped(
+                &mut self.assistant,
+                &t.text,
+                crate::text_cap::MAX_TURN_TEXT,
+            );
             out.push(ProviderEvent::Transcript {
                 who: Speaker::Assistant,
                 text: t.text,
