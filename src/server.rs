@@ -417,13 +417,15 @@ fn decide(shared: &Arc<Shared>, config: &Config, req: &Request) -> Result<Accept
                 Full::Server(n) => format!("server.max_calls ({n})"),
                 Full::Route(n) => format!("max_calls of route {:?} ({n})", route.name),
                 // The first call keeps its id (and its ESL events); this one is refused.
-                Full::CallIdInUse => return Err(reject(
-                    StatusCode::CONFLICT,
-                    "call id in use",
-                    format!(
+                Full::CallIdInUse => {
+                    return Err(reject(
+                        StatusCode::CONFLICT,
+                        "call id in use",
+                        format!(
                         "call {call_id} is already live; a second stream with its id is refused"
                     ),
-                )),
+                    ))
+                }
             };
             return Err(reject(
                 StatusCode::SERVICE_UNAVAILABLE,
