@@ -16,6 +16,8 @@
 //! endpoint, `streamAudio` decoding, URL handling) are small functions with unit tests;
 //! [`run`] only wires them to the socket and the clock.
 
+pub mod tail;
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -36,8 +38,6 @@ use crate::audio::{Channels, Codec};
 
 /// Default milliseconds of audio per binary message (the module's `STREAM_BUFFER_SIZE` default).
 pub const DEFAULT_FRAME_MS: u32 = 20;
-/// Default seconds of silence after the WAV, so the assistant's reply can come back.
-pub const DEFAULT_TAIL_SECS: f64 = 3.0;
 /// The module gives up if TCP connect + upgrade take longer than this (doc §2).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the module waits for the server's Close after sending its own (doc §3).
@@ -144,9 +144,10 @@ pub struct CallArgs {
     #[arg(long, value_name = "MS", default_value_t = DEFAULT_FRAME_MS)]
     pub frame_ms: u32,
 
-    /// Seconds of silence sent after the WAV ends, so the reply can come back.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TAIL_SECS)]
-    pub tail_secs: f64,
+    /// Seconds of silence sent after the WAV ends, exactly [default: until the reply has
+    /// finished playing and nothing played for 3 s, at most 60 s after the WAV].
+    #[arg(long, value_name = "SECS")]
+    pub tail_secs: Option<f64>,
 
     /// Bearer token sent as `Authorization: Bearer <T>` (the module's STREAM_EXTRA_HEADERS).
     /// Prefer the environment variable: a command-line token is visible in `ps`.
@@ -181,7 +182,7 @@ impl CallArgs {
             metadata_after_frames: 0,
             no_metadata: false,
             frame_ms: DEFAULT_FRAME_MS,
-            tail_secs: DEFAULT_TAIL_SECS,
+            tail_secs: None,
             token: None,
             heartbeat_secs: None,
             json: false,
@@ -796,6 +797,11 @@ impl PlaybackSim {
         self.buffer.len()
     }
 
+    /// Audio played on the last tick, or is waiting to play.
+    pub fn audible(&self) -> bool {
+        self.state == PlayState::Playing || !self.buffer.is_empty()
+    }
+
     /// Longest underrun gap so far, in milliseconds.
     pub fn underrun_max_ms(&self) -> u64 {
         (self.max_gap_samples as u64 * 1000) / u64::from(self.rate.max(1))
@@ -1062,11 +1068,12 @@ fn validate_args(args: &CallArgs) -> Result<(), CallError> {
             args.frame_ms
         )));
     }
-    if !args.tail_secs.is_finite() || args.tail_secs < 0.0 || args.tail_secs > 3600.0 {
-        return Err(CallError::InvalidOption(format!(
-            "--tail-secs {} is out of range (0..=3600)",
-            args.tail_secs
-        )));
+    if let Some(t) = args.tail_secs {
+        if !t.is_finite() || !(0.0..=3600.0).contains(&t) {
+            return Err(CallError::InvalidOption(format!(
+                "--tail-secs {t} is out of range (0..=3600)"
+            )));
+        }
     }
     if args.heartbeat_secs == Some(0) {
         return Err(CallError::InvalidOption(
@@ -1133,15 +1140,26 @@ pub async fn run(args: &CallArgs) -> Result<CallSummary, CallError> {
         None => None,
     };
 
-    // The whole outgoing caller signal: the WAV padded to whole messages, then the tail.
+    // The outgoing caller signal: the WAV padded to whole messages; silence after it
+    // until the tail's rule says the call is over.
     let mut signal = caller.samples;
     let wav_msgs = signal.len().div_ceil(msg_samples);
     signal.resize(wav_msgs * msg_samples, 0);
-    let tail_ms = (args.tail_secs * 1000.0).round() as u64;
-    let tail_msgs = usize::try_from(tail_ms.div_ceil(u64::from(args.frame_ms))).unwrap_or(0);
-    signal.resize((wav_msgs + tail_msgs) * msg_samples, 0);
-    let total_msgs = wav_msgs + tail_msgs;
-    let speech_end = speech_end_sample(&signal, format.rate);
+    let silence = vec![0i16; msg_samples];
+    let mut tail = tail::TailClock::new(match args.tail_secs {
+        Some(secs) => {
+            let tail_ms = (secs * 1000.0).round() as u64;
+            tail::Tail::Frames(tail_ms.div_ceil(u64::from(args.frame_ms)))
+        }
+        None => tail::Tail::until_quiet(),
+    });
+    // The end of speech is found with the silence that follows the WAV.
+    let speech_end = {
+        let run = (ENDPOINT_RUN_MS + 2 * PLAYOUT_MS) as usize * format.rate as usize / 1000;
+        let mut probe = signal.clone();
+        probe.resize(signal.len() + run.div_ceil(msg_samples) * msg_samples, 0);
+        speech_end_sample(&probe, format.rate)
+    };
     let speech_end_msg = speech_end.map(|s| s / msg_samples);
 
     let metadata = if args.no_metadata {
@@ -1243,23 +1261,29 @@ pub async fn run(args: &CallArgs) -> Result<CallSummary, CallError> {
     let mut ctrl_c_live = true;
     let mut tick_no = 0u64;
 
+    if wav_msgs == 0 {
+        tail.wav_ended(Instant::now());
+    }
     let end = loop {
         if let Some(e) = end.take() {
             break e;
         }
-        if frames_sent as usize >= total_msgs {
+        let tail_frames = (frames_sent as usize).saturating_sub(wav_msgs) as u64;
+        if frames_sent as usize >= wav_msgs && tail.done(tail_frames, Instant::now()) {
             break LoopEnd::Finished;
         }
         tokio::select! {
             _ = ticker.tick() => {
                 rxs.playback.tick();
+                if rxs.playback.audible() {
+                    tail.audible(Instant::now());
+                }
                 if tick_no.is_multiple_of(ticks_per_msg) {
                     let i = frames_sent as usize;
-                    let payload = encode_frame(
-                        &signal[i * msg_samples..(i + 1) * msg_samples],
-                        format.channels,
-                        format.codec,
-                    );
+                    let frame = signal
+                        .get(i * msg_samples..(i + 1) * msg_samples)
+                        .unwrap_or(&silence);
+                    let payload = encode_frame(frame, format.channels, format.codec);
                     let len = payload.len() as u64;
                     if let Err(e) = tx.send(Message::binary(payload)).await {
                         end = Some(LoopEnd::Lost(e.to_string()));
@@ -1272,6 +1296,9 @@ pub async fn run(args: &CallArgs) -> Result<CallSummary, CallError> {
                     }
                     frames_sent += 1;
                     bytes_sent += len;
+                    if frames_sent as usize == wav_msgs {
+                        tail.wav_ended(now);
+                    }
                     if !metadata_sent && args.metadata_after_frames == frames_sent {
                         if let Some(m) = &metadata {
                             match tx.send(Message::text(m.as_str())).await {
@@ -2233,7 +2260,7 @@ mod tests {
         let server = tokio::spawn(serve_one(l, true, vec![], None));
         let mut args = CallArgs::new(format!("ws://{addr}/call/test-uuid"), &wav);
         args.out = Some(out.clone());
-        args.tail_secs = 0.0;
+        args.tail_secs = Some(0.0);
         args.token = Some(BearerToken::new("tok"));
         let summary = run(&args).await.unwrap();
         let seen = server.await.unwrap();
@@ -2305,7 +2332,7 @@ mod tests {
         let server = tokio::spawn(serve_one(l, false, extras, None));
         let mut args = CallArgs::new(format!("ws://{addr}/call/c2"), &wav);
         args.out = Some(out.clone());
-        args.tail_secs = 0.0;
+        args.tail_secs = Some(0.0);
         args.channels = Some(Channels::Stereo);
         args.metadata_after_frames = 2;
         let summary = run(&args).await.unwrap();
@@ -2368,7 +2395,7 @@ mod tests {
         let (l, addr) = listener().await;
         let server = tokio::spawn(serve_one(l, false, vec![], Some((401, "bad token"))));
         let mut args = CallArgs::new(format!("ws://{addr}/call/x?token=s3cret"), &wav);
-        args.tail_secs = 0.0;
+        args.tail_secs = Some(0.0);
         let err = run(&args).await.unwrap_err();
         server.await.unwrap();
         match &err {

@@ -412,6 +412,11 @@ async fn check(source: &ConfigSource, env_file: Option<PathBuf>) -> ExitCode {
             route.playback
         );
     }
+    // A wrong playback mode is silent, not an error: say what each one needs.
+    println!("playback modes (which one plays depends on the mod_audio_stream build):");
+    for (mode, what) in voicebridge::freeswitch::playback::MODES_EXPLAINED {
+        println!("  {mode:<13} {what}");
+    }
     let mut failed = false;
     for route in config.routes() {
         for line in business_lines(route) {

@@ -476,6 +476,11 @@ pub async fn run(ws: Ws, setup: CallSetup) {
         playback = ?s.route.playback,
         "call started"
     );
+    if s.route.playback == crate::config::PlaybackMode::Binary
+        && crate::freeswitch::playback::first_binary_call()
+    {
+        info!("{}", crate::freeswitch::playback::BINARY_HINT);
+    }
 
     let reason = s.run_loop(&mut stream, &stop).await;
     s.finish(stream, reason, (guard, budget)).await;

@@ -4,7 +4,7 @@ mod common;
 
 use common::call::test_signal;
 use common::daemon::{field, Daemon};
-use voicebridge::audio::signal::snr_db_within;
+use voicebridge::audio::signal::{snr_db_within, speech_like};
 use voicebridge::call_client::CallSummary;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,4 +73,83 @@ async fn call_command_streams_a_wav_and_records_the_echo() {
     assert_eq!(field(&s, "end_reason"), "freeswitch_closed");
     assert_eq!(field(&s, "fs_messages_in"), 150);
     daemon.stop().await;
+}
+
+/// 7.6 s of continuous speech to the utterance echo (which answers after the caller
+/// stops, like an AI): by default the call stays open until the whole reply has played,
+/// so the recording holds all of it (with the old fixed 3 s tail only 2.5 s of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_command_by_default_hears_the_whole_answer() {
+    let daemon = Daemon::start(
+        "[call]\nprovider = \"echo\"\n[providers.echo]\nmode = \"utterance\"\n",
+        &[],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.wav");
+    let output = dir.path().join("heard.wav");
+    let caller = speech_like(8000, 7.6, 11);
+    write_wav(&input, &caller);
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_voicebridge"))
+        .arg("call")
+        .arg(format!("ws://{}/call/cli-whole", daemon.addr))
+        .arg("--wav")
+        .arg(&input)
+        .arg("--out")
+        .arg(&output)
+        .arg("--json")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: CallSummary = serde_json::from_slice(&out.stdout).expect("JSON summary");
+    assert_eq!(summary.close.echoed, Some(true));
+    let heard: Vec<i16> = hound::WavReader::open(&output)
+        .unwrap()
+        .into_samples::<i16>()
+        .map(Result::unwrap)
+        .collect();
+    // The reply begins after the WAV: its loud span is as long as what was said (the
+    // echo repeats it), give or take the 100 ms its endpointing may trim.
+    let loud_span = |x: &[i16]| {
+        let first = x.iter().position(|s| s.unsigned_abs() > 300)?;
+        let last = x.iter().rposition(|s| s.unsigned_abs() > 300)?;
+        Some(last - first)
+    };
+    let said = loud_span(&caller).unwrap();
+    let replied = loud_span(&heard[caller.len()..]).expect("a reply was heard");
+    println!(
+        "voicebridge call: reply of {} ms recorded for {} ms said, tail {} frames",
+        replied / 8,
+        said / 8,
+        summary.tail_frames_sent
+    );
+    assert!(
+        replied + 800 >= said,
+        "{} ms of the {} ms reply recorded: {summary:?}",
+        replied / 8,
+        said / 8
+    );
+    assert_eq!(summary.responses, 1, "{summary:?}");
+    daemon.wait_call_end("cli-whole").await;
+    daemon.stop().await;
+}
+
+fn write_wav(path: &std::path::Path, samples: &[i16]) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for s in samples {
+        w.write_sample(*s).unwrap();
+    }
+    w.finalize().unwrap();
 }

@@ -128,3 +128,20 @@ async fn check_without_a_config_file_uses_the_built_in_defaults() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The default playback mode is silent on the stock module: `check` says what each mode
+/// needs, so the choice is made knowingly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_explains_the_three_playback_modes() {
+    let (ok, out) = check("[freeswitch]\nplayback = \"binary\"\n").await;
+    assert!(ok, "{out}");
+    assert!(out.contains("playback modes"), "{out}");
+    for line in [
+        "  binary        L16 binary frames: only the forks",
+        "the stock community module ignores them",
+        "  stream_audio  streamAudio JSON frames",
+        "  esl_files     the stock community module",
+    ] {
+        assert!(out.contains(line), "{line:?} missing in:\n{out}");
+    }
+}

@@ -296,3 +296,29 @@ async fn serves_on_the_built_in_defaults_without_a_config_file() {
     d.wait_call_end("no-config-1").await;
     d.stop().await;
 }
+
+/// The first `binary` call of the process logs one hint that a module which ignores
+/// binary frames (the stock community build) needs `stream_audio` or `esl_files`; later
+/// calls do not repeat it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_binary_call_logs_the_playback_hint_once() {
+    let d = Daemon::start(&config("stream", "binary"), &[]).await;
+    for id in ["hint-1", "hint-2"] {
+        let call = Call::connect(&d, "call", id, "rate=8000&channels=mono").await;
+        send_paced(&call.writer, &speech_like(8000, 0.2, 3), 8000, 1).await;
+        let _ = call.close().await;
+        d.wait_call_end(id).await;
+    }
+    let hints: Vec<_> = d
+        .logs()
+        .into_iter()
+        .filter(|l| message(l).contains("stock community module ignores them"))
+        .collect();
+    assert_eq!(hints.len(), 1, "{hints:?}");
+    assert!(
+        message(&hints[0]).contains("\"stream_audio\" or \"esl_files\""),
+        "{hints:?}"
+    );
+    assert_eq!(hints[0]["span"]["call_id"], "hint-1");
+    d.stop().await;
+}

@@ -27,6 +27,34 @@ use crate::config::PlaybackMode;
 /// forward unknown text as a `mod_audio_stream::json` event, so it is harmless there.
 pub const CLEAR_AUDIO: &str = r#"{"type":"clearAudio"}"#;
 
+/// The three `playback` modes, one line each, for `voicebridge check`: which one plays
+/// depends on the mod_audio_stream build, and a wrong one is silent, not an error.
+pub const MODES_EXPLAINED: [(&str, &str); 3] = [
+    (
+        "binary",
+        "L16 binary frames: only the forks that write binary frames into the call play them; the stock community module ignores them (silence)",
+    ),
+    (
+        "stream_audio",
+        "streamAudio JSON frames, for builds that play them (STREAM_PLAYBACK=true); barge-in needs [freeswitch.esl]",
+    ),
+    (
+        "esl_files",
+        "the stock community module: it writes each streamAudio chunk to a file, played through [freeswitch.esl] (uuid_broadcast)",
+    ),
+];
+
+/// The hint logged with the first `binary` call of the process (once: it is about the
+/// module build, not the call).
+pub const BINARY_HINT: &str = "playback = \"binary\" plays only on mod_audio_stream forks that write binary frames into the call; the stock community module ignores them and the caller hears nothing: use playback = \"stream_audio\" or \"esl_files\" there (voicebridge check explains the modes)";
+
+/// True the first time it is called in this process, for the first `binary` call.
+pub fn first_binary_call() -> bool {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static SAID: AtomicBool = AtomicBool::new(false);
+    !SAID.swap(true, Ordering::Relaxed)
+}
+
 /// Encodes playback frames for one call.
 pub struct Playback {
     mode: PlaybackMode,
