@@ -146,8 +146,12 @@ pub struct CallArgs {
 
     /// Seconds of silence sent after the WAV ends, exactly [default: until the reply has
     /// finished playing and nothing played for 3 s, at most 60 s after the WAV].
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", conflicts_with = "tail_ms")]
     pub tail_secs: Option<f64>,
+
+    /// The same as `--tail-secs`, in milliseconds (for scripts).
+    #[arg(long, value_name = "MS")]
+    pub tail_ms: Option<u64>,
 
     /// Bearer token sent as `Authorization: Bearer <T>` (the module's STREAM_EXTRA_HEADERS).
     /// Prefer the environment variable: a command-line token is visible in `ps`.
@@ -183,6 +187,7 @@ impl CallArgs {
             no_metadata: false,
             frame_ms: DEFAULT_FRAME_MS,
             tail_secs: None,
+            tail_ms: None,
             token: None,
             heartbeat_secs: None,
             json: false,
@@ -348,11 +353,6 @@ fn decode_component(s: &str) -> String {
         .into_owned()
 }
 
-/// The URL as printed: the one redaction rule of `crate::redact`.
-pub fn redact_url(url: &str) -> String {
-    crate::redact::url(url)
-}
-
 /// Removes the URL's secret parts (and the URL itself) from an error text that came
 /// from a library, which may quote the URI it was given.
 fn scrub_secrets(text: &str, url: &str) -> String {
@@ -389,14 +389,14 @@ fn prepare_target(
             None => format!("{}?{joined}", target.url),
         };
     }
-    target.display_url = redact_url(&target.url);
+    target.display_url = crate::redact::url(&target.url);
     Ok(target)
 }
 
 /// Parses the URL as given; format keys are read but nothing is added yet.
 fn parse_target(raw: &str) -> Result<Target, CallError> {
     let invalid = |reason: &str| CallError::InvalidUrl {
-        url: redact_url(raw),
+        url: crate::redact::url(raw),
         reason: reason.to_string(),
     };
     let uri: Uri = raw
@@ -455,7 +455,7 @@ fn parse_target(raw: &str) -> Result<Target, CallError> {
         None => format!("{scheme}://{authority}{path}"),
     };
     Ok(Target {
-        display_url: redact_url(&url),
+        display_url: crate::redact::url(&url),
         url,
         call_id,
         origin: format!("http://{host}:{port}"),
@@ -1075,6 +1075,13 @@ fn validate_args(args: &CallArgs) -> Result<(), CallError> {
             )));
         }
     }
+    if let Some(ms) = args.tail_ms {
+        if ms > 3_600_000 {
+            return Err(CallError::InvalidOption(format!(
+                "--tail-ms {ms} is out of range (0..=3600000)"
+            )));
+        }
+    }
     if args.heartbeat_secs == Some(0) {
         return Err(CallError::InvalidOption(
             "--heartbeat-secs must be at least 1".into(),
@@ -1146,11 +1153,11 @@ pub async fn run(args: &CallArgs) -> Result<CallSummary, CallError> {
     let wav_msgs = signal.len().div_ceil(msg_samples);
     signal.resize(wav_msgs * msg_samples, 0);
     let silence = vec![0i16; msg_samples];
-    let mut tail = tail::TailClock::new(match args.tail_secs {
-        Some(secs) => {
-            let tail_ms = (secs * 1000.0).round() as u64;
-            tail::Tail::Frames(tail_ms.div_ceil(u64::from(args.frame_ms)))
-        }
+    let fixed_tail_ms = args
+        .tail_ms
+        .or(args.tail_secs.map(|secs| (secs * 1000.0).round() as u64));
+    let mut tail = tail::TailClock::new(match fixed_tail_ms {
+        Some(ms) => tail::Tail::Frames(ms.div_ceil(u64::from(args.frame_ms))),
         None => tail::Tail::until_quiet(),
     });
     // The end of speech is found with the silence that follows the WAV.
@@ -1727,10 +1734,10 @@ mod tests {
     #[test]
     fn redaction_removes_tokens_and_credentials() {
         assert_eq!(
-            redact_url("ws://u:pw@h:1/call/x?rate=8000&access_token=abc&api_key=k"),
+            crate::redact::url("ws://u:pw@h:1/call/x?rate=8000&access_token=abc&api_key=k"),
             "ws://h:1/call/x?rate=[redacted]&access_token=[redacted]&api_key=[redacted]"
         );
-        assert_eq!(redact_url("ws://h:1/call/x"), "ws://h:1/call/x");
+        assert_eq!(crate::redact::url("ws://h:1/call/x"), "ws://h:1/call/x");
         let url = "ws://h:1/call/x?token=s3cret";
         assert_eq!(
             scrub_secrets(&format!("Unable to connect to {url}; s3cret"), url),
@@ -1802,6 +1809,22 @@ mod tests {
         assert!(
             Cli::try_parse_from(["call", "ws://h:1/x", "--wav", "a", "--codec", "opus"]).is_err()
         );
+        let ms =
+            Cli::try_parse_from(["call", "ws://h:1/x", "--wav", "a", "--tail-ms", "1500"]).unwrap();
+        assert_eq!(ms.call.tail_ms, Some(1500));
+        assert_eq!(ms.call.tail_secs, None);
+        // One fixed tail or the other, not both.
+        assert!(Cli::try_parse_from([
+            "call",
+            "ws://h:1/x",
+            "--wav",
+            "a",
+            "--tail-ms",
+            "1",
+            "--tail-secs",
+            "1"
+        ])
+        .is_err());
     }
 
     // ---- WAV and frames ----
