@@ -20,6 +20,9 @@ const KEY: &str = "fake-openai-test-key-0123456789abcdefXYZ";
 fn config(extra: &str) -> String {
     format!(
         r#"
+[server]
+drain_timeout_secs = 1
+
 [call]
 provider = "openai"
 instructions = "The caller is {{{{ pad | unknown }}}}."
