@@ -92,6 +92,35 @@ fn first_frame_after(got: &Collected, from: Instant) -> Option<Instant> {
         .find(|at| *at >= from)
 }
 
+/// After a barge-in: nothing of the cut turn between the clearAudio and the next turn,
+/// then the next turn (1 s of `signal(.., 41)`) heard whole and clean, and one barge-in
+/// in the summary.
+fn assert_next_turn_heard_alone(
+    mock: &MockGemini,
+    got: &Collected,
+    clear: Instant,
+    summary: &serde_json::Value,
+) {
+    let next = mock.log(|l| l.turn_starts[1]);
+    let between = got
+        .audio_frames()
+        .iter()
+        .filter(|(at, _)| *at > clear && *at < next)
+        .count();
+    assert_eq!(between, 0, "audio of the interrupted turn after clearAudio");
+    let (after, _) = audio_since(got, next);
+    // One second at 8 kHz, plus at most the padding of its last frame.
+    assert!(
+        after.len() <= 8000 + 160,
+        "{} samples after the next turn started: late parts leaked",
+        after.len()
+    );
+    let snr = snr_db_within(&signal(8000, 1.0, 41), &after, 160);
+    println!("next turn SNR {snr:.1} dB");
+    assert!(snr > 30.0);
+    assert_eq!(field(summary, "barge_ins"), 1);
+}
+
 fn assert_no_key(daemon: &Daemon) {
     let out = daemon.output();
     assert!(
@@ -254,24 +283,7 @@ async fn barge_in_drops_the_rest_of_the_turn() {
         "barge-in cut: {:.1} ms from interrupted to clearAudio",
         cut.as_secs_f64() * 1000.0
     );
-    let next = mock.log(|l| l.turn_starts[1]);
-    let between = got
-        .audio_frames()
-        .iter()
-        .filter(|(at, _)| *at > clears[0] && *at < next)
-        .count();
-    assert_eq!(between, 0, "audio of the interrupted turn after clearAudio");
-    let (after, _) = audio_since(&got, next);
-    // One second at 8 kHz, plus at most the padding of its last frame.
-    assert!(
-        after.len() <= 8000 + 160,
-        "{} samples after the next turn started: late parts leaked",
-        after.len()
-    );
-    let snr = snr_db_within(&signal(8000, 1.0, 41), &after, 160);
-    println!("next turn SNR {snr:.1} dB");
-    assert!(snr > 30.0);
-    assert_eq!(field(&summary, "barge_ins"), 1);
+    assert_next_turn_heard_alone(&mock, &got, clears[0], &summary);
     d.stop().await;
 }
 
@@ -320,23 +332,7 @@ async fn barge_in_without_turn_complete(id: &str, late_complete: bool) {
     assert_eq!(mock.violations(), Vec::<String>::new());
     let clears = got.clears();
     assert_eq!(clears.len(), 1, "exactly one clearAudio");
-    let next = mock.log(|l| l.turn_starts[1]);
-    let between = got
-        .audio_frames()
-        .iter()
-        .filter(|(at, _)| *at > clears[0] && *at < next)
-        .count();
-    assert_eq!(between, 0, "audio of the interrupted turn after clearAudio");
-    let (after, _) = audio_since(&got, next);
-    assert!(
-        after.len() <= 8000 + 160,
-        "{} samples after the next turn started: late parts leaked",
-        after.len()
-    );
-    let snr = snr_db_within(&signal(8000, 1.0, 41), &after, 160);
-    println!("next turn SNR {snr:.1} dB");
-    assert!(snr > 30.0);
-    assert_eq!(field(&summary, "barge_ins"), 1);
+    assert_next_turn_heard_alone(&mock, &got, clears[0], &summary);
     d.stop().await;
 }
 

@@ -10,7 +10,7 @@ use common::fake_freeswitch::{ConnectOptions, FakeFreeSwitch, ServerFrame};
 use common::mock_openai::{MockFormat, MockOpenAi, MockOptions};
 use common::webhook_server::WebhookServer;
 
-const API_KEY: &str = "sk-secrets-test-api-key";
+const API_KEY: &str = "fake-secrets-test-api-key";
 const URL_PASS: &str = "URLPASS7f3a";
 const URL_KEY: &str = "URLKEY9c1e";
 const HOOK_PASS: &str = "HOOKPASS2b8d";
