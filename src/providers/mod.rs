@@ -170,33 +170,19 @@ fn channels() -> (
 /// `Ready` or `Closed`.
 pub fn spawn(config: &Config, route: &Route, call_format: AudioFormat) -> ProviderHandle {
     let (commands, events, ends) = channels();
-    let (name, task) = match route.call.provider {
-        ProviderKind::Echo => (
-            "echo",
-            tokio::spawn(
-                echo::run(config.providers.echo.clone(), call_format, ends).in_current_span(),
-            ),
+    let kind = route.call.provider;
+    let task = match kind {
+        ProviderKind::Echo => tokio::spawn(
+            echo::run(config.providers.echo.clone(), call_format, ends).in_current_span(),
         ),
-        ProviderKind::OpenAi => (
-            "openai",
-            tokio::spawn(
-                openai::run(config.providers.openai.clone(), route.clone(), ends).in_current_span(),
-            ),
-        ),
-        ProviderKind::ElevenLabs => (
-            "elevenlabs",
-            tokio::spawn(
-                elevenlabs::run(config.providers.elevenlabs.clone(), route.clone(), ends)
-                    .in_current_span(),
-            ),
-        ),
-        ProviderKind::Gemini => (
-            "gemini",
-            tokio::spawn(gemini::task(config, route, ends).in_current_span()),
-        ),
+        ProviderKind::OpenAi => tokio::spawn(openai::run(config, route, ends).in_current_span()),
+        ProviderKind::Gemini => tokio::spawn(gemini::run(config, route, ends).in_current_span()),
+        ProviderKind::ElevenLabs => {
+            tokio::spawn(elevenlabs::run(config, route, ends).in_current_span())
+        }
     };
     ProviderHandle {
-        name,
+        name: kind.name(),
         commands,
         events,
         task,

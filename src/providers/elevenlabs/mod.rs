@@ -75,7 +75,16 @@ impl From<SetupError> for ProviderEvent {
 }
 
 /// Runs one conversation until the session closes it or the agent hangs up.
-pub async fn run(config: ElevenLabsConfig, route: Route, mut ends: ProviderChannels) {
+/// The provider task for one call (see [`super::spawn`]).
+pub fn run(
+    config: &Config,
+    route: &Route,
+    ends: ProviderChannels,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    serve(config.providers.elevenlabs.clone(), route.clone(), ends)
+}
+
+async fn serve(config: ElevenLabsConfig, route: Route, mut ends: ProviderChannels) {
     let mut context: Option<Arc<CallContext>> = None;
     let mut socket: Option<ProviderWs> = None;
     let connecting = open(&config);
