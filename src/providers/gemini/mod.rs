@@ -50,13 +50,12 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout, Instant};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn, Instrument};
 
 use super::template::render;
-use super::ws::{self, ProviderWs, Sink, CLOSE_WAIT, SETUP_TIMEOUT};
+use super::ws::{self, ProviderWs, Sink, SETUP_TIMEOUT};
 use super::{ProviderChannels, ProviderCommand, ProviderEvent, ToolCall, ToolResult};
 use crate::audio::AudioFormat;
 use crate::config::{Config, Route, Secret};
@@ -148,7 +147,7 @@ pub async fn check(config: &Config, route: &Route) -> Result<String, String> {
     let started = Instant::now();
     let mut ws = open(&s, &s.setup(&instructions, None)).await?;
     let ms = started.elapsed().as_millis();
-    let _ = timeout(CLOSE_WAIT, ws.close(None)).await;
+    ws::close_unsplit(&mut ws).await;
     let tools = match &s.tools {
         None => String::new(),
         Some(t) => {
@@ -255,7 +254,7 @@ async fn serve(s: Settings, ends: ProviderChannels) {
                 Some(ProviderCommand::Close) | None => {
                     connecting.abort();
                     if let Some(mut ws) = socket {
-                        let _ = timeout(CLOSE_WAIT, ws.close(None)).await;
+                        ws::close_unsplit(&mut ws).await;
                     }
                     return;
                 }
@@ -461,7 +460,7 @@ impl Gemini {
         let Some(conn) = self.active.as_mut() else {
             return false;
         };
-        match conn.sink.send(msg).await {
+        match ws::send(&mut conn.sink, msg).await {
             Ok(()) => true,
             Err(e) => {
                 debug!(error = %e, "gemini: send failed");
@@ -821,11 +820,7 @@ impl Gemini {
                     Ok(_) => {}
                 }
             }
-            let bye = Message::Close(Some(CloseFrame {
-                code: CloseCode::Normal,
-                reason: "session resumed on a new connection".into(),
-            }));
-            let _ = timeout(CLOSE_WAIT, old.sink.send(bye)).await;
+            ws::close_politely(&mut old.sink, None, "session resumed on a new connection").await;
             self.retiring = Some(old);
             self.retire_deadline = Instant::now() + RETIRE_WAIT;
         }
@@ -959,16 +954,7 @@ impl Gemini {
                 mut stream,
                 ..
             } = conn;
-            let bye = Message::Close(Some(CloseFrame {
-                code: CloseCode::Normal,
-                reason: "call ended".into(),
-            }));
-            let _ = timeout(CLOSE_WAIT, async {
-                if sink.send(bye).await.is_ok() {
-                    while let Some(Ok(_)) = stream.next().await {}
-                }
-            })
-            .await;
+            ws::close_politely(&mut sink, Some(&mut stream), "call ended").await;
         }
     }
 }

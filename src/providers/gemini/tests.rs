@@ -1,6 +1,7 @@
 //! Unit tests of the Gemini socket task's decisions (moved from `gemini/mod.rs`).
 
 use base64::Engine;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::*;
 
