@@ -3,7 +3,29 @@
 //! A provider runs in its own task and talks to the session only through two bounded
 //! channels: [`ProviderCommand`]s in, normalised [`ProviderEvent`]s out. The session never
 //! sees a provider's JSON and a provider never sees FreeSWITCH, so a slow provider cannot
-//! stall the caller's audio and adding a provider touches one file.
+//! stall the caller's audio.
+//!
+//! Every networked provider has the same shape, one folder:
+//! - `wire.rs`: its message types, builders and parsers (serde, no I/O);
+//! - `turn.rs`: its socket-free protocol state (server events in, [`ProviderEvent`]s
+//!   out, time as a parameter), unit-tested and fuzzed;
+//! - `mod.rs`: the socket task, `run(&Config, &Route, ProviderChannels)`, and
+//!   `check(&Config, &Route)` for `voicebridge check`.
+//!
+//! What they all do alike with the socket (ping period, setup and close timeouts, the
+//! write-stall limit, the polite close) is in [`ws`]. The facts about each kind (name,
+//! API key variable, whether it can say a goodbye, config section, credential, default
+//! prices) are one row of the table in `config::kinds`, which both the config and this
+//! module read. `echo` is built in (no socket) and keeps a single file.
+//!
+//! Adding a provider `foo`:
+//! 1. `src/providers/foo/` with `wire.rs`, `turn.rs`, `mod.rs` as above;
+//! 2. a variant `ProviderKind::Foo` and its row in `config/kinds.rs`;
+//! 3. its config section: `FooConfig` (+ `Default`) in `config.rs`, `RawFoo` in
+//!    `config/raw.rs`, a `[prices.foo]` field in `RawPrices`, its compile step in
+//!    `config/compile.rs`; the compiler then points at the remaining `match`es
+//!    ([`spawn`], [`check`], `ProvidersConfig::credential`, `RawPrices::of`);
+//! 4. its mock in `tests/common/mock_foo.rs` and an `e2e_foo.rs` driving the binary.
 
 pub mod echo;
 pub mod elevenlabs;
