@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use libfuzzer_sys::fuzz_target;
-use voicebridge::providers::elevenlabs::turn::{AudioVerdict, Turns};
+use voicebridge::providers::elevenlabs::turn::{AudioVerdict, Turns, RESPONSE_PAUSE};
 use voicebridge::providers::elevenlabs::wire::{self, ServerEvent};
 
 fuzz_target!(|data: &[u8]| {
@@ -75,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
         }
         if let Some(d) = turns.done_deadline() {
             // The last audio is never in the future.
-            assert!(d <= now + wire::RESPONSE_PAUSE);
+            assert!(d <= now + RESPONSE_PAUSE);
         }
     }
 });
