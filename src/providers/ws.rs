@@ -249,4 +249,36 @@ mod tests {
         assert!(text.contains("Incorrect API key"), "{text}");
         assert!(!text.contains("sk-test-123"), "{text}");
     }
+
+    /// `send` then `close_politely` against a real loopback WebSocket: the peer sees the
+    /// message, then our Close with code 1000 and the reason, and we read its echo.
+    #[tokio::test]
+    async fn send_then_polite_close_reach_the_peer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let mut seen = Vec::new();
+            // tungstenite answers the Close itself; the stream then ends.
+            while let Some(Ok(m)) = ws.next().await {
+                seen.push(m);
+            }
+            seen
+        });
+        let socket = connect(&format!("ws://{addr}/"), &[], &[]).await.unwrap();
+        let (mut sink, mut stream) = socket.split();
+        send(&mut sink, Message::text("hello")).await.unwrap();
+        close_politely(&mut sink, Some(&mut stream), "call ended").await;
+        let seen = peer.await.unwrap();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0], Message::text("hello"));
+        let Message::Close(Some(frame)) = &seen[1] else {
+            panic!("expected a Close frame, got {:?}", seen[1]);
+        };
+        assert_eq!(u16::from(frame.code), 1000);
+        assert_eq!(frame.reason.as_str(), "call ended");
+        // Our side read the echo, so nothing is left to read.
+        assert!(stream.next().await.is_none());
+    }
 }
