@@ -295,3 +295,6 @@ pub fn function_output(r: &ToolResult) -> Value {
         }
     })
 }
+
+#[cfg(test)]
+mod tests;
