@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 use voicebridge::audio::{g711, signal, AudioFormat, Channels, Pacer, Reframer, Transcoder};
 use voicebridge::config::PlaybackMode;
 use voicebridge::freeswitch::Playback;
-use voicebridge::providers::elevenlabs::wire as el;
+use voicebridge::providers::elevenlabs::{turn as el_turn, wire as el};
 use voicebridge::providers::gemini::{wire as gm, Turn as GeminiTurn};
 use voicebridge::providers::openai::{self, Turns as OpenAiTurns};
 use voicebridge::providers::ProviderEvent;
@@ -250,7 +250,7 @@ fn bench_outbound(c: &mut Criterion) {
             r#"{{"type":"audio","audio_event":{{"audio_base_64":"{}","event_id":7}}}}"#,
             B64.encode(&audio)
         );
-        let mut turns = el::Turns::new(Duration::ZERO);
+        let mut turns = el_turn::Turns::new(Duration::ZERO);
         let mut out = Outbound::new(fmt);
         let mut events = Vec::with_capacity(4);
         g.bench_function(name, |b| {
@@ -261,8 +261,8 @@ fn bench_outbound(c: &mut Criterion) {
                     audio_base_64,
                 }) = el::parse(black_box(&text))
                 {
-                    if let el::AudioVerdict::Play(item) =
-                        turns.on_audio(event_id, tokio::time::Instant::now())
+                    if let el_turn::AudioVerdict::Play(item) =
+                        turns.on_audio(event_id, std::time::Instant::now())
                     {
                         if let Ok(mut data) = B64.decode(audio_base_64.as_bytes()) {
                             data.truncate(data.len() - data.len() % fmt.bytes_per_sample());

@@ -18,6 +18,10 @@
 //! - Routes are resolved here too: each [`Route`] is `[call]` + the audio format of
 //!   `[freeswitch]` with its `[[routes]]` overrides applied, so the server and the
 //!   session never merge layers themselves.
+//! - Modules, each depending only on those after it: `load` (env split, merge) →
+//!   `compile` (the sections) → `business` (lookup, tools, records, prices) → `parse`
+//!   (shared value parsers); `env_secrets` and `kinds` (the table of provider kinds:
+//!   names, key variables, credentials, default prices) are data any of them reads.
 //!
 //! The keys, their defaults and their meaning are the user contract in `CONFIG.md`
 //! (and `config/default.toml`, which ships every key with its default).
@@ -25,8 +29,11 @@
 mod business;
 mod compile;
 pub mod env_file;
+mod env_secrets;
 mod error;
+pub mod kinds;
 mod load;
+mod parse;
 mod raw;
 mod secret;
 
@@ -37,6 +44,7 @@ use std::time::Duration;
 
 pub use crate::audio::{Channels, Codec};
 pub use error::ConfigError;
+pub use kinds::{KindInfo, Price, ProviderKind};
 pub use secret::Secret;
 
 /// The name of the route used when the URL path does not select another one
@@ -159,16 +167,6 @@ pub struct EslConfig {
     pub password: Secret,
 }
 
-/// Which realtime provider answers a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ProviderKind {
-    /// Built in, no API key: plays the caller back.
-    Echo,
-    OpenAi,
-    Gemini,
-    ElevenLabs,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallConfig {
     pub provider: ProviderKind,
@@ -272,22 +270,12 @@ pub struct RecordsConfig {
     pub spool_max_bytes: u64,
 }
 
-/// Prices in millionths of the currency unit, so the config stays `Eq`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Price {
-    pub input_per_million_tokens: u64,
-    pub output_per_million_tokens: u64,
-    pub per_minute: u64,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PricesConfig {
     /// Shown next to the cost in records (informational).
     pub currency: String,
-    pub echo: Price,
-    pub openai: Price,
-    pub gemini: Price,
-    pub elevenlabs: Price,
+    /// By [`ProviderKind::index`]; read with [`PricesConfig::of`].
+    per_kind: [Price; ProviderKind::COUNT],
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -479,47 +467,6 @@ impl Config {
     }
 }
 
-impl ProviderKind {
-    pub const ALL: [ProviderKind; 4] = [
-        ProviderKind::Echo,
-        ProviderKind::OpenAi,
-        ProviderKind::Gemini,
-        ProviderKind::ElevenLabs,
-    ];
-
-    /// The name used in the config (`[call] provider = "..."`) and in logs/metrics.
-    pub const fn name(self) -> &'static str {
-        match self {
-            ProviderKind::Echo => "echo",
-            ProviderKind::OpenAi => "openai",
-            ProviderKind::Gemini => "gemini",
-            ProviderKind::ElevenLabs => "elevenlabs",
-        }
-    }
-
-    /// Case-insensitive inverse of [`ProviderKind::name`].
-    pub fn parse(s: &str) -> Option<ProviderKind> {
-        let s = s.to_ascii_lowercase();
-        ProviderKind::ALL.into_iter().find(|p| p.name() == s)
-    }
-
-    /// The conventional environment variable holding this provider's API key.
-    pub const fn api_key_env(self) -> Option<&'static str> {
-        match self {
-            ProviderKind::Echo => None,
-            ProviderKind::OpenAi => Some("OPENAI_API_KEY"),
-            ProviderKind::Gemini => Some("GEMINI_API_KEY"),
-            ProviderKind::ElevenLabs => Some("ELEVENLABS_API_KEY"),
-        }
-    }
-}
-
-impl std::fmt::Display for ProviderKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 /// Parse/print for the string-valued enums: one table per enum, so the names accepted
 /// and the names listed in error messages cannot drift apart.
 macro_rules! named_enum {
@@ -707,31 +654,31 @@ impl Default for PricesConfig {
     fn default() -> Self {
         PricesConfig {
             currency: "USD".to_string(),
-            echo: Price::default(),
-            openai: Price::default(),
-            gemini: Price::default(),
-            elevenlabs: Price::default(),
+            per_kind: ProviderKind::ALL.map(|k| k.info().default_price),
         }
     }
 }
 
 impl PricesConfig {
     pub fn of(&self, kind: ProviderKind) -> Price {
-        match kind {
-            ProviderKind::Echo => self.echo,
-            ProviderKind::OpenAi => self.openai,
-            ProviderKind::Gemini => self.gemini,
-            ProviderKind::ElevenLabs => self.elevenlabs,
-        }
+        self.per_kind[kind.index()]
+    }
+
+    /// Sets the price of `kind` (used by `compile()`).
+    pub(crate) fn set(&mut self, kind: ProviderKind, price: Price) {
+        self.per_kind[kind.index()] = price;
     }
 }
 
-impl Price {
-    /// Estimated cost of a call, in currency units.
-    pub fn cost(&self, input_tokens: u64, output_tokens: u64, duration: Duration) -> f64 {
-        let micro = |v: u64| v as f64 / 1e6;
-        micro(self.input_per_million_tokens) * input_tokens as f64 / 1e6
-            + micro(self.output_per_million_tokens) * output_tokens as f64 / 1e6
-            + micro(self.per_minute) * duration.as_secs_f64() / 60.0
+impl ProvidersConfig {
+    /// The value a route using `kind` cannot connect without (its row's `credential`
+    /// field); empty when missing or when the kind needs none.
+    pub fn credential(&self, kind: ProviderKind) -> &str {
+        match kind {
+            ProviderKind::Echo => "",
+            ProviderKind::OpenAi => self.openai.api_key.expose(),
+            ProviderKind::Gemini => self.gemini.api_key.expose(),
+            ProviderKind::ElevenLabs => &self.elevenlabs.agent_id,
+        }
     }
 }

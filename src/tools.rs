@@ -15,11 +15,56 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::config::{CallConfig, Secret, ToolSpec};
-use crate::providers::{ToolCall, ToolResult};
 use crate::webhook::{self, WebhookError};
 
 pub const END_CALL: &str = "end_call";
 pub const TRANSFER_CALL: &str = "transfer_call";
+
+/// A function call from the model, in provider-neutral form.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolCall {
+    /// The provider's id for this call (OpenAI `call_id`, Gemini `id`, ElevenLabs
+    /// `tool_call_id`), echoed in the result.
+    pub id: String,
+    pub name: String,
+    /// The arguments as the model gave them; a JSON object when well-formed (OpenAI
+    /// sends a JSON string, which the provider parses; unparsable text is kept as a
+    /// JSON string so the session can answer with an error).
+    pub arguments: serde_json::Value,
+}
+
+/// The outcome of a tool call, for the provider to send back in its own format.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolResult {
+    pub id: String,
+    pub name: String,
+    /// The webhook's JSON answer, or for an error `{"error": "<message>"}`.
+    pub output: serde_json::Value,
+    pub is_error: bool,
+    /// The model should go on talking after this result (OpenAI: `response.create`).
+    /// False for `end_call`/`transfer_call`: the model has already said its last
+    /// words and the call is ending, so a new response would only be cut off.
+    pub reply: bool,
+}
+
+impl ToolResult {
+    /// The error message of a failed call (for providers that carry it apart).
+    pub fn error_message(&self) -> Option<&str> {
+        if !self.is_error {
+            return None;
+        }
+        self.output.get("error").and_then(|e| e.as_str())
+    }
+
+    /// The output as text (ElevenLabs and OpenAI carry a string): a JSON string is
+    /// sent as is, anything else as its JSON text.
+    pub fn output_text(&self) -> String {
+        match &self.output {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+}
 
 /// A tool as the providers declare it.
 #[derive(Clone, Debug, PartialEq)]

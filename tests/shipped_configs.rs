@@ -304,5 +304,8 @@ fn readme_receptionist_is_what_it_says() {
     assert_eq!(call.transfer_to, "1000 XML default");
     assert!(c.records.webhook_url.is_some() && c.records.file.is_some());
     assert!(c.budgets.state_file.is_some());
-    assert_eq!(c.prices.openai.input_per_million_tokens, 32_000_000);
+    assert_eq!(
+        c.prices.of(ProviderKind::OpenAi).input_per_million_tokens,
+        32_000_000
+    );
 }

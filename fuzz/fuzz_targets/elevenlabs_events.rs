@@ -1,14 +1,14 @@
 //! ElevenLabs agent server events: each input line is one server text frame, parsed by
-//! `wire::parse` and run through the same `wire::Turns` bookkeeping and format checks the
+//! `wire::parse` and run through the same `turn::Turns` bookkeeping and format checks the
 //! connection applies, with arbitrary clock steps between frames.
 #![no_main]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use libfuzzer_sys::fuzz_target;
-use tokio::time::Instant;
-use voicebridge::providers::elevenlabs::wire::{self, AudioVerdict, ServerEvent, Turns};
+use voicebridge::providers::elevenlabs::turn::{AudioVerdict, Turns, RESPONSE_PAUSE};
+use voicebridge::providers::elevenlabs::wire::{self, ServerEvent};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, rest)) = data.split_first() else {
@@ -75,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
         }
         if let Some(d) = turns.done_deadline() {
             // The last audio is never in the future.
-            assert!(d <= now + wire::RESPONSE_PAUSE);
+            assert!(d <= now + RESPONSE_PAUSE);
         }
     }
 });

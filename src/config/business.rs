@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::compile::{has_scheme, int_in, ms_or, named_or, non_empty, secret};
-use super::load::EnvSecrets;
+use super::env_secrets::EnvSecrets;
+use super::parse::{has_scheme, int_in, ms_or, named_or, non_empty, secret};
 use super::raw::{RawBudgets, RawContext, RawPrice, RawPrices, RawRecords, RawTool, RawWebhooks};
 use super::*;
 
@@ -231,10 +231,11 @@ pub(super) fn records(raw: RawRecords) -> Result<RecordsConfig> {
     })
 }
 
-fn price(at: &str, raw: RawPrice) -> Result<Price> {
-    let one = |field: &str, v: Option<f64>| -> Result<u64> {
+/// A `[prices.<provider>]` table; a field it leaves out keeps the kind's default.
+fn price(at: &str, raw: &RawPrice, default: Price) -> Result<Price> {
+    let one = |field: &str, v: Option<f64>, default: u64| -> Result<u64> {
         match v {
-            None => Ok(0),
+            None => Ok(default),
             Some(v) if v.is_finite() && (0.0..=1e9).contains(&v) => Ok((v * 1e6).round() as u64),
             Some(v) => Err(ConfigError::invalid(
                 format!("{at}.{field}"),
@@ -243,21 +244,30 @@ fn price(at: &str, raw: RawPrice) -> Result<Price> {
         }
     };
     Ok(Price {
-        input_per_million_tokens: one("input_per_million_tokens", raw.input_per_million_tokens)?,
-        output_per_million_tokens: one("output_per_million_tokens", raw.output_per_million_tokens)?,
-        per_minute: one("per_minute", raw.per_minute)?,
+        input_per_million_tokens: one(
+            "input_per_million_tokens",
+            raw.input_per_million_tokens,
+            default.input_per_million_tokens,
+        )?,
+        output_per_million_tokens: one(
+            "output_per_million_tokens",
+            raw.output_per_million_tokens,
+            default.output_per_million_tokens,
+        )?,
+        per_minute: one("per_minute", raw.per_minute, default.per_minute)?,
     })
 }
 
 pub(super) fn prices(raw: RawPrices) -> Result<PricesConfig> {
-    let d = PricesConfig::default();
-    Ok(PricesConfig {
-        currency: non_empty(raw.currency).unwrap_or(d.currency),
-        echo: price("prices.echo", raw.echo)?,
-        openai: price("prices.openai", raw.openai)?,
-        gemini: price("prices.gemini", raw.gemini)?,
-        elevenlabs: price("prices.elevenlabs", raw.elevenlabs)?,
-    })
+    let mut out = PricesConfig::default();
+    if let Some(currency) = non_empty(raw.currency.clone()) {
+        out.currency = currency;
+    }
+    for kind in ProviderKind::ALL {
+        let at = format!("prices.{}", kind.name());
+        out.set(kind, price(&at, raw.of(kind), kind.info().default_price)?);
+    }
+    Ok(out)
 }
 
 pub(super) fn budgets(raw: RawBudgets) -> BudgetsConfig {
@@ -268,7 +278,7 @@ pub(super) fn budgets(raw: RawBudgets) -> BudgetsConfig {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Config, HttpMethod};
+    use crate::config::{Config, HttpMethod, ProviderKind};
 
     fn load(toml: &str) -> Result<Config, String> {
         Config::from_toml_str(toml, Vec::<(String, String)>::new()).map_err(|e| e.to_string())
@@ -318,7 +328,10 @@ output_per_million_tokens = 64.5
         assert!(plain.tools.is_empty() && plain.context.is_none());
         assert_eq!((plain.daily_max_calls, plain.daily_max_minutes), (100, 30));
         assert_eq!(plain.transfer_to, "1000 XML default");
-        assert_eq!(c.prices.openai.output_per_million_tokens, 64_500_000);
+        assert_eq!(
+            c.prices.of(ProviderKind::OpenAi).output_per_million_tokens,
+            64_500_000
+        );
     }
 
     #[test]

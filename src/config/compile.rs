@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::business;
-use super::load::EnvSecrets;
+use super::env_secrets::EnvSecrets;
+use super::parse::{has_scheme, int_in, ms_or, named_or, non_empty, secret};
 use super::raw::{RawCall, RawConfig, RawEsl, RawFreeswitch, RawProviders, RawRoute, RawServer};
 use super::*;
 
@@ -347,7 +348,7 @@ fn providers(raw: RawProviders, secrets: &EnvSecrets) -> Result<ProvidersConfig>
     let openai = OpenAiConfig {
         url: ws_url("providers.openai.url", o.url, d.openai.url)?,
         model: required("providers.openai.model", o.model, d.openai.model)?,
-        api_key: secret(o.api_key, &secrets.openai_api_key),
+        api_key: secret(o.api_key, secrets.api_key(ProviderKind::OpenAi)),
         voice: required("providers.openai.voice", o.voice, d.openai.voice)?,
         audio_format: named_or(
             "providers.openai.audio_format",
@@ -362,7 +363,7 @@ fn providers(raw: RawProviders, secrets: &EnvSecrets) -> Result<ProvidersConfig>
     let gemini = GeminiConfig {
         url: ws_url("providers.gemini.url", g.url, d.gemini.url)?,
         model: required("providers.gemini.model", g.model, d.gemini.model)?,
-        api_key: secret(g.api_key, &secrets.gemini_api_key),
+        api_key: secret(g.api_key, secrets.api_key(ProviderKind::Gemini)),
         voice: g.voice.unwrap_or(d.gemini.voice),
     };
 
@@ -385,7 +386,7 @@ fn providers(raw: RawProviders, secrets: &EnvSecrets) -> Result<ProvidersConfig>
             .unwrap_or(d.elevenlabs.agent_id)
             .trim()
             .to_string(),
-        api_key: secret(l.api_key, &secrets.elevenlabs_api_key),
+        api_key: secret(l.api_key, secrets.api_key(ProviderKind::ElevenLabs)),
         signed_url_endpoint: endpoint,
     };
 
@@ -586,38 +587,31 @@ fn check_auth(s: &ServerConfig) -> Result<()> {
 /// Every provider some route uses must be able to connect.
 fn check_credentials(config: &Config) -> Result<()> {
     for kind in config.providers_in_use() {
+        let Some(need) = kind.info().credential else {
+            continue;
+        };
+        if !config.providers.credential(kind).is_empty() {
+            continue;
+        }
         let users: Vec<&str> = config
             .routes()
             .filter(|r| r.call.provider == kind)
             .map(|r| r.name.as_str())
             .collect();
         let users = users.join(", ");
-        let p = &config.providers;
-        let missing = match kind {
-            ProviderKind::Echo => None,
-            ProviderKind::OpenAi if p.openai.api_key.is_empty() => Some((
-                "providers.openai.api_key",
-                "an API key: set OPENAI_API_KEY (or providers.openai.api_key / \
-                 VOICEBRIDGE__PROVIDERS__OPENAI__API_KEY)",
-            )),
-            ProviderKind::Gemini if p.gemini.api_key.is_empty() => Some((
-                "providers.gemini.api_key",
-                "an API key: set GEMINI_API_KEY (or providers.gemini.api_key / \
-                 VOICEBRIDGE__PROVIDERS__GEMINI__API_KEY)",
-            )),
-            ProviderKind::ElevenLabs if p.elevenlabs.agent_id.is_empty() => Some((
-                "providers.elevenlabs.agent_id",
-                "an agent id: set providers.elevenlabs.agent_id (or \
-                 VOICEBRIDGE__PROVIDERS__ELEVENLABS__AGENT_ID)",
-            )),
-            _ => None,
+        let section = kind.info().section;
+        let key = format!("{section}.{}", need.field);
+        // The override variable for the same key, e.g. VOICEBRIDGE__PROVIDERS__OPENAI__API_KEY.
+        let env_key = format!("VOICEBRIDGE__{}", key.replace('.', "__")).to_ascii_uppercase();
+        // Only an API key also comes from its conventional variable.
+        let what = match kind.api_key_env().filter(|_| need.field == "api_key") {
+            Some(var) => format!("{}: set {var} (or {key} / {env_key})", need.what),
+            None => format!("{}: set {key} (or {env_key})", need.what),
         };
-        if let Some((key, what)) = missing {
-            return Err(ConfigError::invalid(
-                key,
-                format!("provider {kind} (used by route {users}) needs {what}"),
-            ));
-        }
+        return Err(ConfigError::invalid(
+            key,
+            format!("provider {kind} (used by route {users}) needs {what}"),
+        ));
     }
     Ok(())
 }
@@ -644,48 +638,14 @@ fn listen(key: &str, raw: Option<String>, default: SocketAddr) -> Result<SocketA
     }
 }
 
-pub(super) fn named_or<T>(
-    key: &str,
-    raw: Option<String>,
-    default: T,
-    parse: impl Fn(&str) -> Option<T>,
-    names: &[&str],
-) -> Result<T> {
-    match raw {
-        None => Ok(default),
-        Some(s) => parse(s.trim()).ok_or_else(|| {
-            // The value is not repeated (it may be a secret in the wrong key).
-            ConfigError::invalid(key, format!("not one of {}", names.join(" | ")))
-        }),
-    }
-}
-
 fn provider(key: &str, raw: Option<String>, default: ProviderKind) -> Result<ProviderKind> {
-    let names: Vec<&str> = ProviderKind::ALL.iter().map(|p| p.name()).collect();
-    named_or(key, raw, default, ProviderKind::parse, &names)
-}
-
-pub(super) fn int_in(key: &str, v: i64, lo: i64, hi: i64, unit: &str) -> Result<u64> {
-    if v < lo || v > hi {
-        return Err(ConfigError::invalid(
-            key,
-            format!("{v} is out of range: must be from {lo} to {hi}{unit}"),
-        ));
-    }
-    u64::try_from(v).map_err(|_| ConfigError::invalid(key, format!("{v} must not be negative")))
-}
-
-pub(super) fn ms_or(
-    key: &str,
-    raw: Option<i64>,
-    lo: i64,
-    hi: i64,
-    default: Duration,
-) -> Result<Duration> {
-    match raw {
-        None => Ok(default),
-        Some(v) => int_in(key, v, lo, hi, " ms").map(Duration::from_millis),
-    }
+    named_or(
+        key,
+        raw,
+        default,
+        ProviderKind::parse,
+        &ProviderKind::names(),
+    )
 }
 
 fn secs_or(key: &str, raw: Option<i64>, lo: i64, hi: i64, default: Duration) -> Result<Duration> {
@@ -759,15 +719,6 @@ fn check_playback(key: &str, playback: PlaybackMode, has_esl: bool) -> Result<()
     Ok(())
 }
 
-pub(super) fn has_scheme(url: &str, schemes: &[&str]) -> bool {
-    let lower = url.to_ascii_lowercase();
-    schemes.iter().any(|scheme| {
-        lower
-            .strip_prefix(scheme)
-            .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
-    })
-}
-
 fn ws_url(key: &str, raw: Option<String>, default: String) -> Result<String> {
     let url = raw.map(|s| s.trim().to_string()).unwrap_or(default);
     if !has_scheme(&url, &["ws://", "wss://"]) {
@@ -788,19 +739,6 @@ fn required(key: &str, raw: Option<String>, default: String) -> Result<String> {
         return Err(ConfigError::invalid(key, "must not be empty"));
     }
     Ok(v)
-}
-
-pub(super) fn non_empty(raw: Option<String>) -> Option<String> {
-    raw.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
-}
-
-/// A non-empty value from the file/overrides wins, else the conventional variable.
-pub(super) fn secret(raw: Option<String>, fallback: &Option<String>) -> Secret {
-    Secret::new(
-        non_empty(raw)
-            .or_else(|| fallback.clone())
-            .unwrap_or_default(),
-    )
 }
 
 /// Appends a sentence to an `Invalid` message.

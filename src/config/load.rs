@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use config::{Environment, File, FileFormat};
 
 use super::compile::compile;
+use super::env_secrets::{EnvSecrets, WEBHOOK_SECRET_VAR};
 use super::raw::RawConfig;
 use super::{Config, ConfigError};
 
@@ -15,18 +16,6 @@ use super::{Config, ConfigError};
 const PREFIX: &str = "voicebridge__";
 /// Read by the CLI, not an override; must not trigger the "did you mean" note.
 const CONFIG_PATH_VAR: &str = "VOICEBRIDGE_CONFIG";
-/// The key webhooks are signed with (kept out of the config file).
-const WEBHOOK_SECRET_VAR: &str = "VOICEBRIDGE_WEBHOOK_SECRET";
-
-/// Secrets from the conventional variables, used when the config leaves them empty.
-#[derive(Debug, Default)]
-pub(crate) struct EnvSecrets {
-    pub openai_api_key: Option<String>,
-    pub gemini_api_key: Option<String>,
-    pub elevenlabs_api_key: Option<String>,
-    pub esl_password: Option<String>,
-    pub webhook_secret: Option<String>,
-}
 
 /// What `load` needs from the environment, read once.
 #[derive(Debug, Default)]
@@ -118,15 +107,7 @@ fn scan(env: impl IntoIterator<Item = (String, String)>) -> Result<EnvInput, Con
         if value.is_empty() {
             continue;
         }
-        let slot = match name.as_str() {
-            "OPENAI_API_KEY" => &mut out.secrets.openai_api_key,
-            "GEMINI_API_KEY" => &mut out.secrets.gemini_api_key,
-            "ELEVENLABS_API_KEY" => &mut out.secrets.elevenlabs_api_key,
-            "FREESWITCH_ESL_PASSWORD" => &mut out.secrets.esl_password,
-            WEBHOOK_SECRET_VAR => &mut out.secrets.webhook_secret,
-            _ => continue,
-        };
-        *slot = Some(value.to_string());
+        out.secrets.offer(&name, value);
     }
     Ok(out)
 }

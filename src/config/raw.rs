@@ -12,6 +12,8 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
 
+use super::kinds::ProviderKind;
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct RawConfig {
@@ -87,6 +89,18 @@ pub(crate) struct RawPrices {
     pub openai: RawPrice,
     pub gemini: RawPrice,
     pub elevenlabs: RawPrice,
+}
+
+impl RawPrices {
+    /// The `[prices.<name>]` table of `kind` (one field per row of the kinds table).
+    pub fn of(&self, kind: ProviderKind) -> &RawPrice {
+        match kind {
+            ProviderKind::Echo => &self.echo,
+            ProviderKind::OpenAi => &self.openai,
+            ProviderKind::Gemini => &self.gemini,
+            ProviderKind::ElevenLabs => &self.elevenlabs,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -3,7 +3,29 @@
 //! A provider runs in its own task and talks to the session only through two bounded
 //! channels: [`ProviderCommand`]s in, normalised [`ProviderEvent`]s out. The session never
 //! sees a provider's JSON and a provider never sees FreeSWITCH, so a slow provider cannot
-//! stall the caller's audio and adding a provider touches one file.
+//! stall the caller's audio.
+//!
+//! Every networked provider has the same shape, one folder:
+//! - `wire.rs`: its message types, builders and parsers (serde, no I/O);
+//! - `turn.rs`: its socket-free protocol state (server events in, [`ProviderEvent`]s
+//!   out, time as a parameter), unit-tested and fuzzed;
+//! - `mod.rs`: the socket task, `run(&Config, &Route, ProviderChannels)`, and
+//!   `check(&Config, &Route)` for `voicebridge check`.
+//!
+//! What they all do alike with the socket (ping period, setup and close timeouts, the
+//! write-stall limit, the polite close) is in [`ws`]. The facts about each kind (name,
+//! API key variable, whether it can say a goodbye, config section, credential, default
+//! prices) are one row of the table in `config::kinds`, which both the config and this
+//! module read. `echo` is built in (no socket) and keeps a single file.
+//!
+//! Adding a provider `foo`:
+//! 1. `src/providers/foo/` with `wire.rs`, `turn.rs`, `mod.rs` as above;
+//! 2. a variant `ProviderKind::Foo` and its row in `config/kinds.rs`;
+//! 3. its config section: `FooConfig` (+ `Default`) in `config.rs`, `RawFoo` in
+//!    `config/raw.rs`, a `[prices.foo]` field in `RawPrices`, its compile step in
+//!    `config/compile.rs`; the compiler then points at the remaining `match`es
+//!    ([`spawn`], [`check`], `ProvidersConfig::credential`, `RawPrices::of`);
+//! 4. its mock in `tests/common/mock_foo.rs` and an `e2e_foo.rs` driving the binary.
 
 pub mod echo;
 pub mod elevenlabs;
@@ -23,6 +45,9 @@ use tracing::Instrument;
 
 use crate::audio::{AudioFormat, ItemId};
 use crate::config::{Config, ProviderKind, Route};
+// The tool types belong to `tools` (which knows nothing of providers); re-exported
+// because every provider speaks them.
+pub use crate::tools::{ToolCall, ToolResult};
 
 /// Commands queued to a provider. Audio is the only high-rate one.
 const COMMAND_CAPACITY: usize = 64;
@@ -120,52 +145,6 @@ pub enum ProviderCommand {
     Close,
 }
 
-/// A function call from the model, in provider-neutral form.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ToolCall {
-    /// The provider's id for this call (OpenAI `call_id`, Gemini `id`, ElevenLabs
-    /// `tool_call_id`), echoed in the result.
-    pub id: String,
-    pub name: String,
-    /// The arguments as the model gave them; a JSON object when well-formed (OpenAI
-    /// sends a JSON string, which the provider parses; unparsable text is kept as a
-    /// JSON string so the session can answer with an error).
-    pub arguments: serde_json::Value,
-}
-
-/// The outcome of a tool call, for the provider to send back in its own format.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ToolResult {
-    pub id: String,
-    pub name: String,
-    /// The webhook's JSON answer, or for an error `{"error": "<message>"}`.
-    pub output: serde_json::Value,
-    pub is_error: bool,
-    /// The model should go on talking after this result (OpenAI: `response.create`).
-    /// False for `end_call`/`transfer_call`: the model has already said its last
-    /// words and the call is ending, so a new response would only be cut off.
-    pub reply: bool,
-}
-
-impl ToolResult {
-    /// The error message of a failed call (for providers that carry it apart).
-    pub fn error_message(&self) -> Option<&str> {
-        if !self.is_error {
-            return None;
-        }
-        self.output.get("error").and_then(|e| e.as_str())
-    }
-
-    /// The output as text (ElevenLabs and OpenAI carry a string): a JSON string is
-    /// sent as is, anything else as its JSON text.
-    pub fn output_text(&self) -> String {
-        match &self.output {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        }
-    }
-}
-
 /// What a provider may know about the call.
 #[derive(Clone, Debug, Default)]
 pub struct CallContext {
@@ -213,33 +192,19 @@ fn channels() -> (
 /// `Ready` or `Closed`.
 pub fn spawn(config: &Config, route: &Route, call_format: AudioFormat) -> ProviderHandle {
     let (commands, events, ends) = channels();
-    let (name, task) = match route.call.provider {
-        ProviderKind::Echo => (
-            "echo",
-            tokio::spawn(
-                echo::run(config.providers.echo.clone(), call_format, ends).in_current_span(),
-            ),
+    let kind = route.call.provider;
+    let task = match kind {
+        ProviderKind::Echo => tokio::spawn(
+            echo::run(config.providers.echo.clone(), call_format, ends).in_current_span(),
         ),
-        ProviderKind::OpenAi => (
-            "openai",
-            tokio::spawn(
-                openai::run(config.providers.openai.clone(), route.clone(), ends).in_current_span(),
-            ),
-        ),
-        ProviderKind::ElevenLabs => (
-            "elevenlabs",
-            tokio::spawn(
-                elevenlabs::run(config.providers.elevenlabs.clone(), route.clone(), ends)
-                    .in_current_span(),
-            ),
-        ),
-        ProviderKind::Gemini => (
-            "gemini",
-            tokio::spawn(gemini::task(config, route, ends).in_current_span()),
-        ),
+        ProviderKind::OpenAi => tokio::spawn(openai::run(config, route, ends).in_current_span()),
+        ProviderKind::Gemini => tokio::spawn(gemini::run(config, route, ends).in_current_span()),
+        ProviderKind::ElevenLabs => {
+            tokio::spawn(elevenlabs::run(config, route, ends).in_current_span())
+        }
     };
     ProviderHandle {
-        name,
+        name: kind.name(),
         commands,
         events,
         task,
@@ -259,5 +224,5 @@ pub async fn check(config: &Config, route: &Route) -> Result<String, String> {
 
 /// Whether the provider can be told to say a given text (the goodbye).
 pub fn can_say(kind: ProviderKind) -> bool {
-    matches!(kind, ProviderKind::OpenAi | ProviderKind::Gemini)
+    kind.info().can_say
 }

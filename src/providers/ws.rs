@@ -1,16 +1,42 @@
 //! The outbound WebSocket every AI provider uses: `wss://` with rustls and the system's
 //! root certificates, custom auth headers, a connect timeout, and upgrade failures
 //! turned into one readable error (status + the provider's message, never the key).
+//!
+//! It also holds what every provider's socket task does the same way, once: the
+//! keepalive ping period, the setup and close timeouts, the split socket types, a send
+//! that gives up on a stalled peer, and the polite close (our Close, then the echo).
 
 use std::time::Duration;
 
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub type ProviderWs = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// The write half of a provider socket.
+pub type Sink = SplitSink<ProviderWs, Message>;
+/// The read half of a provider socket.
+pub type Stream = SplitStream<ProviderWs>;
+/// What one read of the socket gives (`None`: it ended without a Close).
+pub type Incoming = Option<Result<Message, tungstenite::Error>>;
+
+/// Keepalive: none of the provider protocols has an application-level ping, and
+/// WebSocket pings keep NATs and proxies from dropping a quiet socket.
+pub const PING_EVERY: Duration = Duration::from_secs(15);
+/// From the socket being open to the provider's setup acknowledgement.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long we wait for the peer's Close echo (or for our Close to go out) when we
+/// close; the session aborts a provider task that takes longer than a second.
+pub const CLOSE_WAIT: Duration = Duration::from_millis(500);
+/// A provider socket that accepts nothing for this long is considered dead.
+pub const WRITE_STALL: Duration = Duration::from_secs(5);
 
 /// Connect + TLS + upgrade must finish within this, or the call is ended.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -113,6 +139,57 @@ pub fn close_parts(
         .unwrap_or((1005, String::new()))
 }
 
+/// The keepalive timer: first tick one period from now; late ticks are not bunched.
+pub fn ping_timer() -> Interval {
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ping
+}
+
+/// A send that failed: the socket is gone, or the peer stopped reading.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("socket error on send: {0}")]
+    Socket(#[from] tungstenite::Error),
+    #[error("socket accepted nothing for {} s", WRITE_STALL.as_secs())]
+    Stalled,
+}
+
+/// Sends one message, giving up after [`WRITE_STALL`] (a peer that stops reading must
+/// not hold the provider task, and with it the call, forever).
+pub async fn send(sink: &mut Sink, msg: Message) -> Result<(), SendError> {
+    match tokio::time::timeout(WRITE_STALL, sink.send(msg)).await {
+        Ok(result) => result.map_err(SendError::from),
+        Err(_) => Err(SendError::Stalled),
+    }
+}
+
+/// Our Close (code 1000 with `reason`), then, when `stream` is given, the peer's echo;
+/// all within [`CLOSE_WAIT`]. Errors are moot: the call is ending either way.
+pub async fn close_politely(sink: &mut Sink, stream: Option<&mut Stream>, reason: &str) {
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: reason.to_owned().into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        if sink.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        let Some(stream) = stream else { return };
+        while let Some(Ok(m)) = stream.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Closes an unsplit socket (setup failures, `check`) within [`CLOSE_WAIT`].
+pub async fn close_unsplit(ws: &mut ProviderWs) {
+    let _ = tokio::time::timeout(CLOSE_WAIT, ws.close(None)).await;
+}
+
 /// Replaces every occurrence of each non-empty secret.
 pub fn redact(text: &str, secrets: &[&str]) -> String {
     let mut out = text.to_owned();
@@ -171,5 +248,37 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("Incorrect API key"), "{text}");
         assert!(!text.contains("sk-test-123"), "{text}");
+    }
+
+    /// `send` then `close_politely` against a real loopback WebSocket: the peer sees the
+    /// message, then our Close with code 1000 and the reason, and we read its echo.
+    #[tokio::test]
+    async fn send_then_polite_close_reach_the_peer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let mut seen = Vec::new();
+            // tungstenite answers the Close itself; the stream then ends.
+            while let Some(Ok(m)) = ws.next().await {
+                seen.push(m);
+            }
+            seen
+        });
+        let socket = connect(&format!("ws://{addr}/"), &[], &[]).await.unwrap();
+        let (mut sink, mut stream) = socket.split();
+        send(&mut sink, Message::text("hello")).await.unwrap();
+        close_politely(&mut sink, Some(&mut stream), "call ended").await;
+        let seen = peer.await.unwrap();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0], Message::text("hello"));
+        let Message::Close(Some(frame)) = &seen[1] else {
+            panic!("expected a Close frame, got {:?}", seen[1]);
+        };
+        assert_eq!(u16::from(frame.code), 1000);
+        assert_eq!(frame.reason.as_str(), "call ended");
+        // Our side read the echo, so nothing is left to read.
+        assert!(stream.next().await.is_none());
     }
 }

@@ -12,13 +12,14 @@
 //! The agent speaks its `first_message` by itself (the greeting): nothing to send. There
 //! is no truncate: after an interruption the server trims its own history and tells us
 //! with `agent_response_correction`. Late audio of an interrupted response is recognised
-//! by its `event_id` and dropped here. See `wire.rs` for the per-response rules and
-//! `docs/providers/elevenlabs.md` for the whole story.
+//! by its `event_id` and dropped here. See `turn.rs` for the per-response rules,
+//! `wire.rs` for the messages and `docs/providers/elevenlabs.md` for the whole story.
 //!
 //! Tools cannot be declared over this socket: they are *client tools* configured on the
 //! agent with the same names. `client_tool_call` → `ToolCall`, the result goes back as
 //! `client_tool_result`.
 
+pub mod turn;
 pub mod wire;
 
 use std::collections::{HashSet, VecDeque};
@@ -27,21 +28,19 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{sleep_until, Instant};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 
-use super::ws::{self, ProviderWs};
+use super::ws::{self, ProviderWs, Sink, Stream, SETUP_TIMEOUT};
 use super::{
     CallContext, ProviderChannels, ProviderCommand, ProviderEvent, Speaker, ToolCall, ToolResult,
 };
 use crate::audio::AudioFormat;
 use crate::config::{Config, ElevenLabsConfig, Route};
-use wire::{AudioVerdict, ServerEvent, Turns};
+use turn::{AudioVerdict, Turns};
+use wire::ServerEvent;
 
 /// The signed-URL request must answer within this.
 const SIGNED_URL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,13 +49,6 @@ const MAX_BODY: usize = 500;
 /// Events parsed but not yet taken by the session; above this we stop reading the socket
 /// (back-pressure) instead of buffering without limit.
 const MAX_OUTBOX: usize = 512;
-/// How long our Close may take before we just drop the socket.
-const CLOSE_WAIT: Duration = Duration::from_millis(500);
-/// `check`: the agent must answer the setup within this.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
-
-type Sink = SplitSink<ProviderWs, Message>;
-type Stream = SplitStream<ProviderWs>;
 
 /// A failure before the conversation started, as the one event the session gets.
 struct SetupError {
@@ -74,8 +66,17 @@ impl From<SetupError> for ProviderEvent {
     }
 }
 
-/// Runs one conversation until the session closes it or the agent hangs up.
-pub async fn run(config: ElevenLabsConfig, route: Route, mut ends: ProviderChannels) {
+/// The provider task for one call (see [`super::spawn`]): runs one conversation until
+/// the session closes it or the agent hangs up.
+pub fn run(
+    config: &Config,
+    route: &Route,
+    ends: ProviderChannels,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    serve(config.providers.elevenlabs.clone(), route.clone(), ends)
+}
+
+async fn serve(config: ElevenLabsConfig, route: Route, mut ends: ProviderChannels) {
     let mut context: Option<Arc<CallContext>> = None;
     let mut socket: Option<ProviderWs> = None;
     let connecting = open(&config);
@@ -93,7 +94,7 @@ pub async fn run(config: ElevenLabsConfig, route: Route, mut ends: ProviderChann
             command = ends.commands.recv() => match command {
                 None | Some(ProviderCommand::Close) => {
                     if let Some(mut ws) = socket {
-                        let _ = tokio::time::timeout(CLOSE_WAIT, ws.close(None)).await;
+                        ws::close_unsplit(&mut ws).await;
                     }
                     return;
                 }
@@ -111,7 +112,7 @@ pub async fn run(config: ElevenLabsConfig, route: Route, mut ends: ProviderChann
         overrides = %init.get("conversation_config_override").map(|v| v.to_string()).unwrap_or_default(),
         "elevenlabs: conversation_initiation_client_data"
     );
-    if let Err(e) = sink.send(Message::text(init.to_string())).await {
+    if let Err(e) = ws::send(&mut sink, Message::text(init.to_string())).await {
         let _ = ends
             .events
             .send(ProviderEvent::Closed {
@@ -299,15 +300,7 @@ impl Live {
             "elevenlabs: conversation over"
         );
         match end {
-            End::Session => {
-                let frame = CloseFrame {
-                    code: CloseCode::Normal,
-                    reason: "call ended".into(),
-                };
-                let _ =
-                    tokio::time::timeout(CLOSE_WAIT, self.sink.send(Message::Close(Some(frame))))
-                        .await;
-            }
+            End::Session => ws::close_politely(&mut self.sink, None, "call ended").await,
             End::Provider(event) => {
                 let polite = !matches!(event, ProviderEvent::Closed { .. });
                 self.outbox.push_back(event);
@@ -319,15 +312,7 @@ impl Live {
                 }
                 if polite {
                     // We gave up (e.g. an audio format we cannot use): say so politely.
-                    let frame = CloseFrame {
-                        code: CloseCode::Normal,
-                        reason: "client cannot continue".into(),
-                    };
-                    let _ = tokio::time::timeout(
-                        CLOSE_WAIT,
-                        self.sink.send(Message::Close(Some(frame))),
-                    )
-                    .await;
+                    ws::close_politely(&mut self.sink, None, "client cannot continue").await;
                 }
             }
         }
@@ -336,8 +321,9 @@ impl Live {
     async fn serve(&mut self, ends: &mut ProviderChannels) -> End {
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         loop {
-            let done_at = self.turns.done_deadline();
-            let watchdog_at = self.turns.watchdog_deadline();
+            // The turn state keeps std time (it is pure); the timers want tokio's.
+            let done_at = self.turns.done_deadline().map(Instant::from_std);
+            let watchdog_at = self.turns.watchdog_deadline().map(Instant::from_std);
             tokio::select! {
                 biased;
                 command = ends.commands.recv() => {
@@ -358,12 +344,12 @@ impl Live {
                     }
                 }
                 _ = sleep_until(done_at.unwrap_or(far)), if done_at.is_some() => {
-                    if self.turns.on_done_due(Instant::now()) {
+                    if self.turns.on_done_due(std::time::Instant::now()) {
                         self.outbox.push_back(ProviderEvent::ResponseDone);
                     }
                 }
                 _ = sleep_until(watchdog_at.unwrap_or(far)), if watchdog_at.is_some() => {
-                    if let Some(w) = self.turns.on_watchdog_due(Instant::now()) {
+                    if let Some(w) = self.turns.on_watchdog_due(std::time::Instant::now()) {
                         self.outbox.push_back(ProviderEvent::Warning(w));
                     }
                 }
@@ -377,10 +363,8 @@ impl Live {
                 if !self.ready {
                     return None;
                 }
-                if let Err(e) = self
-                    .sink
-                    .send(Message::text(wire::audio_chunk(&frame)))
-                    .await
+                if let Err(e) =
+                    ws::send(&mut self.sink, Message::text(wire::audio_chunk(&frame))).await
                 {
                     return Some(self.lost(e));
                 }
@@ -405,18 +389,16 @@ impl Live {
             return None;
         }
         debug!(tool = %r.name, tool_call_id = %r.id, is_error = r.is_error, "elevenlabs: client_tool_result");
-        if let Err(e) = self
-            .sink
-            .send(Message::text(wire::client_tool_result(&r)))
-            .await
+        if let Err(e) = ws::send(&mut self.sink, Message::text(wire::client_tool_result(&r))).await
         {
             return Some(self.lost(e));
         }
-        self.turns.on_tool_result(r.reply, Instant::now());
+        self.turns
+            .on_tool_result(r.reply, std::time::Instant::now());
         None
     }
 
-    fn lost(&self, e: tungstenite::Error) -> End {
+    fn lost(&self, e: impl std::fmt::Display) -> End {
         let mut reason = format!("elevenlabs connection lost: {e}");
         if let Some((tag, message)) = &self.last_error {
             reason.push_str(&format!(" (after error event: {tag}: {message})"));
@@ -424,10 +406,7 @@ impl Live {
         End::Provider(ProviderEvent::Closed { reason })
     }
 
-    async fn on_message(
-        &mut self,
-        msg: Option<Result<Message, tungstenite::Error>>,
-    ) -> Option<End> {
+    async fn on_message(&mut self, msg: ws::Incoming) -> Option<End> {
         let msg = match msg {
             None => {
                 return Some(End::Provider(ProviderEvent::Closed {
@@ -475,12 +454,13 @@ impl Live {
                 return None;
             }
         };
-        let now = Instant::now();
+        let now = std::time::Instant::now();
         match event {
             ServerEvent::Ping { event_id, ping_ms } => {
                 // Answered at once, ahead of anything queued for the session.
                 self.pings += 1;
-                if let Err(e) = self.sink.send(Message::text(wire::pong(&event_id))).await {
+                if let Err(e) = ws::send(&mut self.sink, Message::text(wire::pong(&event_id))).await
+                {
                     return Some(self.lost(e));
                 }
                 debug!(%event_id, ping_ms, "elevenlabs: ping answered");
@@ -651,7 +631,7 @@ pub async fn check(config: &Config, route: &Route) -> Result<String, String> {
         .await
         .map_err(|e| format!("{}: {}", e.code, e.message))?;
     let init = wire::initiation(route, &Default::default());
-    let result = tokio::time::timeout(CHECK_TIMEOUT, async {
+    let result = tokio::time::timeout(SETUP_TIMEOUT, async {
         socket
             .send(Message::text(init.to_string()))
             .await
@@ -706,10 +686,10 @@ pub async fn check(config: &Config, route: &Route) -> Result<String, String> {
     .unwrap_or_else(|_| {
         Err(format!(
             "no conversation_initiation_metadata within {} s",
-            CHECK_TIMEOUT.as_secs()
+            SETUP_TIMEOUT.as_secs()
         ))
     });
-    let _ = tokio::time::timeout(CLOSE_WAIT, socket.close(None)).await;
+    ws::close_unsplit(&mut socket).await;
     result.map_err(|e| ws::redact(&e, &[cfg.api_key.expose()]))
 }
 

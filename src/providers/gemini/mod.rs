@@ -21,7 +21,7 @@
 //! (`serverContent.modelTurn.parts[].inlineData`). Each model turn is one item,
 //! `turn-<n>`; after `interrupted` the rest of that turn's audio is dropped here until
 //! `turnComplete`, or until evidence of a new turn when that `turnComplete` is late or
-//! never comes (new caller transcription, or [`MAX_INTERRUPT_DROP`] passed): the
+//! never comes (new caller transcription, or [`turn::MAX_INTERRUPT_DROP`] passed): the
 //! assistant never goes mute for the rest of the call. Gemini has no truncate message:
 //! the server already stopped at the interruption, so `Truncate` is only logged.
 //!
@@ -30,55 +30,45 @@
 //! `toolResponse` on the connection that made the call; `toolCallCancellation` →
 //! `ToolCancelled`, and results for cancelled calls are not sent.
 //!
-//! The wire shapes are in [`wire`]; `docs/providers/gemini.md` explains the choices.
+//! Three parts, as for every provider: [`wire`] (message shapes), [`turn`] (the model
+//! turn, socket-free and unit-tested) and this file, the socket task (connect, setup,
+//! resumption, select loop, close) and `check`. `docs/providers/gemini.md` explains
+//! the choices.
 
+pub mod turn;
 pub mod wire;
+
+// Re-exported: the fuzz target and the benches name them `gemini::...`.
+pub use turn::{ContentEffects, Turn, MAX_INTERRUPT_DROP};
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::time::Duration;
 
-use base64::Engine;
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout, Instant};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn, Instrument};
 
 use super::template::render;
-use super::ws::{self, ProviderWs};
-use super::{
-    ProviderChannels, ProviderCommand, ProviderEvent, Speaker, ToolCall, ToolResult, Usage,
-};
-use crate::audio::{AudioFormat, ItemId};
+use super::ws::{self, ProviderWs, Sink, SETUP_TIMEOUT};
+use super::{ProviderChannels, ProviderCommand, ProviderEvent, ToolCall, ToolResult};
+use crate::audio::AudioFormat;
 use crate::config::{Config, Route, Secret};
 
-/// How long a connection may take from upgrade to `setupComplete`.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
-/// No application-level ping exists: WebSocket pings keep NATs and proxies open.
-const PING_EVERY: Duration = Duration::from_secs(15);
 /// Caller audio kept while the session moves to a new connection (20 ms frames).
 const MAX_SWITCH_FRAMES: usize = 5_000 / 20;
 /// After a switch, the old connection is read (for audio already on its way) this long.
 const RETIRE_WAIT: Duration = Duration::from_secs(2);
-/// On Close, how long we wait for the server's echo.
-const CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// Resumptions after a connection dropped without `goAway`, per call.
 const MAX_DROP_RESUMES: u32 = 3;
-/// After `interrupted`, model audio is dropped (as late parts of the cut turn) at most
-/// this long when neither `turnComplete` nor new caller speech ends the dropping first.
-/// The late parts come in the same burst as `interrupted`; a new reply needs the caller
-/// to finish and the model to answer, which takes longer.
-pub const MAX_INTERRUPT_DROP: std::time::Duration = std::time::Duration::from_secs(2);
 
-type Sink = SplitSink<ProviderWs, Message>;
-type Source = SplitStream<ProviderWs>;
-type WsResult = Option<Result<Message, tungstenite::Error>>;
+type Source = ws::Stream;
+type WsResult = ws::Incoming;
 
 /// Everything the provider needs from the config, resolved for one route.
 #[derive(Clone)]
@@ -142,12 +132,12 @@ impl Settings {
 }
 
 /// The provider task for one call (see [`super::spawn`]).
-pub fn task(
+pub fn run(
     config: &Config,
     route: &Route,
     ends: ProviderChannels,
 ) -> impl Future<Output = ()> + Send + 'static {
-    run(Settings::new(config, route), ends)
+    serve(Settings::new(config, route), ends)
 }
 
 /// `voicebridge check`: one real session (connect, setup, `setupComplete`), then Close.
@@ -157,7 +147,7 @@ pub async fn check(config: &Config, route: &Route) -> Result<String, String> {
     let started = Instant::now();
     let mut ws = open(&s, &s.setup(&instructions, None)).await?;
     let ms = started.elapsed().as_millis();
-    let _ = timeout(CLOSE_WAIT, ws.close(None)).await;
+    ws::close_unsplit(&mut ws).await;
     let tools = match &s.tools {
         None => String::new(),
         Some(t) => {
@@ -244,7 +234,7 @@ fn is_final_close(code: u16) -> bool {
 }
 
 /// Connect at once; send the setup when both the socket and the call context are there.
-async fn run(s: Settings, ends: ProviderChannels) {
+async fn serve(s: Settings, ends: ProviderChannels) {
     let ProviderChannels {
         mut commands,
         events,
@@ -264,7 +254,7 @@ async fn run(s: Settings, ends: ProviderChannels) {
                 Some(ProviderCommand::Close) | None => {
                     connecting.abort();
                     if let Some(mut ws) = socket {
-                        let _ = timeout(CLOSE_WAIT, ws.close(None)).await;
+                        ws::close_unsplit(&mut ws).await;
                     }
                     return;
                 }
@@ -356,228 +346,6 @@ struct Resume {
     started: Instant,
 }
 
-/// The model turn in progress: the pure part of server message handling (no I/O, no
-/// clock), public so the fuzz targets can drive it exactly as the connection does.
-#[derive(Debug, Default)]
-pub struct Turn {
-    count: u64,
-    item: Option<ItemId>,
-    /// `interrupted` came (at this moment): drop this turn's audio until `turnComplete`
-    /// or evidence of a new turn (see [`Turn::end_dropping`]).
-    dropping: Option<std::time::Instant>,
-    late_parts: u64,
-    /// The cut turn was closed on evidence of a new turn, so its own `turnComplete` may
-    /// still come: if it does before the next model audio, it closes nothing.
-    owed_turn_complete: bool,
-    /// `SpeechStopped` was sent for the caller's turn under way (once per caller turn:
-    /// the session counts turns by it).
-    caller_turn_marked: bool,
-    caller: String,
-    assistant: String,
-    usage: Option<wire::UsageMetadata>,
-}
-
-/// What one message's content asks of the connection, besides the events it produced.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct ContentEffects {
-    /// The caller's transcription came while no model turn was under way: it stands for
-    /// the end of the caller's turn (arms the response watchdog).
-    pub caller_between_turns: bool,
-    /// Model audio was played (disarms the watchdog).
-    pub audio: bool,
-    /// An audio part's MIME type named a rate other than the documented 24 kHz.
-    pub off_rate_mime: Option<String>,
-}
-
-impl Turn {
-    /// The turn-level part of one server message received at `now`: its usage snapshot
-    /// and its `serverContent`. Pushes the session events it produces, in order.
-    pub fn on_content(
-        &mut self,
-        usage: Option<wire::UsageMetadata>,
-        content: Option<wire::ServerContent<'_>>,
-        now: std::time::Instant,
-        out: &mut Vec<ProviderEvent>,
-    ) -> ContentEffects {
-        let mut effects = ContentEffects::default();
-        if let Some(u) = usage {
-            // Snapshots can repeat within a turn: keep the latest, count it at turnComplete.
-            self.usage = Some(u);
-        }
-        let Some(sc) = content else {
-            return effects;
-        };
-        if let Some(t) = sc.input_transcription.filter(|t| !t.text.is_empty()) {
-            // The caller speaking after the interruption: whatever the model says next
-            // answers that, so the cut turn is over even without its turnComplete.
-            self.end_dropping("new caller speech", out);
-            crate::text_cap::append_capped(
-                &mut self.caller,
-                &t.text,
-                crate::text_cap::MAX_TURN_TEXT,
-            );
-            effects.caller_between_turns = self.item.is_none();
-            out.push(ProviderEvent::Transcript {
-                who: Speaker::Caller,
-                text: t.text,
-                is_final: false,
-            });
-            if effects.caller_between_turns && !self.caller_turn_marked {
-                // Gemini signals no end of the caller's speech: the moment that arms the
-                // watchdog stands for it, once per caller turn (the first fragment).
-                self.caller_turn_marked = true;
-                out.push(ProviderEvent::SpeechStopped);
-            }
-        }
-        if sc.interrupted {
-            // A repeated `interrupted` does not restart the time limit.
-            self.dropping.get_or_insert(now);
-            debug!(item = ?self.item, "gemini: interrupted");
-            out.push(ProviderEvent::SpeechStarted);
-        }
-        if let Some(turn) = sc.model_turn {
-            for part in turn.parts {
-                if let Some(blob) = part.inline_data {
-                    self.on_audio_part(&blob.mime_type, &blob.data, now, &mut effects, out);
-                }
-            }
-        }
-        if let Some(t) = sc.output_transcription.filter(|t| !t.text.is_empty()) {
-            crate::text_cap::append_capped(
-                &mut self.assistant,
-                &t.text,
-                crate::text_cap::MAX_TURN_TEXT,
-            );
-            out.push(ProviderEvent::Transcript {
-                who: Speaker::Assistant,
-                text: t.text,
-                is_final: false,
-            });
-        }
-        if sc.generation_complete {
-            debug!("gemini: generationComplete");
-        }
-        if sc.turn_complete {
-            if self.owed_turn_complete && self.item.is_none() {
-                // The cut turn's own, late: that turn was closed already.
-                self.owed_turn_complete = false;
-                debug!("gemini: late turnComplete of the interrupted turn");
-            } else {
-                self.on_turn_complete(out);
-            }
-        }
-        effects
-    }
-
-    /// Ends the dropping that `interrupted` began on evidence of a new turn: closes the
-    /// cut turn as its `turnComplete` would have, so the next model audio is a new item
-    /// and is played.
-    fn end_dropping(&mut self, evidence: &'static str, out: &mut Vec<ProviderEvent>) {
-        if self.dropping.is_none() {
-            return;
-        }
-        // Logged before on_turn_complete, which takes the count.
-        debug!(
-            evidence,
-            late_parts = self.late_parts,
-            "gemini: interrupted turn closed without its turnComplete"
-        );
-        self.on_turn_complete(out);
-        self.owed_turn_complete = true;
-    }
-
-    fn on_audio_part(
-        &mut self,
-        mime: &str,
-        data: &str,
-        now: std::time::Instant,
-        effects: &mut ContentEffects,
-        out: &mut Vec<ProviderEvent>,
-    ) {
-        let Some(rate) = wire::pcm_rate(mime) else {
-            debug!(mime, "gemini: non-audio inline data ignored");
-            return;
-        };
-        if rate != wire::OUTPUT_RATE && effects.off_rate_mime.is_none() {
-            effects.off_rate_mime = Some(mime.to_owned());
-        }
-        if let Some(since) = self.dropping {
-            if now.saturating_duration_since(since) < MAX_INTERRUPT_DROP {
-                self.late_parts += 1;
-                return;
-            }
-            self.end_dropping("time limit", out);
-        }
-        let mut pcm = match base64::engine::general_purpose::STANDARD.decode(data) {
-            Ok(p) => p,
-            Err(e) => {
-                debug!(error = %e, "gemini: audio part with bad base64 ignored");
-                return;
-            }
-        };
-        if pcm.len() % 2 == 1 {
-            pcm.pop();
-        }
-        if pcm.is_empty() {
-            return;
-        }
-        let item = match &self.item {
-            Some(item) => item.clone(),
-            None => {
-                self.count += 1;
-                self.caller_turn_marked = false;
-                // A new model turn: any turnComplete from now on is its own.
-                self.owed_turn_complete = false;
-                let item: ItemId = format!("turn-{}", self.count).into();
-                self.item = Some(item.clone());
-                item
-            }
-        };
-        effects.audio = true;
-        out.push(ProviderEvent::Audio {
-            item,
-            data: Bytes::from(pcm),
-        });
-    }
-
-    fn on_turn_complete(&mut self, out: &mut Vec<ProviderEvent>) {
-        let caller = std::mem::take(&mut self.caller);
-        let assistant = std::mem::take(&mut self.assistant);
-        let usage = self.usage.take();
-        let late = std::mem::take(&mut self.late_parts);
-        if late > 0 {
-            debug!(
-                parts = late,
-                "gemini: late audio of the interrupted turn dropped"
-            );
-        }
-        self.item = None;
-        self.dropping = None;
-        self.caller_turn_marked = false;
-        if !caller.is_empty() {
-            out.push(ProviderEvent::Transcript {
-                who: Speaker::Caller,
-                text: caller,
-                is_final: true,
-            });
-        }
-        if !assistant.is_empty() {
-            out.push(ProviderEvent::Transcript {
-                who: Speaker::Assistant,
-                text: assistant,
-                is_final: true,
-            });
-        }
-        if let Some(u) = usage {
-            out.push(ProviderEvent::Usage(Usage {
-                input_tokens: u.prompt_token_count,
-                output_tokens: u.response_token_count,
-            }));
-        }
-        out.push(ProviderEvent::ResponseDone);
-    }
-}
-
 /// The task ends (the session has been told why, or it asked us to close).
 struct Stop;
 type Step = Result<(), Stop>;
@@ -647,8 +415,7 @@ async fn resumed(
 
 impl Gemini {
     async fn run(mut self, mut commands: mpsc::Receiver<ProviderCommand>) {
-        let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ping = ws::ping_timer();
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         loop {
             let watchdog_at = self.watchdog.unwrap_or(far);
@@ -693,7 +460,7 @@ impl Gemini {
         let Some(conn) = self.active.as_mut() else {
             return false;
         };
-        match conn.sink.send(msg).await {
+        match ws::send(&mut conn.sink, msg).await {
             Ok(()) => true,
             Err(e) => {
                 debug!(error = %e, "gemini: send failed");
@@ -1053,11 +820,7 @@ impl Gemini {
                     Ok(_) => {}
                 }
             }
-            let bye = Message::Close(Some(CloseFrame {
-                code: CloseCode::Normal,
-                reason: "session resumed on a new connection".into(),
-            }));
-            let _ = timeout(CLOSE_WAIT, old.sink.send(bye)).await;
+            ws::close_politely(&mut old.sink, None, "session resumed on a new connection").await;
             self.retiring = Some(old);
             self.retire_deadline = Instant::now() + RETIRE_WAIT;
         }
@@ -1191,396 +954,10 @@ impl Gemini {
                 mut stream,
                 ..
             } = conn;
-            let bye = Message::Close(Some(CloseFrame {
-                code: CloseCode::Normal,
-                reason: "call ended".into(),
-            }));
-            let _ = timeout(CLOSE_WAIT, async {
-                if sink.send(bye).await.is_ok() {
-                    while let Some(Ok(_)) = stream.next().await {}
-                }
-            })
-            .await;
+            ws::close_politely(&mut sink, Some(&mut stream), "call ended").await;
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn gemini(events: mpsc::Sender<ProviderEvent>, timeout: Duration) -> Gemini {
-        Gemini {
-            s: Settings {
-                url: "ws://127.0.0.1:1/x".into(),
-                api_key: Secret::new("AIzaTEST"),
-                model: "models/gemini-2.5-flash".into(),
-                voice: "Kore".into(),
-                language: String::new(),
-                response_timeout: timeout,
-                instructions: String::new(),
-                greeting: String::new(),
-                tools: None,
-                tools_dropped: Vec::new(),
-            },
-            instructions: String::new(),
-            greeting: String::new(),
-            events,
-            active: None,
-            retiring: None,
-            retire_deadline: Instant::now(),
-            resume: None,
-            lost: None,
-            unresumable: None,
-            handle: None,
-            connections: 1,
-            drop_resumes: 0,
-            ready: false,
-            setup_deadline: Instant::now(),
-            switch_buffer: VecDeque::new(),
-            switch_dropped: 0,
-            turn: Turn::default(),
-            watchdog: None,
-            watchdog_warned: false,
-            rate_warned: false,
-            calls: HashMap::new(),
-            cancelled: HashSet::new(),
-            orphans: Vec::new(),
-            call_seq: 0,
-        }
-    }
-
-    fn audio(samples: usize) -> String {
-        let data = base64::engine::general_purpose::STANDARD.encode(vec![1u8; samples * 2]);
-        format!(
-            r#"{{"serverContent":{{"modelTurn":{{"parts":[{{"inlineData":{{"mimeType":"audio/pcm;rate=24000","data":"{data}"}}}},{{"text":"x"}},{{"inlineData":{{"mimeType":"audio/pcm;rate=24000","data":"{data}"}}}}]}}}}}}"#
-        )
-    }
-
-    fn drain(rx: &mut mpsc::Receiver<ProviderEvent>) -> Vec<String> {
-        let mut out = Vec::new();
-        while let Ok(e) = rx.try_recv() {
-            out.push(match e {
-                ProviderEvent::Ready { input, output } => format!("ready {input} {output}"),
-                ProviderEvent::Audio { item, data } => format!("audio {item} {}", data.len()),
-                ProviderEvent::SpeechStarted => "speech".into(),
-                ProviderEvent::ResponseDone => "done".into(),
-                ProviderEvent::Transcript {
-                    who,
-                    text,
-                    is_final,
-                } => format!("{} {text} {is_final}", who.name()),
-                ProviderEvent::Usage(u) => format!("usage {} {}", u.input_tokens, u.output_tokens),
-                ProviderEvent::Warning(w) => format!("warning {w}"),
-                other => format!("{other:?}"),
-            });
-        }
-        out
-    }
-
-    #[tokio::test]
-    async fn turns_interruptions_transcripts_and_usage() {
-        let (tx, mut rx) = mpsc::channel(64);
-        let mut g = gemini(tx, Duration::ZERO);
-        let msgs = [
-            r#"{"setupComplete":{}}"#.to_owned(),
-            r#"{"serverContent":{"inputTranscription":{"text":"Hi "}}}"#.to_owned(),
-            r#"{"serverContent":{"inputTranscription":{"text":"there"}}}"#.to_owned(),
-            audio(480),
-            r#"{"serverContent":{"outputTranscription":{"text":"Hello"}}}"#.to_owned(),
-            r#"{"usageMetadata":{"promptTokenCount":5,"responseTokenCount":1}}"#.to_owned(),
-            r#"{"serverContent":{"generationComplete":true}}"#.to_owned(),
-            r#"{"serverContent":{"turnComplete":true},"usageMetadata":{"promptTokenCount":10,"responseTokenCount":4}}"#.to_owned(),
-            audio(240),
-            r#"{"serverContent":{"interrupted":true}}"#.to_owned(),
-            audio(240),
-            r#"{"serverContent":{"turnComplete":true}}"#.to_owned(),
-            audio(240),
-        ];
-        for m in &msgs {
-            assert!(g.on_message(m, false).await.is_ok());
-        }
-        assert_eq!(
-            drain(&mut rx),
-            vec![
-                "ready L16/16000 L16/24000",
-                "caller Hi  false",
-                "SpeechStopped",
-                "caller there false",
-                "audio turn-1 960",
-                "audio turn-1 960",
-                "assistant Hello false",
-                "caller Hi there true",
-                "assistant Hello true",
-                "usage 10 4",
-                "done",
-                "audio turn-2 480",
-                "audio turn-2 480",
-                "speech",
-                // the late parts of turn-2 are gone
-                "done",
-                "audio turn-3 480",
-                "audio turn-3 480",
-            ]
-        );
-    }
-
-    /// Runs messages through the pure turn handling, each at `start + ms`.
-    fn turn_events(t: &mut Turn, start: std::time::Instant, msgs: &[(u64, String)]) -> Vec<String> {
-        let mut out = Vec::new();
-        for (ms, m) in msgs {
-            let m = wire::parse(m).unwrap();
-            let at = start + Duration::from_millis(*ms);
-            t.on_content(m.usage_metadata, m.server_content, at, &mut out);
-        }
-        out.into_iter()
-            .map(|e| match e {
-                ProviderEvent::Audio { item, data } => format!("audio {item} {}", data.len()),
-                ProviderEvent::SpeechStarted => "speech".into(),
-                ProviderEvent::SpeechStopped => "stopped".into(),
-                ProviderEvent::ResponseDone => "done".into(),
-                ProviderEvent::Transcript {
-                    who,
-                    text,
-                    is_final,
-                } => format!("{} {text} {is_final}", who.name()),
-                other => format!("{other:?}"),
-            })
-            .collect()
-    }
-
-    /// `interrupted` without a `turnComplete` (late or lost, as peers of Gemini have
-    /// seen): new caller speech ends the dropping, and the cut turn's turnComplete,
-    /// if it comes late, closes nothing.
-    #[test]
-    fn interrupted_turn_ends_on_new_caller_speech_without_turn_complete() {
-        let start = std::time::Instant::now();
-        let mut t = Turn::default();
-        let caller = r#"{"serverContent":{"inputTranscription":{"text":"wait"}}}"#;
-        let done = r#"{"serverContent":{"turnComplete":true}}"#;
-        let got = turn_events(
-            &mut t,
-            start,
-            &[
-                (0, audio(240)),
-                (10, r#"{"serverContent":{"interrupted":true}}"#.to_owned()),
-                (11, audio(240)),
-                (300, caller.to_owned()),
-                (310, done.to_owned()),
-                (900, audio(240)),
-                (1000, audio(240)),
-                (1100, done.to_owned()),
-            ],
-        );
-        assert_eq!(
-            got,
-            vec![
-                "audio turn-1 480",
-                "audio turn-1 480",
-                "speech",
-                // the late part is dropped; the caller's words close the cut turn
-                "done",
-                "caller wait false",
-                "stopped",
-                // the late turnComplete closes nothing; the new reply plays
-                "audio turn-2 480",
-                "audio turn-2 480",
-                "audio turn-2 480",
-                "audio turn-2 480",
-                "caller wait true",
-                "done",
-            ]
-        );
-    }
-
-    /// No caller transcription and no turnComplete either: the dropping ends after
-    /// [`MAX_INTERRUPT_DROP`], and a turnComplete after new audio closes the new turn.
-    #[test]
-    fn interrupted_turn_dropping_is_bounded_in_time() {
-        let start = std::time::Instant::now();
-        let mut t = Turn::default();
-        let limit = MAX_INTERRUPT_DROP.as_millis() as u64;
-        let got = turn_events(
-            &mut t,
-            start,
-            &[
-                (0, audio(240)),
-                (10, r#"{"serverContent":{"interrupted":true}}"#.to_owned()),
-                (20, audio(240)),
-                (10 + limit - 1, audio(240)),
-                // a repeated interrupted does not restart the limit
-                (
-                    10 + limit - 1,
-                    r#"{"serverContent":{"interrupted":true}}"#.to_owned(),
-                ),
-                (10 + limit, audio(240)),
-                (
-                    10 + limit + 1,
-                    r#"{"serverContent":{"turnComplete":true}}"#.to_owned(),
-                ),
-            ],
-        );
-        assert_eq!(
-            got,
-            vec![
-                "audio turn-1 480",
-                "audio turn-1 480",
-                "speech",
-                "speech",
-                "done",
-                "audio turn-2 480",
-                "audio turn-2 480",
-                "done",
-            ]
-        );
-    }
-
-    /// The pure part alone: what the fuzz target drives.
-    #[test]
-    fn turn_content_is_pure_and_reports_its_effects() {
-        let now = std::time::Instant::now();
-        let mut t = Turn::default();
-        let mut out = Vec::new();
-        let caller = r#"{"serverContent":{"inputTranscription":{"text":"hi"}}}"#;
-        let m = wire::parse(caller).unwrap();
-        let fx = t.on_content(m.usage_metadata, m.server_content, now, &mut out);
-        assert!(fx.caller_between_turns && !fx.audio && fx.off_rate_mime.is_none());
-        let slow = r#"{"serverContent":{"modelTurn":{"parts":[{"inlineData":{"mimeType":"audio/pcm;rate=16000","data":"AAEC"}}]}}}"#;
-        let m = wire::parse(slow).unwrap();
-        let fx = t.on_content(m.usage_metadata, m.server_content, now, &mut out);
-        assert!(fx.audio);
-        assert_eq!(fx.off_rate_mime.as_deref(), Some("audio/pcm;rate=16000"));
-        // Inside a model turn the caller's words do not arm the watchdog.
-        let m = wire::parse(caller).unwrap();
-        assert!(
-            !t.on_content(m.usage_metadata, m.server_content, now, &mut out)
-                .caller_between_turns
-        );
-        assert!(matches!(out[1], ProviderEvent::SpeechStopped));
-        // Three bytes decoded: the odd one is dropped.
-        assert!(
-            matches!(&out[2], ProviderEvent::Audio { item, data } if &**item == "turn-1" && data.len() == 2)
-        );
-    }
-
-    #[tokio::test]
-    async fn watchdog_arms_on_caller_transcription_only_between_turns() {
-        let (tx, _rx) = mpsc::channel(64);
-        let mut g = gemini(tx, Duration::from_secs(5));
-        g.ready = true;
-        let caller = r#"{"serverContent":{"inputTranscription":{"text":"hello"}}}"#;
-        assert!(g.on_message(caller, false).await.is_ok());
-        assert!(g.watchdog.is_some(), "caller spoke, nothing answered yet");
-        assert!(g.on_message(&audio(10), false).await.is_ok());
-        assert!(g.watchdog.is_none(), "model audio disarms it");
-        assert!(g.on_message(caller, false).await.is_ok());
-        assert!(g.watchdog.is_none(), "not while the model turn is open");
-        let done = r#"{"serverContent":{"turnComplete":true}}"#;
-        assert!(g.on_message(done, false).await.is_ok());
-        assert!(g.on_message(caller, false).await.is_ok());
-        assert!(g.watchdog.is_some());
-    }
-
-    #[tokio::test]
-    async fn tool_calls_cancellations_and_results() {
-        let (tx, mut rx) = mpsc::channel(64);
-        let mut g = gemini(tx, Duration::from_secs(5));
-        g.ready = true;
-        let caller = r#"{"serverContent":{"inputTranscription":{"text":"book it"}}}"#;
-        assert!(g.on_message(caller, false).await.is_ok());
-        assert!(g.watchdog.is_some());
-        let call = r#"{"toolCall":{"functionCalls":[
-            {"id":"fc_1","name":"book_appointment","args":{"day":"monday"}},
-            {"id":"fc_2","name":"end_call"},
-            {"name":"no_id","args":{}}]}}"#;
-        assert!(g.on_message(call, false).await.is_ok());
-        assert!(
-            g.watchdog.is_none(),
-            "a call is an answer: no silence warning"
-        );
-        let cancel = r#"{"toolCallCancellation":{"ids":["fc_2"]}}"#;
-        assert!(g.on_message(cancel, false).await.is_ok());
-        let events = drain(&mut rx);
-        assert_eq!(
-            &events[2..],
-            [
-                r#"ToolCall(ToolCall { id: "fc_1", name: "book_appointment", arguments: Object {"day": String("monday")} })"#,
-                r#"ToolCall(ToolCall { id: "fc_2", name: "end_call", arguments: Null })"#,
-                r#"ToolCall(ToolCall { id: "gemini-call-1", name: "no_id", arguments: Object {} })"#,
-                r#"ToolCancelled(["fc_2"])"#,
-            ]
-        );
-        assert_eq!(g.calls.len(), 2);
-        assert_eq!(g.calls["gemini-call-1"].wire_id, "");
-
-        let result = |id: &str, name: &str| ToolResult {
-            id: id.into(),
-            name: name.into(),
-            output: serde_json::json!({"booked": true}),
-            is_error: false,
-            reply: true,
-        };
-        // The cancelled call's result goes nowhere, and is forgotten.
-        g.on_tool_result(result("fc_2", "end_call")).await;
-        assert!(g.orphans.is_empty() && g.cancelled.is_empty());
-        // A result for an id never issued is dropped.
-        g.on_tool_result(result("fc_9", "x")).await;
-        assert!(g.orphans.is_empty());
-        // fc_1 came on connection 1; no connection is open now (as while a dropped one
-        // is being resumed): it waits, as text, for the new connection.
-        g.on_tool_result(result("fc_1", "book_appointment")).await;
-        assert_eq!(g.orphans.len(), 1);
-        let v: serde_json::Value = serde_json::from_str(&g.orphans[0]).unwrap();
-        let text = v["clientContent"]["turns"][0]["parts"][0]["text"]
-            .as_str()
-            .unwrap();
-        assert!(
-            text.contains("book_appointment") && text.contains(r#"{"booked":true}"#),
-            "{text}"
-        );
-        assert_eq!(g.calls.len(), 1);
-    }
-
-    #[tokio::test]
-    async fn tool_calls_on_a_retired_connection_are_not_run() {
-        let (tx, mut rx) = mpsc::channel(64);
-        let mut g = gemini(tx, Duration::ZERO);
-        let call = r#"{"toolCall":{"functionCalls":[{"id":"fc_1","name":"t","args":{}}]}}"#;
-        assert!(g.on_message(call, true).await.is_ok());
-        assert!(drain(&mut rx).is_empty());
-        assert!(g.calls.is_empty());
-    }
-
-    #[tokio::test]
-    async fn resumption_handles_only_when_resumable() {
-        let (tx, _rx) = mpsc::channel(64);
-        let mut g = gemini(tx, Duration::ZERO);
-        let upd = |h: &str, r: bool| {
-            format!(r#"{{"sessionResumptionUpdate":{{"newHandle":"{h}","resumable":{r}}}}}"#)
-        };
-        assert!(g.on_message(&upd("a", true), false).await.is_ok());
-        assert!(g.on_message(&upd("", false), false).await.is_ok());
-        assert!(g.on_message(&upd("b", true), true).await.is_ok());
-        assert_eq!(
-            g.handle.as_deref(),
-            Some("a"),
-            "retired connection's handle ignored"
-        );
-        assert!(g.on_message(&upd("c", true), false).await.is_ok());
-        assert_eq!(g.handle.as_deref(), Some("c"));
-    }
-
-    #[test]
-    fn close_descriptions() {
-        let frame = CloseFrame {
-            code: CloseCode::Policy,
-            reason: "API key not valid: AIzaFAKE123".into(),
-        };
-        let (desc, code) = describe_close(Some(frame), &["AIzaFAKE123"]);
-        assert_eq!(desc, "code 1008: API key not valid: [redacted]");
-        assert_eq!(code, Some(1008));
-        assert!(is_final_close(1008) && is_final_close(1007));
-        assert!(!is_final_close(1011) && !is_final_close(1000) && !is_final_close(1001));
-        assert_eq!(describe_close(None, &[]).0, "no close code");
-    }
-}
+mod tests;
