@@ -7,9 +7,10 @@
 //! measured per message, not estimated from averages. The daemon is a separate process,
 //! so its CPU and RSS are read from `/proc` without any help from it.
 //!
-//! - Calls behave like `mod_audio_stream`: Origin header, metadata text frame, L16 8 kHz
-//!   20 ms frames on a real-time clock, Close 1000 at the end then up to 1 s for the echo.
-//!   All calls share one timer wheel (a task ticking every millisecond that wakes the
+//! - Calls behave like `mod_audio_stream` (the shared client core,
+//!   [`crate::client::core`], as `voicebridge call` uses it): Origin header, metadata text
+//!   frame, L16 8 kHz 20 ms frames on a real-time clock, Close 1000 at the end then up to
+//!   1 s for the echo ([`caller`]). All calls share one timer wheel (a task ticking every millisecond that wakes the
 //!   calls of that millisecond's slot), so there is one timer, not one per call.
 //! - The mock ([`mock`]) speaks the GA event sequence: `session.created`,
 //!   `session.updated` after `session.update`, then per turn the caller's VAD events and
