@@ -48,10 +48,13 @@ impl ConfigSource {
 /// The one line said when no config file is used.
 pub const BUILT_IN_NOTE: &str = "no config file given (--config / VOICEBRIDGE_CONFIG) and none at config/default.toml: running on the built-in defaults";
 
+/// Loads with the process environment; a configuration error is said on stderr and is
+/// exit code 2.
 pub(crate) fn load(source: &ConfigSource) -> Result<Config, ExitCode> {
     load_with(source, std::env::vars().collect())
 }
 
+/// [`load`] with the given environment (`check --env-file` adds to it).
 pub(crate) fn load_with(
     source: &ConfigSource,
     env: Vec<(String, String)>,
@@ -60,4 +63,30 @@ pub(crate) fn load_with(
         eprintln!("voicebridge: configuration error: {e}");
         ExitCode::from(2)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_named_file_is_used_even_when_missing_so_loading_says_why() {
+        let source = ConfigSource::resolve(Some(PathBuf::from("/nonexistent/vb.toml")));
+        assert!(
+            matches!(&source, ConfigSource::File(p) if p == &PathBuf::from("/nonexistent/vb.toml"))
+        );
+        assert!(source.load(Vec::new()).is_err());
+    }
+
+    #[test]
+    fn built_in_defaults_take_environment_overrides() {
+        let env = vec![(
+            "VOICEBRIDGE__SERVER__LISTEN".to_string(),
+            "127.0.0.1:9999".to_string(),
+        )];
+        let config = ConfigSource::BuiltIn
+            .load(env)
+            .expect("built-in defaults load");
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:9999");
+    }
 }
