@@ -4,8 +4,80 @@ mod common;
 
 use common::call::test_signal;
 use common::daemon::{field, Daemon};
+use serde::Deserialize;
 use voicebridge::audio::signal::{snr_db_within, speech_like};
-use voicebridge::call_client::CallSummary;
+
+/// `voicebridge call --json`'s summary, field for field: the tool lives in the binary, so
+/// its output is read here as the documented contract it is (every field must be there,
+/// with its type).
+#[allow(dead_code)] // Read through `Debug` in failure messages.
+#[derive(Deserialize, Debug)]
+struct CallSummary {
+    call_id: String,
+    url: String,
+    format: FormatSummary,
+    duration_ms: u64,
+    interrupted: bool,
+    metadata_sent: bool,
+    metadata_after_frames: Option<u64>,
+    frames_sent: u64,
+    bytes_sent: u64,
+    tail_frames_sent: u64,
+    audio_sent_ms: u64,
+    frames_received: u64,
+    bytes_received: u64,
+    audio_received_ms: u64,
+    text_messages_received: u64,
+    stream_audio_messages: u64,
+    clear_audio_count: u64,
+    other_text_messages: u64,
+    last_other_texts: Vec<String>,
+    first_audio_latency_ms: Option<u64>,
+    speech_end_offset_ms: Option<u64>,
+    speech_end_to_first_audio_ms: Option<u64>,
+    responses: u64,
+    underrun_gaps: u64,
+    underrun_max_ms: u64,
+    raw_rate_mismatches: u64,
+    bad_playback_messages: u64,
+    playback_errors: Vec<String>,
+    pings_sent: u64,
+    pongs_received: u64,
+    pings_received: u64,
+    out_wav: Option<String>,
+    out_ms: u64,
+    close: CloseSummary,
+}
+
+#[allow(dead_code)]
+#[derive(Deserialize, Debug)]
+struct FormatSummary {
+    codec: String,
+    rate: u32,
+    channels: String,
+    frame_ms: u32,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "snake_case")]
+enum ClosedBy {
+    Client,
+    Server,
+    None,
+}
+
+#[allow(dead_code)]
+#[derive(Deserialize, Debug)]
+struct CloseSummary {
+    by: ClosedBy,
+    code: Option<u16>,
+    reason: Option<String>,
+    echoed: Option<bool>,
+    echoed_within_1s: Option<bool>,
+    echo_code: Option<u16>,
+    echo_ms: Option<u64>,
+    error: Option<String>,
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_command_streams_a_wav_and_records_the_echo() {

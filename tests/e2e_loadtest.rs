@@ -5,9 +5,35 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+
 use common::daemon::Daemon;
+use serde::Deserialize;
 use tokio::net::TcpListener;
-use voicebridge::loadtest::{self, LoadtestArgs, Report};
+
+/// The fields of `voicebridge loadtest --json-out` this test reads (the tool lives in the
+/// binary, so its report is read as the documented JSON it writes).
+#[derive(Deserialize, Debug)]
+struct Report {
+    connected: usize,
+    held: usize,
+    mock_connections: u64,
+    provider_formats: BTreeMap<String, usize>,
+    frames_sent: u64,
+    appends_received: u64,
+    calls_without_audio: usize,
+    added_latency: Option<Dist>,
+    provider_to_fs: Option<Dist>,
+    barge_in: Option<Dist>,
+    barge_ins_sent: u64,
+    barge_ins_without_clear: u64,
+    daemon: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize, Debug)]
+struct Dist {
+    n: usize,
+}
 
 /// The two load tests take turns: 40 calls at once (20 of them resampling in a debug
 /// build) on a 2-core machine starved some provider connections of CPU until after the
@@ -16,8 +42,14 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 async fn run(format: &str) -> Report {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let mock = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
-    let mock_url = format!("ws://{}/v1/realtime", mock.local_addr().expect("addr"));
+    // The load test binds its mock itself (--mock-listen), and the daemon must know the
+    // address before it starts: take a free loopback port and hand it over.
+    let mock = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind mock")
+        .local_addr()
+        .expect("addr");
+    let mock_url = format!("ws://{mock}/v1/realtime");
     let toml = format!(
         r#"
 [server]
@@ -34,19 +66,31 @@ audio_format = "{format}"
 "#
     );
     let daemon = Daemon::start(&toml, &[]).await;
-    let mut args = LoadtestArgs::new(format!("ws://{}", daemon.addr), 20);
-    args.ramp_per_sec = 40.0;
-    args.hold_secs = 3.0;
-    args.settle_secs = 0.5;
-    let report = loadtest::run_with_listener(&args, mock)
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("report.json");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_voicebridge"))
+        .arg("loadtest")
+        .arg("--url")
+        .arg(format!("ws://{}", daemon.addr))
+        .args(["--calls", "20", "--ramp-per-sec", "40"])
+        .args(["--hold-secs", "3", "--settle-secs", "0.5"])
+        .arg("--mock-listen")
+        .arg(mock.to_string())
+        .arg("--json-out")
+        .arg(&json)
+        .output()
         .await
         .expect("loadtest runs");
-    let text = loadtest::render(&report);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let raw = std::fs::read_to_string(&json).unwrap_or_default();
+    // Exit status 0 is the tool's "clean" verdict (Report::is_clean).
     assert!(
-        report.is_clean(),
-        "load test not clean:\n{text}\n{report:#?}\ndaemon:\n{}",
+        out.status.success(),
+        "load test not clean:\n{text}\n{raw}\n{}\ndaemon:\n{}",
+        String::from_utf8_lossy(&out.stderr),
         daemon.output()
     );
+    let report: Report = serde_json::from_str(&raw).expect("JSON report");
     assert_eq!(report.connected, 20, "{text}");
     assert_eq!(report.held, 20, "{text}");
     assert_eq!(report.mock_connections, 20, "{text}");

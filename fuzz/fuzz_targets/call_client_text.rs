@@ -1,8 +1,15 @@
 //! What `voicebridge call` does with a server text frame (streamAudio / clearAudio).
+//!
+//! The client tools live in the `voicebridge` binary, not its library, so their pure
+//! decoder is compiled in here from its one source file.
 #![no_main]
 
+#[allow(dead_code)]
+#[path = "../../src/client/wire.rs"]
+mod wire;
+
 use libfuzzer_sys::fuzz_target;
-use voicebridge::call_client::{parse_server_text, PlaybackError, ServerText};
+use wire::{parse_server_text, PlaybackError, ServerText};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&rate_sel, rest)) = data.split_first() else {

@@ -7,9 +7,10 @@
 //! measured per message, not estimated from averages. The daemon is a separate process,
 //! so its CPU and RSS are read from `/proc` without any help from it.
 //!
-//! - Calls behave like `mod_audio_stream`: Origin header, metadata text frame, L16 8 kHz
-//!   20 ms frames on a real-time clock, Close 1000 at the end then up to 1 s for the echo.
-//!   All calls share one timer wheel (a task ticking every millisecond that wakes the
+//! - Calls behave like `mod_audio_stream` (the shared client core,
+//!   [`crate::client::core`], as `voicebridge call` uses it): Origin header, metadata text
+//!   frame, L16 8 kHz 20 ms frames on a real-time clock, Close 1000 at the end then up to
+//!   1 s for the echo ([`caller`]). All calls share one timer wheel (a task ticking every millisecond that wakes the
 //!   calls of that millisecond's slot), so there is one timer, not one per call.
 //! - The mock ([`mock`]) speaks the GA event sequence: `session.created`,
 //!   `session.updated` after `session.update`, then per turn the caller's VAD events and
@@ -23,19 +24,22 @@
 pub mod caller;
 pub mod mock;
 pub mod proc;
+pub mod report;
 pub mod stamp;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+pub use report::{render, DaemonUsage, Dist, Report};
 
 /// Slots of the timer wheel: one per millisecond of a 20 ms frame period.
 const WHEEL_SLOTS: u64 = 20;
@@ -110,6 +114,7 @@ pub struct LoadtestArgs {
 
 impl LoadtestArgs {
     /// The command line's defaults, for tests.
+    #[cfg(test)]
     pub fn new(url: impl Into<String>, calls: usize) -> Self {
         LoadtestArgs {
             url: url.into(),
@@ -226,106 +231,22 @@ impl Run {
     }
 }
 
-/// Latency distribution in milliseconds.
-#[derive(Debug, Clone, Serialize)]
-pub struct Dist {
-    pub n: usize,
-    pub p50_ms: f64,
-    pub p90_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-}
-
-impl Dist {
-    /// From samples in microseconds; `None` when there are none.
-    pub fn of(mut us: Vec<u32>) -> Option<Dist> {
-        if us.is_empty() {
-            return None;
+/// `voicebridge loadtest`: runs, prints the report; exit 1 if the run was not clean (a
+/// call failed, a barge-in went unanswered...) or could not start.
+pub async fn main(args: LoadtestArgs) -> ExitCode {
+    match run(&args).await {
+        Ok(report) => {
+            print!("{}", render(&report));
+            if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
-        us.sort_unstable();
-        let q = |p: f64| {
-            let i = ((us.len() as f64 * p).ceil() as usize).clamp(1, us.len()) - 1;
-            f64::from(us[i]) / 1000.0
-        };
-        Some(Dist {
-            n: us.len(),
-            p50_ms: q(0.50),
-            p90_ms: q(0.90),
-            p99_ms: q(0.99),
-            max_ms: f64::from(us[us.len() - 1]) / 1000.0,
-        })
-    }
-}
-
-/// The daemon's resources, from `/proc`.
-#[derive(Debug, Clone, Serialize)]
-pub struct DaemonUsage {
-    pub pid: u32,
-    /// CPU over the hold, % of one core, all calls together.
-    pub cpu_pct: f64,
-    pub cpu_pct_per_call: f64,
-    pub rss_idle_mb: f64,
-    /// Highest RSS seen during the hold.
-    pub rss_hold_mb: f64,
-    pub rss_per_call_mb: f64,
-    /// RSS `--settle-secs` after the last call ended.
-    pub rss_after_mb: f64,
-    pub rss_after_minus_idle_mb: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub calls: usize,
-    pub connected: usize,
-    /// Calls up for the whole hold and closed cleanly (Close echoed).
-    pub held: usize,
-    pub failed: usize,
-    /// Error kind → count (connect refusals, drops, unclean closes...).
-    pub errors: BTreeMap<String, usize>,
-    pub hold_secs: f64,
-    /// Provider audio formats the mock saw in `session.update`, with counts.
-    pub provider_formats: BTreeMap<String, usize>,
-    pub mock_connections: u64,
-    pub mock_unlinked: u64,
-    pub mock_problems: Vec<String>,
-    pub frames_sent: u64,
-    pub appends_received: u64,
-    pub playback_frames: u64,
-    pub calls_without_audio: usize,
-    /// FreeSWITCH frame sent → its append read by the mock (pcmu only).
-    pub added_latency: Option<Dist>,
-    /// A response's first delta sent (pacer empty) → its first playback frame read.
-    pub provider_to_fs: Option<Dist>,
-    /// `speech_started` sent → `clearAudio` read.
-    pub barge_in: Option<Dist>,
-    pub barge_ins_sent: u64,
-    pub clear_audio: u64,
-    /// Barge-ins (sent > 200 ms before the end) that never got a `clearAudio`.
-    pub barge_ins_without_clear: u64,
-    /// Playback frames of an interrupted reply read after its `clearAudio`.
-    pub frames_after_clear: u64,
-    /// Playback frames read more than 20 ms after their pacing slot.
-    pub late_frames: u64,
-    pub max_lateness_ms: f64,
-    pub daemon: Option<DaemonUsage>,
-    /// The load generator's own CPU over the hold (% of one core): it shares the machine.
-    pub loadgen_cpu_pct: f64,
-    /// The whole machine's CPU over the hold, % of one core (all cores: 100 × cores).
-    pub machine_cpu_pct: f64,
-    pub machine_cores: usize,
-}
-
-impl Report {
-    /// True when nothing went wrong functionally (the smoke test's criterion).
-    pub fn is_clean(&self) -> bool {
-        self.failed == 0
-            && self.errors.is_empty()
-            && self.held == self.calls
-            && self.calls_without_audio == 0
-            && self.mock_problems.is_empty()
-            && self.mock_unlinked == 0
-            && self.barge_ins_without_clear == 0
-            && self.frames_after_clear == 0
+        Err(e) => {
+            eprintln!("voicebridge loadtest: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -340,9 +261,8 @@ pub async fn run(args: &LoadtestArgs) -> Result<Report, LoadtestError> {
     run_with_listener(args, listener).await
 }
 
-/// Runs the load test with the mock on an already bound listener (tests bind port 0,
-/// start the daemon pointed at it, then call this).
-pub async fn run_with_listener(
+/// Runs the load test with the mock on an already bound listener.
+async fn run_with_listener(
     args: &LoadtestArgs,
     listener: TcpListener,
 ) -> Result<Report, LoadtestError> {
@@ -609,112 +529,22 @@ fn aggregate(
     }
 }
 
-/// The report as a human-readable table.
-pub fn render(r: &Report) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::new();
-    let dist = |d: &Option<Dist>| match d {
-        Some(d) => format!(
-            "p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3} ms  (n={})",
-            d.p50_ms, d.p90_ms, d.p99_ms, d.max_ms, d.n
-        ),
-        None => "n/a".to_owned(),
-    };
-    let formats: Vec<String> = r
-        .provider_formats
-        .iter()
-        .map(|(k, v)| format!("{k}×{v}"))
-        .collect();
-    let _ = writeln!(
-        s,
-        "calls                     {} (connected {}, held {}, failed {})",
-        r.calls, r.connected, r.held, r.failed
-    );
-    for (e, n) in &r.errors {
-        let _ = writeln!(s, "  error ×{n}: {e}");
-    }
-    let _ = writeln!(s, "hold                      {:.1} s", r.hold_secs);
-    let _ = writeln!(s, "provider format           {}", formats.join(", "));
-    let _ = writeln!(
-        s,
-        "mock connections          {} (unlinked {}, problems {})",
-        r.mock_connections,
-        r.mock_unlinked,
-        r.mock_problems.len()
-    );
-    for p in r.mock_problems.iter().take(5) {
-        let _ = writeln!(s, "  mock problem: {p}");
-    }
-    let _ = writeln!(
-        s,
-        "frames sent / appends     {} / {}",
-        r.frames_sent, r.appends_received
-    );
-    let _ = writeln!(
-        s,
-        "playback frames           {} (calls without audio: {})",
-        r.playback_frames, r.calls_without_audio
-    );
-    let _ = writeln!(
-        s,
-        "added latency FS→provider {}",
-        match &r.added_latency {
-            Some(_) => dist(&r.added_latency),
-            None =>
-                "n/a (needs audio_format = \"pcmu\": the stamp does not survive resampling)".into(),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_has_the_command_lines_defaults() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            loadtest: LoadtestArgs,
         }
-    );
-    let _ = writeln!(s, "provider→FS (pacer empty) {}", dist(&r.provider_to_fs));
-    let _ = writeln!(s, "barge-in → clearAudio     {}", dist(&r.barge_in));
-    let _ = writeln!(
-        s,
-        "barge-ins / clearAudio    {} / {} (missing {}, frames after clear {})",
-        r.barge_ins_sent, r.clear_audio, r.barge_ins_without_clear, r.frames_after_clear
-    );
-    let _ = writeln!(
-        s,
-        "late frames (> 20 ms)     {} of {} (max lateness {:.3} ms)",
-        r.late_frames, r.playback_frames, r.max_lateness_ms
-    );
-    match &r.daemon {
-        Some(d) => {
-            let _ = writeln!(s, "daemon pid                {}", d.pid);
-            let _ = writeln!(
-                s,
-                "daemon CPU                {:.1} % of a core, {:.4} % per call",
-                d.cpu_pct, d.cpu_pct_per_call
-            );
-            let _ = writeln!(
-                s,
-                "daemon RSS                idle {:.1} MB, hold {:.1} MB, {:.4} MB per call",
-                d.rss_idle_mb, d.rss_hold_mb, d.rss_per_call_mb
-            );
-            let _ = writeln!(
-                s,
-                "daemon RSS after          {:.1} MB ({:+.1} MB vs idle)",
-                d.rss_after_mb, d.rss_after_minus_idle_mb
-            );
-        }
-        None => {
-            let _ = writeln!(
-                s,
-                "daemon CPU/RSS            n/a (process not found: pass --pid)"
-            );
-        }
+        let cli = Cli::try_parse_from(["loadtest", "--url", "ws://h:1", "-n", "7"]).unwrap();
+        assert_eq!(
+            format!("{:?}", cli.loadtest),
+            format!("{:?}", LoadtestArgs::new("ws://h:1", 7))
+        );
     }
-    let _ = writeln!(
-        s,
-        "load generator CPU        {:.1} % of a core (same machine)",
-        r.loadgen_cpu_pct
-    );
-    let ours = r.loadgen_cpu_pct + r.daemon.as_ref().map_or(0.0, |d| d.cpu_pct);
-    let _ = writeln!(
-        s,
-        "machine CPU               {:.1} % ({} cores = {} %; other processes {:.1} %)",
-        r.machine_cpu_pct,
-        r.machine_cores,
-        r.machine_cores * 100,
-        (r.machine_cpu_pct - ours).max(0.0)
-    );
-    s
 }

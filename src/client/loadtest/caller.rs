@@ -1,24 +1,17 @@
-//! One simulated `mod_audio_stream` call of the load test.
+//! One simulated `mod_audio_stream` call of the load test: the shared client core
+//! ([`crate::client::core`]) on the run's timer wheel, measuring playback timing and
+//! barge-in cuts against what the mock provider sent.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt as _, StreamExt as _};
-use http::HeaderValue;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite;
+use voicebridge::audio::{g711, signal};
 
 use super::{stamp, LoadtestArgs, Run, CALL_ID_PREFIX, WHEEL_SLOTS};
-use crate::audio::{g711, signal};
-use crate::freeswitch::playback::CLEAR_AUDIO;
-
-/// The module gives up on a handshake after 1 s.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
-/// The module waits this long for the server's Close after its own.
-const CLOSE_WAIT: Duration = Duration::from_secs(1);
+use crate::client::core::{self, DialError, Inbound};
+use crate::client::wire::CLEAR_AUDIO;
 /// Caller audio loops over this much speech.
 const LOOP_SECS: f64 = 10.0;
 /// After a stall, at most this many missed frames are sent at once (the module bursts
@@ -28,6 +21,8 @@ const MAX_CATCH_UP: u64 = 10;
 /// What all calls share: the base URL and the caller audio, made once.
 pub struct CallerConfig {
     base: String,
+    /// The module's `Origin` for the daemon's address; `None` if the URL does not parse.
+    origin: Option<String>,
     route: String,
     lead_frames: u64,
     /// L16 frames of speech-like audio whose samples are exact μ-law values (so they
@@ -46,8 +41,10 @@ impl CallerConfig {
             .chunks_exact(160)
             .map(|c| c.iter().flat_map(|s| s.to_le_bytes()).collect())
             .collect();
+        let base = args.url.trim_end_matches('/').to_owned();
         CallerConfig {
-            base: args.url.trim_end_matches('/').to_owned(),
+            origin: base.parse().ok().as_ref().and_then(core::origin),
+            base,
             route: args.route.clone(),
             lead_frames: args.lead_ms / 20,
             frames,
@@ -106,28 +103,24 @@ pub async fn call(idx: u32, run: Arc<Run>, cfg: Arc<CallerConfig>) -> CallResult
         "{}/{}/{call_id}?rate=8000&channels=mono",
         cfg.base, cfg.route
     );
-    let mut request = match url.as_str().into_client_request() {
-        Ok(r) => r,
+    let Some(origin) = cfg.origin.as_deref() else {
+        return CallResult::failed("bad url".into());
+    };
+    let mut leg = match core::dial(&url, origin, None).await {
+        Ok(leg) => leg,
+        Err(DialError::Timeout) => return CallResult::failed("handshake timeout (1 s)".into()),
+        Err(DialError::Refused { status, .. }) => {
+            return CallResult::failed(format!("upgrade refused: HTTP {status}"))
+        }
+        Err(DialError::Transport(e)) => {
+            return CallResult::failed(format!("connect: {}", kind_of(&e)))
+        }
         Err(e) => return CallResult::failed(format!("bad url: {e}")),
     };
-    // mod_audio_stream sends an Origin header; no subprotocol.
-    if let Ok(origin) = HeaderValue::from_str(&cfg.base.replacen("ws", "http", 1)) {
-        request.headers_mut().insert(http::header::ORIGIN, origin);
-    }
-    let connect = tokio_tungstenite::connect_async_with_config(request, None, true);
-    let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
-        Err(_) => return CallResult::failed("handshake timeout (1 s)".into()),
-        Ok(Err(tungstenite::Error::Http(resp))) => {
-            return CallResult::failed(format!("upgrade refused: HTTP {}", resp.status().as_u16()))
-        }
-        Ok(Err(e)) => return CallResult::failed(format!("connect: {}", kind_of(&e))),
-        Ok(Ok((ws, _))) => ws,
-    };
     r.connected = true;
-    let (mut tx, mut rx) = ws.split();
     let metadata =
         serde_json::json!({"uuid": call_id, "caller_id": "loadtest", "called": "loadtest"});
-    if let Err(e) = tx.send(Message::text(metadata.to_string())).await {
+    if let Err(e) = leg.send_text(&metadata.to_string()).await {
         r.error = Some(format!("send: {}", kind_of(&e)));
         return r;
     }
@@ -159,13 +152,13 @@ pub async fn call(idx: u32, run: Arc<Run>, cfg: Arc<CallerConfig>) -> CallResult
                     link.set_sent(seq, run.ns());
                     seq = seq.wrapping_add(1);
                     r.frames_sent += 1;
-                    if let Err(e) = tx.feed(Message::binary(Bytes::copy_from_slice(&frame))).await {
+                    if let Err(e) = leg.feed_audio(Bytes::copy_from_slice(&frame)).await {
                         failed = Some(format!("send: {}", kind_of(&e)));
                         break;
                     }
                 }
                 if failed.is_none() {
-                    if let Err(e) = tx.flush().await {
+                    if let Err(e) = leg.flush().await {
                         failed = Some(format!("send: {}", kind_of(&e)));
                     }
                 }
@@ -173,14 +166,14 @@ pub async fn call(idx: u32, run: Arc<Run>, cfg: Arc<CallerConfig>) -> CallResult
                     break failed;
                 }
             }
-            msg = rx.next() => {
+            inbound = leg.next() => {
                 let now = run.ns();
-                match msg {
-                    Some(Ok(Message::Binary(_))) => {
+                match inbound {
+                    Inbound::Audio(_) => {
                         r.frames_received += 1;
                         on_playback(&mut r, &mut reply, link.response(), now, cfg.lead_frames);
                     }
-                    Some(Ok(Message::Text(t))) => {
+                    Inbound::Text(t) => {
                         if t.as_str() == CLEAR_AUDIO {
                             r.clear_audio += 1;
                             let (no, at) = link.barge();
@@ -196,13 +189,13 @@ pub async fn call(idx: u32, run: Arc<Run>, cfg: Arc<CallerConfig>) -> CallResult
                             }
                         }
                     }
-                    Some(Ok(Message::Close(frame))) => {
+                    Inbound::Closed(frame) => {
                         let code = frame.map_or(1005, |f| u16::from(f.code));
                         break Some(format!("closed by the daemon (code {code})"));
                     }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => break Some(format!("receive: {}", kind_of(&e))),
-                    None => break Some("connection dropped".to_owned()),
+                    Inbound::Ping | Inbound::Pong => {}
+                    Inbound::Lost(e) => break Some(format!("receive: {}", kind_of(&e))),
+                    Inbound::Ended => break Some("connection dropped".to_owned()),
                 }
             }
         }
@@ -213,34 +206,21 @@ pub async fn call(idx: u32, run: Arc<Run>, cfg: Arc<CallerConfig>) -> CallResult
     }
     // The module's hang-up: Close 1000, then up to 1 s for the echo (audio may still
     // arrive meanwhile, and counts: the last barge-in's clearAudio for instance).
-    let close = CloseFrame {
-        code: CloseCode::Normal,
-        reason: "Normal closure".into(),
-    };
-    if tx.send(Message::Close(Some(close))).await.is_err() {
-        r.error = Some("close: send failed".into());
-        return r;
-    }
-    let echoed = tokio::time::timeout(CLOSE_WAIT, async {
-        while let Some(msg) = rx.next().await {
-            match msg {
-                Ok(Message::Close(_)) => return true,
-                Ok(Message::Text(t)) if t.as_str() == CLEAR_AUDIO => {
-                    r.clear_audio += 1;
-                    let (no, at) = link.barge();
-                    if no != barges_seen {
-                        barges_seen = no;
-                        r.barge_cut_us.push(us(run.ns().saturating_sub(at)));
-                    }
+    let hang_up = leg
+        .hang_up(Duration::ZERO, |inbound| {
+            if matches!(&inbound, Inbound::Text(t) if t.as_str() == CLEAR_AUDIO) {
+                r.clear_audio += 1;
+                let (no, at) = link.barge();
+                if no != barges_seen {
+                    barges_seen = no;
+                    r.barge_cut_us.push(us(run.ns().saturating_sub(at)));
                 }
-                Ok(_) => {}
-                Err(_) => return false,
             }
-        }
-        false
-    })
-    .await;
-    if echoed != Ok(true) {
+        })
+        .await;
+    if !hang_up.sent {
+        r.error = Some("close: send failed".into());
+    } else if hang_up.echo.is_none() {
         r.error = Some("close: no Close echo within 1 s".into());
     }
     r

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{stamp, LoadtestArgs, Run, CALL_ID_PREFIX};
-use crate::audio::{g711, signal};
+use voicebridge::audio::{g711, signal};
 
 /// Each delta carries this much audio...
 const BURST_MS: u64 = 100;

@@ -7,7 +7,7 @@
 //! bytes arrive at the provider as those very bytes. Each stamp byte is 0xA0 | nibble,
 //! behind a 4-byte magic; anything else (resampled pcm24 audio, silence) does not parse.
 
-use crate::audio::g711;
+use voicebridge::audio::g711;
 
 /// μ-law bytes that start every stamped frame.
 const MAGIC: [u8; 4] = [0xB1, 0xB2, 0xB3, 0xB4];
