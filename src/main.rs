@@ -16,13 +16,13 @@ use voicebridge::budget::Budgets;
 use voicebridge::call_client::{self, CallArgs};
 use voicebridge::call_metrics;
 use voicebridge::config::Config;
-use voicebridge::freeswitch::Esl;
 use voicebridge::loadtest::{self, LoadtestArgs};
 use voicebridge::providers;
 use voicebridge::records::Records;
 use voicebridge::registry::Registry;
 use voicebridge::server::{self, Shutdown};
 use voicebridge::telemetry;
+use voicebridge::telephony::freeswitch::Esl;
 
 /// Bridges FreeSWITCH mod_audio_stream calls to realtime speech-to-speech AI
 /// (OpenAI Realtime, Gemini Live, ElevenLabs) or to the built-in echo provider.
@@ -414,7 +414,7 @@ async fn check(source: &ConfigSource, env_file: Option<PathBuf>) -> ExitCode {
     }
     // A wrong playback mode is silent, not an error: say what each one needs.
     println!("playback modes (which one plays depends on the mod_audio_stream build):");
-    for (mode, what) in voicebridge::freeswitch::playback::MODES_EXPLAINED {
+    for (mode, what) in voicebridge::telephony::freeswitch::playback::MODES_EXPLAINED {
         println!("  {mode:<13} {what}");
     }
     let mut failed = false;

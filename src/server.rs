@@ -21,11 +21,11 @@ use tracing::{info, warn, Instrument};
 use crate::admission::{self, Admission, PendingGuard, Source, Summary, TooMany};
 use crate::budget::{Budgets, Exceeded, Ticket};
 use crate::call_metrics;
+use crate::call_task::{self, CallSetup};
 use crate::config::{Config, Route};
-use crate::freeswitch::{Esl, StreamRequest};
 use crate::records::Records;
 use crate::registry::{CallEntry, CallGuard, Full, Registry};
-use crate::session::{self, CallSetup};
+use crate::telephony::freeswitch::{Esl, StreamRequest};
 
 /// Largest WebSocket message we accept. Audio messages are a few KiB (48 kHz stereo at
 /// 100 ms is 19 200 bytes) and the metadata at most 8 KiB, so anything near this is
@@ -317,7 +317,7 @@ async fn handle_connection(
     };
     async move {
         info!(%peer, handshake_ms = format!("{handshake_ms:.2}"), "call accepted");
-        session::run(ws, setup).await;
+        call_task::run(ws, setup).await;
     }
     .instrument(span)
     .await;

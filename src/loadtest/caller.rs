@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::{stamp, LoadtestArgs, Run, CALL_ID_PREFIX, WHEEL_SLOTS};
 use crate::audio::{g711, signal};
-use crate::freeswitch::playback::CLEAR_AUDIO;
+use crate::telephony::freeswitch::playback::CLEAR_AUDIO;
 
 /// The module gives up on a handshake after 1 s.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);

@@ -81,6 +81,15 @@ pub fn pacer_lead(mode: PlaybackMode, lead: Duration, esl_chunk: Duration) -> Du
     }
 }
 
+/// How many paced frames make one message in `mode`: `esl_files` gathers `esl_chunk`
+/// of audio per file, the other modes send every frame.
+pub fn frames_per_message(mode: PlaybackMode, esl_chunk: Duration) -> usize {
+    match mode {
+        PlaybackMode::EslFiles => (esl_chunk.as_millis() as usize / 20).max(1),
+        PlaybackMode::Binary | PlaybackMode::StreamAudio => 1,
+    }
+}
+
 impl Playback {
     /// `esl_chunk` is only used by `esl_files`.
     pub fn new(mode: PlaybackMode, format: AudioFormat, esl_chunk: Duration) -> Playback {
