@@ -148,40 +148,39 @@ impl CallTask {
                 timer.as_mut().reset(tokio::time::Instant::from_std(at));
                 armed = Some(at);
             }
-            let started = Instant::now();
-            tokio::select! {
+            let input = tokio::select! {
                 biased;
                 _ = &mut timer => {
                     armed = None;
-                    self.engine.tick(Instant::now());
+                    None
                 }
-                event = self.provider.events.recv() => {
-                    let input = match event {
-                        Some(event) => Input::Provider(event),
-                        None => Input::ProviderGone,
-                    };
-                    self.engine.handle(Instant::now(), input);
-                }
-                msg = self.leg.stream.next() => {
-                    if let Some(event) = self.leg.event(msg) {
-                        self.engine.handle(Instant::now(), Input::Telephony(event));
-                    }
-                }
+                event = self.provider.events.recv() => Some(match event {
+                    Some(event) => Input::Provider(event),
+                    None => Input::ProviderGone,
+                }),
+                msg = self.leg.stream.next() => self.leg.event(msg).map(Input::Telephony),
                 Some(done) = self.tools.join_next(), if !self.tools.is_empty() => {
-                    let done = done.map_err(|e| e.to_string());
-                    self.engine.handle(Instant::now(), Input::ToolDone(done));
+                    Some(Input::ToolDone(done.map_err(|e| e.to_string())))
                 }
                 done = recv_lookup(&mut self.lookup), if self.lookup.is_some() => {
                     self.lookup = None;
-                    let done = done.map_err(|e| e.to_string());
-                    self.engine.handle(Instant::now(), Input::LookupDone(done));
+                    Some(Input::LookupDone(done.map_err(|e| e.to_string())))
                 }
-                play = recv_play(&mut self.leg.play_events) => self.leg.on_play(play),
+                play = recv_play(&mut self.leg.play_events) => {
+                    self.leg.on_play(play);
+                    None
+                }
                 // Last: `biased` polls branches in order and stops at the first ready
                 // one, so the token (whose poll takes a lock) is only polled when
                 // nothing else woke the call.
-                _ = &mut stopped => self.engine.handle(Instant::now(), Input::Shutdown),
+                _ = &mut stopped => Some(Input::Shutdown),
+            };
+            let started = Instant::now();
+            if let Some(input) = input {
+                self.engine.handle(started, input);
             }
+            // Releases what became due, with the time after the input was processed.
+            self.engine.tick(Instant::now());
             if let Some(reason) = self.perform(started).await {
                 return reason;
             }

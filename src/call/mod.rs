@@ -216,7 +216,9 @@ impl CallEngine {
         }
     }
 
-    /// Takes one input that happened at `now`; then releases the frames due.
+    /// Takes one input that happened at `now`. Call `tick` right after with a fresh
+    /// `now`: the frames due are released there (processing an input, e.g. resampling
+    /// a long piece of audio, takes time, and a stale `now` would release early).
     pub fn handle(&mut self, now: Instant, input: Input) {
         if self.ended {
             return;
@@ -239,17 +241,23 @@ impl CallEngine {
             }
             Input::Shutdown => Err(EndReason::Shutdown),
         };
-        self.settle(now, result);
+        if let Err(reason) = result {
+            self.end(reason);
+        }
     }
 
-    /// Fires what is due at `now`: the end timer, frame releases, the metadata wait,
-    /// housekeeping.
+    /// Fires what is due at `now`: the end timer, the metadata wait, housekeeping, frame
+    /// releases (audio that became due is sent in this same turn, not a timer tick
+    /// later), and a released goodbye starts its play-out wait. Cheap when nothing is due.
     pub fn tick(&mut self, now: Instant) {
         if self.ended {
             return;
         }
-        let result = self.on_tick(now);
-        self.settle(now, result);
+        if let Err(reason) = self.on_tick(now) {
+            return self.end(reason);
+        }
+        self.release_due(now);
+        self.check_played_out(now);
     }
 
     fn on_tick(&mut self, now: Instant) -> Result<(), EndReason> {
@@ -269,16 +277,6 @@ impl CallEngine {
             }
         }
         Ok(())
-    }
-
-    /// After every input: audio that became due is sent in this same turn (not a timer
-    /// tick later), and a released goodbye starts its play-out wait.
-    fn settle(&mut self, now: Instant, result: Result<(), EndReason>) {
-        if let Err(reason) = result {
-            return self.end(reason);
-        }
-        self.release_due(now);
-        self.check_played_out(now);
     }
 
     fn end(&mut self, reason: EndReason) {

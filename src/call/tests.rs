@@ -38,6 +38,12 @@ fn engine(toml: &str) -> (CallEngine, Instant) {
     engine_with(toml, false)
 }
 
+/// An input, then the tick the call task runs right after it.
+fn feed(e: &mut CallEngine, now: Instant, input: Input) {
+    e.handle(now, input);
+    e.tick(now);
+}
+
 fn drain(e: &mut CallEngine) -> Vec<Output> {
     std::iter::from_fn(|| e.poll_output()).collect()
 }
@@ -52,7 +58,7 @@ fn ready(e: &mut CallEngine, now: Instant) {
         input: pcmu(),
         output: pcmu(),
     };
-    e.handle(now, Input::Provider(ready));
+    feed(e, now, Input::Provider(ready));
 }
 
 fn item(name: &str) -> ItemId {
@@ -115,7 +121,7 @@ fn run_to(e: &mut CallEngine, mut now: Instant, until: Instant) -> Vec<Output> {
 }
 
 fn end_reason_of(e: &mut CallEngine, now: Instant, input: Input) -> EndReason {
-    e.handle(now, input);
+    feed(e, now, input);
     let outputs = drain(e);
     let reason = end_of(&outputs).cloned();
     reason.unwrap_or_else(|| panic!("no End in {outputs:?}"))
@@ -128,13 +134,17 @@ fn barge_in_clears_and_truncates_in_the_same_handle_and_drops_late_audio() {
     let (mut e, t0) = engine("");
     ready(&mut e, t0);
     let a = item("a");
-    e.handle(t0, audio(&a, 1000));
+    feed(&mut e, t0, audio(&a, 1000));
     // Released at once: the lead (60 ms) of the reply.
     assert_eq!(plays(&drain(&mut e)), 3);
     let out = run_to(&mut e, t0, t0 + 200 * MS);
     assert_eq!(plays(&out), 10, "released up to 260 ms");
 
-    e.handle(t0 + 200 * MS, Input::Provider(ProviderEvent::SpeechStarted));
+    feed(
+        &mut e,
+        t0 + 200 * MS,
+        Input::Provider(ProviderEvent::SpeechStarted),
+    );
     let out = drain(&mut e);
     let clear = out
         .iter()
@@ -148,12 +158,12 @@ fn barge_in_clears_and_truncates_in_the_same_handle_and_drops_late_audio() {
     assert_eq!(e.stats().barge_ins, 1);
 
     // The rest of the cut item still arrives: dropped, never played.
-    e.handle(t0 + 210 * MS, audio(&a, 200));
+    feed(&mut e, t0 + 210 * MS, audio(&a, 200));
     assert_eq!(plays(&run_to(&mut e, t0 + 210 * MS, t0 + 400 * MS)), 0);
     assert_eq!(e.stats().late_audio_dropped, 1);
 
     // The next reply plays.
-    e.handle(t0 + 400 * MS, audio(&item("b"), 100));
+    feed(&mut e, t0 + 400 * MS, audio(&item("b"), 100));
     assert_eq!(plays(&drain(&mut e)), 3);
 }
 
@@ -161,7 +171,7 @@ fn barge_in_clears_and_truncates_in_the_same_handle_and_drops_late_audio() {
 fn barge_in_while_nothing_plays_does_nothing() {
     let (mut e, t0) = engine("");
     ready(&mut e, t0);
-    e.handle(t0, Input::Provider(ProviderEvent::SpeechStarted));
+    feed(&mut e, t0, Input::Provider(ProviderEvent::SpeechStarted));
     let out = drain(&mut e);
     assert!(out.is_empty(), "{out:?}");
     assert_eq!(e.stats().barge_ins, 0);
@@ -174,7 +184,8 @@ fn truncate_never_claims_more_than_was_generated() {
     let a = item("a");
     // 10 pieces of 25 bytes: 31.25 ms released, but each piece counts 3 ms generated.
     for _ in 0..10 {
-        e.handle(
+        feed(
+            &mut e,
             t0,
             Input::Provider(ProviderEvent::Audio {
                 item: a.clone(),
@@ -182,10 +193,14 @@ fn truncate_never_claims_more_than_was_generated() {
             }),
         );
     }
-    e.handle(t0, Input::Provider(ProviderEvent::ResponseDone));
+    feed(&mut e, t0, Input::Provider(ProviderEvent::ResponseDone));
     assert_eq!(plays(&drain(&mut e)), 2, "31.25 ms padded to two frames");
     // At 35 ms only the padding is still unplayed: the caller heard all 31 ms.
-    e.handle(t0 + 35 * MS, Input::Provider(ProviderEvent::SpeechStarted));
+    feed(
+        &mut e,
+        t0 + 35 * MS,
+        Input::Provider(ProviderEvent::SpeechStarted),
+    );
     let out = drain(&mut e);
     assert!(
         out.iter().any(|o| matches!(
@@ -216,8 +231,8 @@ fn goodbye_at_max_duration_is_played_out_before_the_hang_up() {
     // The provider says it: 600 ms, generated at once.
     let said = t0 + 1010 * MS;
     let g = item("goodbye");
-    e.handle(said, audio(&g, 600));
-    e.handle(said, Input::Provider(ProviderEvent::ResponseDone));
+    feed(&mut e, said, audio(&g, 600));
+    feed(&mut e, said, Input::Provider(ProviderEvent::ResponseDone));
     let mut played = plays(&drain(&mut e));
     let rest = run_until_end(&mut e, said, Duration::from_secs(20));
     let (ended_at, reason) = rest
@@ -263,8 +278,9 @@ fn end_call_waits_for_the_reply_then_ends_as_assistant_hangup() {
     let (mut e, t0) = engine("[call]\nend_call = true");
     ready(&mut e, t0);
     let r = item("reply");
-    e.handle(t0, audio(&r, 400));
-    e.handle(
+    feed(&mut e, t0, audio(&r, 400));
+    feed(
+        &mut e,
         t0,
         tool_call(
             "end_call",
@@ -279,8 +295,12 @@ fn end_call_waits_for_the_reply_then_ends_as_assistant_hangup() {
         )),
         "answered at once, with no new response: {out:?}"
     );
-    e.handle(t0 + 5 * MS, audio(&r, 200));
-    e.handle(t0 + 5 * MS, Input::Provider(ProviderEvent::ResponseDone));
+    feed(&mut e, t0 + 5 * MS, audio(&r, 200));
+    feed(
+        &mut e,
+        t0 + 5 * MS,
+        Input::Provider(ProviderEvent::ResponseDone),
+    );
     drain(&mut e);
     let rest = run_until_end(&mut e, t0 + 5 * MS, Duration::from_secs(30));
     let (ended_at, reason) = rest
@@ -314,8 +334,8 @@ fn end_call_waits_for_the_reply_then_ends_as_assistant_hangup() {
 fn end_call_after_a_complete_reply_waits_only_the_grace() {
     let (mut e, t0) = engine("[call]\nend_call = true");
     ready(&mut e, t0);
-    e.handle(t0, Input::Provider(ProviderEvent::ResponseDone));
-    e.handle(t0, tool_call("end_call", serde_json::json!({})));
+    feed(&mut e, t0, Input::Provider(ProviderEvent::ResponseDone));
+    feed(&mut e, t0, tool_call("end_call", serde_json::json!({})));
     drain(&mut e);
     let out = run_until_end(&mut e, t0, Duration::from_secs(30));
     let (at, o) = out.last().expect("an end");
@@ -330,8 +350,12 @@ fn transfer_call_ends_as_transferred() {
         true,
     );
     ready(&mut e, t0);
-    e.handle(t0, Input::Provider(ProviderEvent::ResponseDone));
-    e.handle(t0, tool_call("transfer_call", serde_json::json!({})));
+    feed(&mut e, t0, Input::Provider(ProviderEvent::ResponseDone));
+    feed(
+        &mut e,
+        t0,
+        tool_call("transfer_call", serde_json::json!({})),
+    );
     drain(&mut e);
     let out = run_until_end(&mut e, t0, Duration::from_secs(30));
     let (_, o) = out.last().expect("an end");
@@ -354,7 +378,11 @@ fn transfer_call_is_refused_where_the_side_cannot_transfer() {
         false,
     );
     ready(&mut e, t0);
-    e.handle(t0, tool_call("transfer_call", serde_json::json!({})));
+    feed(
+        &mut e,
+        t0,
+        tool_call("transfer_call", serde_json::json!({})),
+    );
     let out = drain(&mut e);
     assert!(out.iter().any(|o| matches!(
         o,
@@ -464,7 +492,7 @@ fn provider_ends() {
         code: "x".to_owned(),
         message: "y".to_owned(),
     };
-    e.handle(t0, Input::Provider(error));
+    feed(&mut e, t0, Input::Provider(error));
     assert!(end_of(&drain(&mut e)).is_none());
 }
 
@@ -476,7 +504,7 @@ fn provider_flood_ends_the_call() {
     let mut reason = None;
     for step in 0..100u32 {
         let now = t0 + step * 100 * MS;
-        e.handle(now, audio(&a, 2000));
+        feed(&mut e, now, audio(&a, 2000));
         if let Some(r) = end_of(&drain(&mut e)) {
             reason = Some(r.clone());
             break;
@@ -497,7 +525,8 @@ fn provider_flood_ends_the_call() {
 fn idle_timeout_ends_a_silent_call_and_audio_keeps_it_alive() {
     let (mut e, t0) = engine("[call]\nidle_timeout_secs = 3");
     // Caller audio until 2 s keeps it going past 3 s.
-    e.handle(
+    feed(
+        &mut e,
         t0 + 2000 * MS,
         Input::Telephony(TelephonyEvent::Audio(Bytes::from(vec![0xFFu8; 160]))),
     );
@@ -573,7 +602,8 @@ fn end_reason_texts_are_stable() {
 fn caller_audio_waits_for_the_provider_then_goes_out_in_20_ms_frames() {
     let (mut e, t0) = engine("");
     // 50 ms of caller audio before the provider is up: two whole frames held.
-    e.handle(
+    feed(
+        &mut e,
         t0,
         Input::Telephony(TelephonyEvent::Audio(Bytes::from(vec![0xFFu8; 400]))),
     );
@@ -591,7 +621,8 @@ fn caller_audio_waits_for_the_provider_then_goes_out_in_20_ms_frames() {
     assert_eq!(frames, vec![160, 160]);
     assert_eq!(e.stats().frames_to_provider, 2);
     // A frame the provider's queue refused is counted as dropped, not sent.
-    e.handle(
+    feed(
+        &mut e,
         t0 + 20 * MS,
         Input::AudioNotSent {
             bytes: 160,
@@ -613,7 +644,8 @@ fn the_provider_is_set_up_without_metadata_after_the_wait() {
         "{out:?}"
     );
     // The metadata arriving later is not used for the setup again.
-    e.handle(
+    feed(
+        &mut e,
         t0 + METADATA_WAIT + MS,
         Input::Telephony(TelephonyEvent::Metadata(Default::default())),
     );
@@ -627,8 +659,8 @@ fn a_batching_side_gets_a_flush_at_the_end_of_the_reply() {
     let (mut e, t0) = engine("");
     e.down = downstream::Downstream::new(&e.route, &e.config, pcmu(), 5);
     ready(&mut e, t0);
-    e.handle(t0, audio(&item("a"), 50));
-    e.handle(t0, Input::Provider(ProviderEvent::ResponseDone));
+    feed(&mut e, t0, audio(&item("a"), 50));
+    feed(&mut e, t0, Input::Provider(ProviderEvent::ResponseDone));
     let out = drain(&mut e);
     assert_eq!(plays(&out), 3);
     assert!(matches!(
