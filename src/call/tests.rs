@@ -140,11 +140,8 @@ fn barge_in_clears_and_truncates_in_the_same_handle_and_drops_late_audio() {
     let out = run_to(&mut e, t0, t0 + 200 * MS);
     assert_eq!(plays(&out), 10, "released up to 260 ms");
 
-    feed(
-        &mut e,
-        t0 + 200 * MS,
-        Input::Provider(ProviderEvent::SpeechStarted),
-    );
+    // `handle` alone, no tick: the cut happens in the call that reports the speech.
+    e.handle(t0 + 200 * MS, Input::Provider(ProviderEvent::SpeechStarted));
     let out = drain(&mut e);
     let clear = out
         .iter()
