@@ -199,22 +199,8 @@ impl FreeswitchLeg {
     /// The close handshake: our Close (or the echo of theirs), then their side until
     /// the TCP stream ends. Nothing when the connection is lost.
     pub async fn close(&mut self, hangup: &Hangup) {
-        let frame = match hangup {
-            Hangup::Lost => return,
-            Hangup::FarEnd => None,
-            Hangup::Ours { cause, text, .. } => Some(CloseFrame {
-                code: match cause {
-                    HangupCause::Normal => CloseCode::Normal,
-                    HangupCause::Error => CloseCode::Error,
-                    HangupCause::TooBig => CloseCode::Size,
-                    HangupCause::Shutdown => CloseCode::Away,
-                },
-                reason: text.as_str().into(),
-            }),
-            Hangup::Transfer { text, .. } => Some(CloseFrame {
-                code: CloseCode::Normal,
-                reason: text.as_str().into(),
-            }),
+        let Some(frame) = close_frame(hangup) else {
+            return;
         };
         close_handshake(&mut self.sink, &mut self.stream, frame).await;
     }
@@ -247,6 +233,30 @@ impl FreeswitchLeg {
             _ => {}
         }
     }
+}
+
+/// What we send to close: `None` when nothing can be sent (connection lost),
+/// `Some(None)` to flush the echo of their Close, else our Close frame (1000, 1001 on
+/// shutdown, 1009 for oversized messages, 1011 for errors).
+fn close_frame(hangup: &Hangup) -> Option<Option<CloseFrame>> {
+    let (code, text) = match hangup {
+        Hangup::Lost => return None,
+        Hangup::FarEnd => return Some(None),
+        Hangup::Ours { cause, text, .. } => (
+            match cause {
+                HangupCause::Normal => CloseCode::Normal,
+                HangupCause::Error => CloseCode::Error,
+                HangupCause::TooBig => CloseCode::Size,
+                HangupCause::Shutdown => CloseCode::Away,
+            },
+            text,
+        ),
+        Hangup::Transfer { text, .. } => (CloseCode::Normal, text),
+    };
+    Some(Some(CloseFrame {
+        code,
+        reason: text.as_str().into(),
+    }))
 }
 
 /// Refuses a call before it starts: our Close with `text`, then the handshake.
@@ -307,5 +317,63 @@ fn error_event(e: tungstenite::Error) -> TelephonyEvent {
             ))
         }
         other => TelephonyEvent::Error(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_errors_become_the_events_that_end_the_call() {
+        use tungstenite::error::{CapacityError, Error, ProtocolError};
+        assert_eq!(
+            error_event(Error::ConnectionClosed),
+            TelephonyEvent::HungUp(None)
+        );
+        assert_eq!(
+            error_event(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)),
+            TelephonyEvent::Gone
+        );
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(error_event(Error::Io(reset)), TelephonyEvent::Gone);
+        let big = Error::Capacity(CapacityError::MessageTooLong {
+            size: 300_000,
+            max_size: 262_144,
+        });
+        assert_eq!(
+            error_event(big),
+            TelephonyEvent::TooBig(
+                "message of 300000 bytes, larger than the 262144-byte limit".to_owned()
+            )
+        );
+        let other = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(matches!(
+            error_event(Error::Io(other)),
+            TelephonyEvent::Error(_)
+        ));
+    }
+
+    #[test]
+    fn each_hangup_closes_with_its_code() {
+        assert_eq!(close_frame(&Hangup::Lost), None);
+        assert_eq!(close_frame(&Hangup::FarEnd), Some(None));
+        let ours = |cause| Hangup::Ours {
+            cause,
+            text: "why".to_owned(),
+            hang_up_channel: true,
+        };
+        let code = |h: &Hangup| close_frame(h).flatten().map(|f| u16::from(f.code));
+        assert_eq!(code(&ours(HangupCause::Normal)), Some(1000));
+        assert_eq!(code(&ours(HangupCause::Shutdown)), Some(1001));
+        assert_eq!(code(&ours(HangupCause::TooBig)), Some(1009));
+        assert_eq!(code(&ours(HangupCause::Error)), Some(1011));
+        let transfer = Hangup::Transfer {
+            to: "1000".to_owned(),
+            text: "transferred to 1000".to_owned(),
+        };
+        let frame = close_frame(&transfer).flatten().expect("a Close");
+        assert_eq!(u16::from(frame.code), 1000);
+        assert_eq!(frame.reason.as_str(), "transferred to 1000");
     }
 }

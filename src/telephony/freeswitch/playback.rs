@@ -220,6 +220,18 @@ fn write_wav_header(out: &mut Vec<u8>, rate: u32, data_len: usize) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn only_esl_files_batches_frames() {
+        let chunk = Duration::from_millis(200);
+        assert_eq!(frames_per_message(PlaybackMode::EslFiles, chunk), 10);
+        assert_eq!(
+            frames_per_message(PlaybackMode::EslFiles, Duration::from_millis(5)),
+            1
+        );
+        assert_eq!(frames_per_message(PlaybackMode::Binary, chunk), 1);
+        assert_eq!(frames_per_message(PlaybackMode::StreamAudio, chunk), 1);
+    }
+
     fn json(m: Option<Message>) -> serde_json::Value {
         match m {
             Some(Message::Text(t)) => serde_json::from_str(t.as_str()).unwrap(),
