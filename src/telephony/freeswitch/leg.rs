@@ -226,9 +226,8 @@ impl FreeswitchLeg {
                 hang_up_channel: true,
                 ..
             } => {
-                if !esl.uuid_kill(&self.call_id) {
-                    self.esl_dropped += 1;
-                }
+                let killed = esl.uuid_kill(&self.call_id);
+                self.esl_dropped += u64::from(!killed);
             }
             _ => {}
         }
