@@ -1,8 +1,8 @@
 //! The listener: accepts TCP connections from `mod_audio_stream`, answers the WebSocket
-//! upgrade (routing, auth, limits) and hands each accepted call to its own session task.
+//! upgrade (routing, auth, limits) and hands each accepted call to its own task (`call_task`).
 //!
 //! The module gives up for good if TCP connect + handshake take more than 1 s, so
-//! nothing slow happens before the 101: the provider is connected by the session, after
+//! nothing slow happens before the 101: the provider is connected by the call task, after
 //! the upgrade. Rejections are plain HTTP statuses with a short body and one log line.
 
 use std::net::SocketAddr;
@@ -65,7 +65,7 @@ struct Shared {
 /// forgets quiet sources (so its memory follows current activity).
 const ADMISSION_SWEEP: Duration = Duration::from_secs(10);
 
-/// Serves until `shutdown.stop` is cancelled and every session has ended. `esl` is
+/// Serves until `shutdown.stop` is cancelled and every call has ended. `esl` is
 /// the daemon's Event Socket connection, handed to every call; `records` where each
 /// call's record goes; `budgets` admits calls against their route's daily limits.
 pub async fn serve(

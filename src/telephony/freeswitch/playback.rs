@@ -7,7 +7,7 @@
 //!   24/32-bit samples, so at other rates each frame is wrapped as a `wav` instead.
 //!   G.711 calls get `pcmu`/`pcma`.
 //! - `esl_files`: the community module only writes each `streamAudio` frame to a file
-//!   and fires `mod_audio_stream::play`; the session then plays it with ESL
+//!   and fires `mod_audio_stream::play`; the call's leg then plays it with ESL
 //!   `uuid_broadcast`. Files played one after another have a small gap between them,
 //!   so frames are gathered into chunks of `esl_chunk` (hundreds of ms) and the pacer
 //!   runs that much further ahead. Same `.r24` rule; G.711 is decoded to `raw` 8000,
