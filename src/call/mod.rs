@@ -12,7 +12,8 @@
 //!     let now = Instant::now();
 //!     sleep until engine.poll_timeout(now)         (one timer, re-armed each turn)
 //!     select! { telephony event | provider event | side work done | timer | stop }
-//!         → engine.handle(now, input)   or   engine.tick(now)
+//!     engine.handle(now, input)       (if it was an input, not the timer)
+//!     engine.tick(Instant::now())     (timers and frame releases, with a fresh now)
 //!     while let Some(out) = engine.poll_output() { perform it; End → finish }
 //! }
 //! ```
