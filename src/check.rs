@@ -48,7 +48,7 @@ pub async fn run(source: &ConfigSource, env_file: Option<PathBuf>) -> ExitCode {
     }
     // A wrong playback mode is silent, not an error: say what each one needs.
     println!("playback modes (which one plays depends on the mod_audio_stream build):");
-    for (mode, what) in crate::freeswitch::playback::MODES_EXPLAINED {
+    for (mode, what) in crate::telephony::freeswitch::playback::MODES_EXPLAINED {
         println!("  {mode:<13} {what}");
     }
     let mut failed = false;

@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 use crate::admin;
 use crate::budget::Budgets;
 use crate::call_metrics;
-use crate::freeswitch::Esl;
+use crate::telephony::freeswitch::Esl;
 use crate::records::Records;
 use crate::registry::Registry;
 use crate::server::{self, Shutdown};

@@ -1,8 +1,8 @@
 //! The listener: accepts TCP connections from `mod_audio_stream`, answers the WebSocket
-//! upgrade (routing, auth, limits) and hands each accepted call to its own session task.
+//! upgrade (routing, auth, limits) and hands each accepted call to its own task (`call_task`).
 //!
 //! The module gives up for good if TCP connect + handshake take more than 1 s, so
-//! nothing slow happens before the 101: the provider is connected by the session, after
+//! nothing slow happens before the 101: the provider is connected by the call task, after
 //! the upgrade. Rejections are plain HTTP statuses with a short body and one log line.
 
 use std::net::SocketAddr;
@@ -21,11 +21,11 @@ use tracing::{info, warn, Instrument};
 use crate::admission::{self, Admission, PendingGuard, Source, Summary, TooMany};
 use crate::budget::{Budgets, Exceeded, Ticket};
 use crate::call_metrics;
+use crate::call_task::{self, CallSetup};
 use crate::config::{Config, Route};
-use crate::freeswitch::{Esl, StreamRequest};
 use crate::records::Records;
 use crate::registry::{CallEntry, CallGuard, Full, Registry};
-use crate::session::{self, CallSetup};
+use crate::telephony::freeswitch::{Esl, StreamRequest};
 
 /// Largest WebSocket message we accept. Audio messages are a few KiB (48 kHz stereo at
 /// 100 ms is 19 200 bytes) and the metadata at most 8 KiB, so anything near this is
@@ -65,7 +65,7 @@ struct Shared {
 /// forgets quiet sources (so its memory follows current activity).
 const ADMISSION_SWEEP: Duration = Duration::from_secs(10);
 
-/// Serves until `shutdown.stop` is cancelled and every session has ended. `esl` is
+/// Serves until `shutdown.stop` is cancelled and every call has ended. `esl` is
 /// the daemon's Event Socket connection, handed to every call; `records` where each
 /// call's record goes; `budgets` admits calls against their route's daily limits.
 pub async fn serve(
@@ -317,7 +317,7 @@ async fn handle_connection(
     };
     async move {
         info!(%peer, handshake_ms = format!("{handshake_ms:.2}"), "call accepted");
-        session::run(ws, setup).await;
+        call_task::run(ws, setup).await;
     }
     .instrument(span)
     .await;

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use voicebridge::freeswitch::esl::frame::{
+use voicebridge::telephony::freeswitch::esl::frame::{
     classify, is_safe_arg, parse_frame, parse_play, Frame, FrameError, Message, PLAY_SUBCLASS,
 };
 

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use voicebridge::freeswitch::metadata::{self, MAX_METADATA_BYTES};
+use voicebridge::telephony::freeswitch::metadata::{self, MAX_METADATA_BYTES};
 
 fn check(text: &str) {
     let (meta, warnings) = metadata::parse(text);

@@ -4,28 +4,15 @@
 //! the call depends on it; it only enriches the call (caller id, called number,
 //! template variables for the assistant's instructions).
 
-use std::collections::BTreeMap;
-
 use crate::audio::{Channels, Codec};
-use crate::freeswitch::request::parse_rate;
+use crate::telephony::freeswitch::request::parse_rate;
 
 /// The module's own cap on the metadata string.
 pub const MAX_METADATA_BYTES: usize = 8192;
 
-/// Parsed metadata. `vars` holds every top-level key as a string (recognised or not),
-/// for the instructions template.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Metadata {
-    pub call_id: Option<String>,
-    pub caller_id: Option<String>,
-    pub called: Option<String>,
-    pub codec: Option<Codec>,
-    pub sample_rate: Option<u32>,
-    pub channels: Option<Channels>,
-    pub vars: BTreeMap<String, String>,
-    /// The text as received, when it was not a JSON object.
-    pub raw: Option<String>,
-}
+/// Parsed metadata, in the protocol-neutral shape the engine takes. `vars` holds every
+/// top-level key as a string (recognised or not), for the instructions template.
+pub use crate::telephony::Metadata;
 
 /// Parsing never fails: what cannot be understood is kept and reported as warnings.
 pub fn parse(text: &str) -> (Metadata, Vec<String>) {

@@ -7,7 +7,7 @@
 //!   24/32-bit samples, so at other rates each frame is wrapped as a `wav` instead.
 //!   G.711 calls get `pcmu`/`pcma`.
 //! - `esl_files`: the community module only writes each `streamAudio` frame to a file
-//!   and fires `mod_audio_stream::play`; the session then plays it with ESL
+//!   and fires `mod_audio_stream::play`; the call's leg then plays it with ESL
 //!   `uuid_broadcast`. Files played one after another have a small gap between them,
 //!   so frames are gathered into chunks of `esl_chunk` (hundreds of ms) and the pacer
 //!   runs that much further ahead. Same `.r24` rule; G.711 is decoded to `raw` 8000,
@@ -78,6 +78,15 @@ pub fn pacer_lead(mode: PlaybackMode, lead: Duration, esl_chunk: Duration) -> Du
     match mode {
         PlaybackMode::EslFiles => lead + esl_chunk,
         PlaybackMode::Binary | PlaybackMode::StreamAudio => lead,
+    }
+}
+
+/// How many paced frames make one message in `mode`: `esl_files` gathers `esl_chunk`
+/// of audio per file, the other modes send every frame.
+pub fn frames_per_message(mode: PlaybackMode, esl_chunk: Duration) -> usize {
+    match mode {
+        PlaybackMode::EslFiles => (esl_chunk.as_millis() as usize / 20).max(1),
+        PlaybackMode::Binary | PlaybackMode::StreamAudio => 1,
     }
 }
 
@@ -210,6 +219,18 @@ fn write_wav_header(out: &mut Vec<u8>, rate: u32, data_len: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_esl_files_batches_frames() {
+        let chunk = Duration::from_millis(200);
+        assert_eq!(frames_per_message(PlaybackMode::EslFiles, chunk), 10);
+        assert_eq!(
+            frames_per_message(PlaybackMode::EslFiles, Duration::from_millis(5)),
+            1
+        );
+        assert_eq!(frames_per_message(PlaybackMode::Binary, chunk), 1);
+        assert_eq!(frames_per_message(PlaybackMode::StreamAudio, chunk), 1);
+    }
 
     fn json(m: Option<Message>) -> serde_json::Value {
         match m {

@@ -42,7 +42,7 @@ use frame::{classify, is_safe_arg, parse_frame, parse_play, Frame, FrameError, M
 
 /// Commands waiting for the connection task; beyond this they are dropped.
 const COMMAND_QUEUE: usize = 256;
-/// Play events waiting for one call's session.
+/// Play events waiting for one call's leg.
 const EVENT_QUEUE: usize = 64;
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -98,7 +98,7 @@ struct Shared {
     next_token: AtomicU64,
 }
 
-/// The daemon's ESL connection, as a session sees it. Clone freely.
+/// The daemon's ESL connection, as a call sees it. Clone freely.
 #[derive(Clone)]
 pub struct Esl {
     shared: Arc<Shared>,

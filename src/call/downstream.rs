@@ -1,0 +1,356 @@
+//! Provider → caller: the provider's events, assistant audio through the transcoder into
+//! the pacer, paced release as `Play` actions, and barge-in (flush, `Clear`, `Truncate`
+//! with what the caller really heard, late audio of the cut item dropped) in the same
+//! `handle` call that reports the caller's speech.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracing::{debug, error, info, warn};
+
+use crate::audio::{AudioFormat, ItemId, Pacer, Transcoder};
+use crate::call_metrics;
+use crate::config::{Config, Route};
+use crate::providers::{CallContext, ProviderCommand, ProviderEvent};
+use crate::telephony::freeswitch::playback;
+use crate::telephony::TelephonyAction;
+
+use super::ending::Goodbye;
+use super::{CallEngine, EndReason, Output};
+
+/// Late audio is remembered for this many interrupted items.
+const MAX_INTERRUPTED: usize = 8;
+
+/// The provider→caller direction.
+pub(super) struct Downstream {
+    pub transcoder: Option<Transcoder>,
+    pub pacer: Pacer,
+    converted: Vec<u8>,
+    frame: Vec<u8>,
+    /// Items interrupted by barge-in: their late audio is dropped.
+    interrupted: VecDeque<ItemId>,
+    /// Audio received from the provider per item, in ms of its output format, so a
+    /// truncate never claims more than was generated.
+    generated: VecDeque<(ItemId, u64)>,
+    pub output_format: Option<AudioFormat>,
+    /// The provider said the reply is complete (and sent no audio since): a side that
+    /// batches frames may then send a partial batch, which mid-reply would be too short.
+    pub reply_done: bool,
+    /// Frames per telephony message, and how many of the current batch were played.
+    frames_per_message: usize,
+    batched: usize,
+}
+
+fn new_pacer(route: &Route, config: &Config, call: AudioFormat) -> Pacer {
+    let lead = playback::pacer_lead(
+        route.playback,
+        route.playback_lead,
+        config.freeswitch.esl_chunk,
+    );
+    Pacer::new(call, lead).with_max_queue(config.freeswitch.playback_max_queue)
+}
+
+impl Downstream {
+    pub fn new(
+        route: &Route,
+        config: &Config,
+        call: AudioFormat,
+        frames_per_message: usize,
+    ) -> Downstream {
+        Downstream {
+            transcoder: None,
+            pacer: new_pacer(route, config, call),
+            converted: Vec::new(),
+            frame: Vec::new(),
+            interrupted: VecDeque::new(),
+            generated: VecDeque::new(),
+            output_format: None,
+            reply_done: false,
+            frames_per_message: frames_per_message.max(1),
+            batched: 0,
+        }
+    }
+}
+
+impl CallEngine {
+    /// The metadata changed the call's format before any audio flowed: the playback
+    /// side (pacer, telephony encoder, assistant→caller transcoder) follows it.
+    pub(super) fn rebuild_playback(&mut self, call: AudioFormat) {
+        self.down.pacer = new_pacer(&self.route, &self.config, call);
+        self.down.batched = 0;
+        self.outputs
+            .push_back(Output::Telephony(TelephonyAction::SetFormat(call)));
+        if let Some(output) = self.down.output_format {
+            match Transcoder::new(output, call) {
+                Ok(t) => self.down.transcoder = Some(t),
+                Err(e) => {
+                    error!(error = %e, "cannot convert assistant audio to the metadata's format")
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_provider_event(
+        &mut self,
+        now: Instant,
+        event: ProviderEvent,
+    ) -> Result<(), EndReason> {
+        match event {
+            ProviderEvent::Ready { input, output } => {
+                info!(input = %input, output = %output, "provider ready");
+                self.provider_input = Some(input);
+                self.down.output_format = Some(output);
+                let call = self.inbound.mono();
+                self.down.transcoder = Some(Transcoder::new(output, call).map_err(|e| {
+                    EndReason::Internal(format!(
+                        "assistant audio {output} cannot be played to a {call} call: {e}"
+                    ))
+                })?);
+                if self.up.reframer.is_some() {
+                    self.ensure_upstream_transcoder();
+                    if self.up.transcoder.is_none() {
+                        return Err(EndReason::Internal(format!(
+                            "caller audio {call} cannot be sent as {input}"
+                        )));
+                    }
+                }
+                self.forward_pending();
+            }
+            ProviderEvent::Audio { item, data } => self.on_assistant_audio(now, item, &data)?,
+            ProviderEvent::SpeechStopped => self.record.caller_turn_ended(now),
+            ProviderEvent::ToolCall(call) => self.on_tool_call(now, call),
+            ProviderEvent::ToolCancelled(ids) => {
+                for id in &ids {
+                    info!(tool_call_id = %id, "tool call cancelled by the provider");
+                    self.record
+                        .tool_finished(id, "cancelled", Duration::ZERO, None);
+                }
+            }
+            ProviderEvent::SpeechStarted => self.barge_in(now),
+            ProviderEvent::ResponseDone => {
+                self.record.assistant_turn_done();
+                if self.goodbye == Goodbye::Saying {
+                    self.goodbye = Goodbye::Said;
+                }
+                self.down.pacer.finish();
+                self.down.reply_done = true;
+                if !self.down.pacer.has_frame()
+                    && self.flush_partial_batch()
+                    && self.stats.first_response.is_none()
+                {
+                    self.stats.first_response = Some(now.saturating_duration_since(self.started));
+                }
+            }
+            ProviderEvent::Transcript {
+                who,
+                text,
+                is_final,
+            } => {
+                let text = crate::text_cap::clip(&text, crate::text_cap::MAX_TURN_TEXT);
+                if is_final {
+                    self.record.transcript(who, &text, now);
+                }
+                if self.config.log.transcripts && is_final {
+                    info!(who = who.name(), text = %text, "transcript");
+                } else if self.config.log.transcripts {
+                    debug!(who = who.name(), text = %text, "partial transcript");
+                }
+            }
+            ProviderEvent::Usage(u) => {
+                self.stats.usage.input_tokens += u.input_tokens;
+                self.stats.usage.output_tokens += u.output_tokens;
+            }
+            ProviderEvent::Warning(w) => warn!(warning = %w, "provider warning"),
+            ProviderEvent::Error {
+                recoverable: true,
+                code,
+                message,
+            } => {
+                call_metrics::provider_error(self.provider, &code);
+                warn!(code = %code, detail = %message, "provider error (call continues)");
+            }
+            ProviderEvent::Error {
+                recoverable: false,
+                code,
+                message,
+            } => {
+                call_metrics::provider_error(self.provider, &code);
+                return Err(EndReason::ProviderError(format!("{code}: {message}")));
+            }
+            ProviderEvent::Closed { reason } => return Err(EndReason::ProviderClosed(reason)),
+        }
+        Ok(())
+    }
+
+    /// Gives the provider the template variables it sets itself up with.
+    pub(super) fn provide_context(&mut self, vars: std::collections::BTreeMap<String, String>) {
+        self.vars = vars.clone();
+        let context = CallContext {
+            call_id: self.call_id.clone(),
+            route: self.route.name.clone(),
+            vars,
+        };
+        self.outputs
+            .push_back(Output::Provider(ProviderCommand::Context(Arc::new(
+                context,
+            ))));
+    }
+
+    fn on_assistant_audio(
+        &mut self,
+        now: Instant,
+        item: ItemId,
+        data: &[u8],
+    ) -> Result<(), EndReason> {
+        self.stats.provider_audio_events += 1;
+        if let Some(format) = self.down.output_format {
+            let audio = Duration::from_micros(
+                data.len() as u64 * 1_000_000 / format.bytes_per_sec().max(1) as u64,
+            );
+            if self.flood.on_audio(now, audio) {
+                let over = crate::audio::flood::WINDOW * crate::audio::flood::HOT_WINDOWS;
+                let audio = self.flood.flood_audio();
+                error!(
+                    audio_secs = audio.as_secs(),
+                    over_secs = over.as_secs(),
+                    "provider floods assistant audio far faster than real time: ending the call"
+                );
+                return Err(EndReason::ProviderFlood { audio, over });
+            }
+        }
+        self.more_words_after_end_request();
+        self.stats.provider_bytes_in += data.len() as u64;
+        if self.down.interrupted.contains(&item) {
+            self.stats.late_audio_dropped += 1;
+            return Ok(());
+        }
+        let Some(transcoder) = self.down.transcoder.as_mut() else {
+            warn!("provider sent audio before it was ready: dropped");
+            return Ok(());
+        };
+        if let Some(format) = self.down.output_format {
+            let ms = (data.len() as u64 * 1000) / format.bytes_per_sec().max(1) as u64;
+            match self.down.generated.iter_mut().find(|(i, _)| *i == item) {
+                Some((_, total)) => *total += ms,
+                None => {
+                    if self.down.generated.len() >= MAX_INTERRUPTED {
+                        self.down.generated.pop_front();
+                    }
+                    self.down.generated.push_back((item.clone(), ms));
+                }
+            }
+        }
+        self.down.converted.clear();
+        transcoder.process(data, &mut self.down.converted);
+        let overflow = self.down.pacer.push(&item, &self.down.converted);
+        if overflow > 0 {
+            if self.stats.playback_overflow == 0 {
+                warn!(
+                    max_queue_ms = self.config.freeswitch.playback_max_queue.as_millis() as u64,
+                    "playback queue full (provider sends faster than real time): assistant audio dropped (counted)"
+                );
+            }
+            self.stats.playback_overflow += overflow;
+        }
+        self.down.reply_done = false;
+        Ok(())
+    }
+
+    /// Releases every frame that is due at `now`, as one batch of `Play` actions.
+    pub(super) fn release_due(&mut self, now: Instant) {
+        let mut sent = 0;
+        let mut frame = std::mem::take(&mut self.down.frame);
+        loop {
+            frame.clear();
+            if !self.down.pacer.pop_due(now, &mut frame) {
+                break;
+            }
+            self.stats.frames_to_fs += 1;
+            self.stats.bytes_to_fs += frame.len() as u64;
+            self.outputs
+                .push_back(Output::Telephony(TelephonyAction::Play(
+                    Bytes::copy_from_slice(&frame),
+                )));
+            self.down.batched += 1;
+            if self.down.batched >= self.down.frames_per_message {
+                self.down.batched = 0;
+                sent += 1;
+            }
+        }
+        self.down.frame = frame;
+        if self.down.reply_done && !self.down.pacer.has_frame() && self.flush_partial_batch() {
+            sent += 1;
+        }
+        if sent > 0 {
+            if self.stats.first_response.is_none() {
+                let latency = now.saturating_duration_since(self.started);
+                self.stats.first_response = Some(latency);
+                call_metrics::first_response(self.provider, latency);
+            }
+            if let Some(latency) = self.record.audio_played(now) {
+                call_metrics::turn_latency(self.provider, latency);
+            }
+        }
+    }
+
+    /// A side that batches frames sends what it holds once the reply is fully released
+    /// (waiting for more would hold its last words back). True if a batch was pending.
+    fn flush_partial_batch(&mut self) -> bool {
+        if self.down.batched == 0 {
+            return false;
+        }
+        self.down.batched = 0;
+        self.outputs
+            .push_back(Output::Telephony(TelephonyAction::FlushPlayback));
+        true
+    }
+
+    /// Barge-in: in this same call, empty our queue, clear the far end's buffer and
+    /// tell the provider how much of the item the caller actually got.
+    fn barge_in(&mut self, now: Instant) {
+        let playing =
+            self.down.pacer.queued_ms() > 0 || !self.down.pacer.buffered_ahead(now).is_zero();
+        if !playing {
+            debug!("caller speech started while nothing was playing");
+            return;
+        }
+        let flushed = self.down.pacer.flush(now);
+        self.stats.barge_ins += 1;
+        // The resampler still holds the tail of the interrupted reply: start the next
+        // reply from a clean filter instead of playing that tail first.
+        if let Some(t) = self.down.transcoder.as_ref() {
+            if let Ok(fresh) = Transcoder::new(t.from(), t.to()) {
+                self.down.transcoder = Some(fresh);
+            }
+        }
+        self.down.batched = 0;
+        self.outputs
+            .push_back(Output::Telephony(TelephonyAction::Clear));
+        if let Some(item) = flushed.item.clone() {
+            let generated = self
+                .down
+                .generated
+                .iter()
+                .find(|(i, _)| *i == item)
+                .map_or(flushed.released_ms, |(_, ms)| *ms);
+            let played_ms = flushed.released_ms.min(generated);
+            if self.down.interrupted.len() >= MAX_INTERRUPTED {
+                self.down.interrupted.pop_front();
+            }
+            self.down.interrupted.push_back(item.clone());
+            info!(item = %item, played_ms, dropped_ms = flushed.dropped_ms, "barge-in: playback flushed");
+            self.outputs
+                .push_back(Output::Provider(ProviderCommand::Truncate {
+                    item,
+                    played_ms,
+                }));
+        } else {
+            info!(
+                dropped_ms = flushed.dropped_ms,
+                "barge-in: playback flushed"
+            );
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! One call's mod_audio_stream socket behind the telephony interface: inbound WebSocket
+//! messages become `TelephonyEvent`s, `TelephonyAction`s become wire messages in the
+//! route's playback mode, and the end becomes the close handshake plus the ESL
+//! commands (`uuid_kill`, `uuid_transfer`) today's FreeSWITCH needs.
+//!
+//! With `[freeswitch.esl]`, the call id from the URL path (`/call/${uuid}`) is the
+//! FreeSWITCH channel uuid the ESL commands name: `uuid_break` on barge-in
+//! (`stream_audio`, `esl_files`), `uuid_broadcast` of each file the module wrote
+//! (`esl_files`), `uuid_kill` when we end the call while FreeSWITCH is still there.
+
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, error, warn};
+
+use crate::audio::AudioFormat;
+use crate::config::PlaybackMode;
+use crate::telephony::{Hangup, HangupCause, TelephonyAction, TelephonyEvent};
+
+use super::esl::{Esl, PlayEvent, PlayEvents};
+use super::{metadata, Playback};
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// A FreeSWITCH socket that accepts nothing for this long is considered dead.
+const WRITE_STALL: Duration = Duration::from_secs(5);
+/// How long we wait for the other side's Close.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// The FreeSWITCH side of one call.
+pub struct FreeswitchLeg {
+    sink: SplitSink<Ws, Message>,
+    /// Read by the call task's `select!` (a field, so it borrows apart from the rest).
+    pub stream: SplitStream<Ws>,
+    /// `esl_files`: this channel's play events (also read by the call task).
+    pub play_events: Option<PlayEvents>,
+    call_id: String,
+    mode: PlaybackMode,
+    esl_chunk: Duration,
+    playback: Playback,
+    /// `None` without `[freeswitch.esl]` or without a call id in the URL.
+    esl: Option<Esl>,
+    /// `esl_files`: play events of chunks with a lower `seq` were cut by a barge-in.
+    break_seq: u64,
+    /// ESL commands that could not be queued (ESL down): the call went on without them.
+    esl_dropped: u64,
+    /// The first text frame is the metadata.
+    metadata_seen: bool,
+    /// Messages fed since the last flush.
+    fed: bool,
+}
+
+impl FreeswitchLeg {
+    /// `esl` only when the URL named the channel (`/call/<uuid>`): a made-up id names
+    /// nothing.
+    pub fn new(
+        ws: Ws,
+        call_id: String,
+        mode: PlaybackMode,
+        format: AudioFormat,
+        esl_chunk: Duration,
+        esl: Option<Esl>,
+    ) -> FreeswitchLeg {
+        let play_events = match (&esl, mode) {
+            (Some(esl), PlaybackMode::EslFiles) => Some(esl.subscribe(&call_id)),
+            (None, PlaybackMode::EslFiles) => {
+                warn!("esl_files playback without a call id in the URL (/call/<uuid>): nothing can be played");
+                None
+            }
+            _ => None,
+        };
+        let (sink, stream) = ws.split();
+        FreeswitchLeg {
+            sink,
+            stream,
+            play_events,
+            call_id,
+            mode,
+            esl_chunk,
+            playback: Playback::new(mode, format, esl_chunk),
+            esl,
+            break_seq: 0,
+            esl_dropped: 0,
+            metadata_seen: false,
+            fed: false,
+        }
+    }
+
+    /// `transfer_call` needs the Event Socket.
+    pub fn can_transfer(&self) -> bool {
+        self.esl.is_some()
+    }
+
+    pub fn esl_dropped(&self) -> u64 {
+        self.esl_dropped
+    }
+
+    /// One inbound message as an event (`None`: nothing for the engine, e.g. a Ping,
+    /// whose Pong tungstenite queues itself).
+    pub fn event(
+        &mut self,
+        msg: Option<Result<Message, tungstenite::Error>>,
+    ) -> Option<TelephonyEvent> {
+        let msg = match msg {
+            None => return Some(TelephonyEvent::Gone),
+            Some(Err(e)) => return Some(error_event(e)),
+            Some(Ok(m)) => m,
+        };
+        match msg {
+            Message::Binary(data) => Some(TelephonyEvent::Audio(data)),
+            Message::Text(text) if !self.metadata_seen => {
+                self.metadata_seen = true;
+                let (meta, warnings) = metadata::parse(text.as_str());
+                for w in &warnings {
+                    warn!(warning = %w, "metadata");
+                }
+                Some(TelephonyEvent::Metadata(meta))
+            }
+            Message::Text(text) => Some(TelephonyEvent::Text(text.as_str().to_owned())),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
+            Message::Close(frame) => Some(TelephonyEvent::HungUp(frame.map(|f| u16::from(f.code)))),
+        }
+    }
+
+    /// Performs one action (writes are fed; `flush` sends them). An error is the event
+    /// that ends the call.
+    pub async fn perform(&mut self, action: TelephonyAction) -> Result<(), TelephonyEvent> {
+        let msg = match action {
+            TelephonyAction::Play(frame) => self.playback.frame(&frame),
+            TelephonyAction::FlushPlayback => self.playback.flush_chunk(),
+            TelephonyAction::Clear => {
+                let clear = self.playback.clear();
+                // Builds that play streamAudio or files have their own buffer, which only
+                // ESL can stop; the binary-frame forks honour clearAudio.
+                if self.mode != PlaybackMode::Binary {
+                    self.break_seq = self.playback.next_seq();
+                    if let Some(esl) = &self.esl {
+                        if !esl.uuid_break(&self.call_id) {
+                            self.esl_dropped += 1;
+                        }
+                    }
+                }
+                Some(clear)
+            }
+            // mod_audio_stream reports no playback position.
+            TelephonyAction::Mark(_) => None,
+            TelephonyAction::SetFormat(format) => {
+                self.playback = Playback::new(self.mode, format, self.esl_chunk);
+                None
+            }
+        };
+        if let Some(msg) = msg {
+            self.fed = true;
+            self.sink.feed(msg).await.map_err(error_event)?;
+        }
+        Ok(())
+    }
+
+    /// Sends what was fed, if anything; a socket that accepts nothing for `WRITE_STALL`
+    /// is dead.
+    pub async fn flush(&mut self) -> Result<(), TelephonyEvent> {
+        if !std::mem::take(&mut self.fed) {
+            return Ok(());
+        }
+        match tokio::time::timeout(WRITE_STALL, self.sink.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(error_event(e)),
+            Err(_) => Err(TelephonyEvent::Error(format!(
+                "socket accepted nothing for {} s",
+                WRITE_STALL.as_secs()
+            ))),
+        }
+    }
+
+    /// `esl_files`: the module wrote one of our chunks to a file; play it, unless a
+    /// barge-in cut that chunk.
+    pub fn on_play(&mut self, play: Option<PlayEvent>) {
+        let Some(play) = play else {
+            self.play_events = None;
+            return;
+        };
+        if play.seq.is_some_and(|seq| seq < self.break_seq) {
+            debug!(file = %play.file, "play event of a chunk cut by barge-in: not played");
+            return;
+        }
+        if let Some(esl) = &self.esl {
+            if !esl.uuid_broadcast(&self.call_id, &play.file) {
+                self.esl_dropped += 1;
+            }
+        }
+    }
+
+    /// The close handshake: our Close (or the echo of theirs), then their side until
+    /// the TCP stream ends. Nothing when the connection is lost.
+    pub async fn close(&mut self, hangup: &Hangup) {
+        let Some(frame) = close_frame(hangup) else {
+            return;
+        };
+        close_handshake(&mut self.sink, &mut self.stream, frame).await;
+    }
+
+    /// After the close: we ended a call FreeSWITCH still has, so without a hang-up the
+    /// media bug stays attached and the caller sits in silence. A transfer detaches the
+    /// stream and sends the channel on instead.
+    pub fn release_channel(&mut self, hangup: &Hangup) {
+        let Some(esl) = &self.esl else {
+            return;
+        };
+        match hangup {
+            Hangup::Transfer { to, .. } => {
+                let stopped = esl.uuid_audio_stream_stop(&self.call_id);
+                if !esl.uuid_transfer(&self.call_id, to) {
+                    self.esl_dropped += 1;
+                    error!(destination = %to, "transfer failed: the Event Socket did not take uuid_transfer");
+                } else if !stopped {
+                    self.esl_dropped += 1;
+                }
+            }
+            Hangup::Ours {
+                hang_up_channel: true,
+                ..
+            } => {
+                let killed = esl.uuid_kill(&self.call_id);
+                self.esl_dropped += u64::from(!killed);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What we send to close: `None` when nothing can be sent (connection lost),
+/// `Some(None)` to flush the echo of their Close, else our Close frame (1000, 1001 on
+/// shutdown, 1009 for oversized messages, 1011 for errors).
+fn close_frame(hangup: &Hangup) -> Option<Option<CloseFrame>> {
+    let (code, text) = match hangup {
+        Hangup::Lost => return None,
+        Hangup::FarEnd => return Some(None),
+        Hangup::Ours { cause, text, .. } => (
+            match cause {
+                HangupCause::Normal => CloseCode::Normal,
+                HangupCause::Error => CloseCode::Error,
+                HangupCause::TooBig => CloseCode::Size,
+                HangupCause::Shutdown => CloseCode::Away,
+            },
+            text,
+        ),
+        Hangup::Transfer { text, .. } => (CloseCode::Normal, text),
+    };
+    Some(Some(CloseFrame {
+        code,
+        reason: text.as_str().into(),
+    }))
+}
+
+/// Refuses a call before it starts: our Close with `text`, then the handshake.
+pub async fn refuse(ws: Ws, text: String) {
+    let (mut sink, mut stream) = ws.split();
+    let frame = CloseFrame {
+        code: CloseCode::Error,
+        reason: text.into(),
+    };
+    close_handshake(&mut sink, &mut stream, Some(frame)).await;
+}
+
+/// Our Close (`None`: the echo of theirs, which tungstenite queued), flushed at once
+/// because the module waits only 1 s, then the rest of their side until the TCP stream
+/// ends.
+async fn close_handshake(
+    sink: &mut SplitSink<Ws, Message>,
+    stream: &mut SplitStream<Ws>,
+    frame: Option<CloseFrame>,
+) {
+    let result = tokio::time::timeout(CLOSE_WAIT, async {
+        match frame {
+            // The echo is queued; any read or write flushes it.
+            None => {
+                let _ = sink.flush().await;
+            }
+            Some(frame) => {
+                let _ = sink.send(Message::Close(Some(frame))).await;
+            }
+        }
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+    if result.is_err() {
+        debug!("FreeSWITCH did not finish the close handshake within 1 s");
+    }
+}
+
+/// A socket error as the event that ends the call.
+fn error_event(e: tungstenite::Error) -> TelephonyEvent {
+    use tungstenite::error::{CapacityError, Error, ProtocolError};
+    match e {
+        Error::ConnectionClosed | Error::AlreadyClosed => TelephonyEvent::HungUp(None),
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => TelephonyEvent::Gone,
+        Error::Io(ref io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            TelephonyEvent::Gone
+        }
+        Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+            TelephonyEvent::TooBig(format!(
+                "message of {size} bytes, larger than the {max_size}-byte limit"
+            ))
+        }
+        other => TelephonyEvent::Error(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_errors_become_the_events_that_end_the_call() {
+        use tungstenite::error::{CapacityError, Error, ProtocolError};
+        assert_eq!(
+            error_event(Error::ConnectionClosed),
+            TelephonyEvent::HungUp(None)
+        );
+        assert_eq!(
+            error_event(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)),
+            TelephonyEvent::Gone
+        );
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(error_event(Error::Io(reset)), TelephonyEvent::Gone);
+        let big = Error::Capacity(CapacityError::MessageTooLong {
+            size: 300_000,
+            max_size: 262_144,
+        });
+        assert_eq!(
+            error_event(big),
+            TelephonyEvent::TooBig(
+                "message of 300000 bytes, larger than the 262144-byte limit".to_owned()
+            )
+        );
+        let other = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(matches!(
+            error_event(Error::Io(other)),
+            TelephonyEvent::Error(_)
+        ));
+    }
+
+    #[test]
+    fn each_hangup_closes_with_its_code() {
+        assert_eq!(close_frame(&Hangup::Lost), None);
+        assert_eq!(close_frame(&Hangup::FarEnd), Some(None));
+        let ours = |cause| Hangup::Ours {
+            cause,
+            text: "why".to_owned(),
+            hang_up_channel: true,
+        };
+        let code = |h: &Hangup| close_frame(h).flatten().map(|f| u16::from(f.code));
+        assert_eq!(code(&ours(HangupCause::Normal)), Some(1000));
+        assert_eq!(code(&ours(HangupCause::Shutdown)), Some(1001));
+        assert_eq!(code(&ours(HangupCause::TooBig)), Some(1009));
+        assert_eq!(code(&ours(HangupCause::Error)), Some(1011));
+        let transfer = Hangup::Transfer {
+            to: "1000".to_owned(),
+            text: "transferred to 1000".to_owned(),
+        };
+        let frame = close_frame(&transfer).flatten().expect("a Close");
+        assert_eq!(u16::from(frame.code), 1000);
+        assert_eq!(frame.reason.as_str(), "transferred to 1000");
+    }
+}

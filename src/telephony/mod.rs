@@ -1,0 +1,111 @@
+//! The telephony side as an interface: what any PBX or carrier stream tells the call
+//! engine ([`TelephonyEvent`]) and what the engine asks of it ([`TelephonyAction`],
+//! and at the end a [`Hangup`]).
+//!
+//! It exists so the engine (`crate::call`) never sees a wire protocol: FreeSWITCH
+//! `mod_audio_stream` JSON and ESL live in [`freeswitch`], and the next sides fit the same
+//! shapes without touching the engine:
+//! - Asterisk chan_websocket: binary media → `Audio`, `DTMF_END` → `Dtmf`, `MEDIA_MARK_PROCESSED`
+//!   → `Played`; `Clear` → `FLUSH_MEDIA`, `Mark` → `MARK_MEDIA`, `Hangup` → `HANGUP`.
+//! - AudioSocket: we own the clock (one `Play` frame per tick is already what the pacer
+//!   does); `Clear` = stop sending; `Hangup` = the hang-up packet.
+//! - Twilio Media Streams: `media` → `Audio`, `start` → `Metadata`, `dtmf` → `Dtmf`,
+//!   `mark` → `Played`; `Clear` → `clear`, `Mark` → `mark`, `Transfer` via the REST side.
+//!
+//! Each implementation turns its inbound messages into events (one log line for bad
+//! input, never a panic) and performs actions as wire messages, batching writes as it
+//! likes; the call task drives it.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use crate::audio::{AudioFormat, Channels, Codec};
+
+pub mod freeswitch;
+
+/// Call metadata, protocol-neutral: whatever the telephony side knows about the call
+/// besides its audio. Every field is optional: nothing in a call depends on it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Metadata {
+    /// The call id the far end names (the URL's is kept when they differ).
+    pub call_id: Option<String>,
+    pub caller_id: Option<String>,
+    pub called: Option<String>,
+    /// The audio format, when the far end tells it.
+    pub codec: Option<Codec>,
+    pub sample_rate: Option<u32>,
+    pub channels: Option<Channels>,
+    /// Every other key, as strings, for the instructions template.
+    pub vars: BTreeMap<String, String>,
+    /// The metadata as received, when it was not structured.
+    pub raw: Option<String>,
+}
+
+/// What the telephony side tells the engine.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TelephonyEvent {
+    /// Caller audio in the call's inbound format (interleaved when stereo), in pieces
+    /// of any size.
+    Audio(Bytes),
+    /// The call's metadata (at most once per call).
+    Metadata(Metadata),
+    /// Any other text the far end sent (logged, counted).
+    Text(String),
+    /// The caller pressed a key.
+    Dtmf(char),
+    /// The far end has played our audio up to the mark of this id.
+    Played(u64),
+    /// The far end hung up or closed the stream (with its close code, if any).
+    HungUp(Option<u16>),
+    /// The connection dropped without a goodbye.
+    Gone,
+    /// The connection failed (read/write error, write stall).
+    Error(String),
+    /// The far end sent a message over our size limit; the connection still works.
+    TooBig(String),
+}
+
+/// What the engine asks of the telephony side during the call.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TelephonyAction {
+    /// One paced 20 ms frame of assistant audio, in the call's format.
+    Play(Bytes),
+    /// The reply is fully released: send any frames held back for batching now.
+    FlushPlayback,
+    /// Barge-in: drop what the far end still has buffered of our audio.
+    Clear,
+    /// Ask to be told (`TelephonyEvent::Played`) when playback reaches this point.
+    Mark(u64),
+    /// The call's format changed before any audio flowed (metadata): play in this one.
+    SetFormat(AudioFormat),
+}
+
+/// How the call leaves the telephony side: derived from the end reason by the engine
+/// (`EndReason::hangup`), carried out by the implementation at the very end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hangup {
+    /// The far end closed: only finish the close handshake.
+    FarEnd,
+    /// The connection is gone: nothing can be sent.
+    Lost,
+    /// We end the stream. `text` is for the far end's log (never secret, no URLs);
+    /// `hang_up_channel`: the channel is hung up too (not on shutdown, where the
+    /// dialplan decides what follows).
+    Ours {
+        cause: HangupCause,
+        text: String,
+        hang_up_channel: bool,
+    },
+    /// The stream ends and the channel goes on to `to`.
+    Transfer { to: String, text: String },
+}
+
+/// Why we end the stream, for protocols with close codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HangupCause {
+    Normal,
+    Error,
+    TooBig,
+    Shutdown,
+}
