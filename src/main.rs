@@ -1,14 +1,6 @@
 //! The `voicebridge` command: `serve` (the daemon, default), `call` (a FreeSWITCH
 //! stand-in for testing a running daemon) and `check` (validate the config).
 
-// jemalloc hands memory freed by ended calls back to the OS within about a second
-// (README "Dependencies, and why each"); glibc kept a burst's high-water mark.
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-#[allow(non_upper_case_globals)]
-#[export_name = "_rjem_malloc_conf"]
-pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
