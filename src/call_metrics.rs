@@ -6,6 +6,8 @@
 //! bounded (route names from the config, provider names, end-reason tags, provider error
 //! codes: a fixed set per provider), so the series count stays bounded too.
 
+mod trim;
+
 use std::time::Duration;
 
 use metrics::{
@@ -136,8 +138,10 @@ pub fn context_lookup(route: &str, outcome: &'static str) {
     counter!(LOOKUPS, "route" => route.to_owned(), "outcome" => outcome).increment(1);
 }
 
+/// Also where memory freed by ended calls is given back (see `trim`).
 pub fn set_active_calls(n: usize) {
     gauge!(ACTIVE_CALLS).set(n as f64);
+    trim::on_live_calls(n);
 }
 
 pub fn esl_up(up: bool) {

@@ -1,6 +1,10 @@
 //! The per-call record: what was said, what was done and what it cost, gathered while
 //! the call runs and turned into one JSON object when it ends (delivered by
 //! `records`). Pure bookkeeping, no I/O, so it is unit-tested on its own.
+//!
+//! It keeps only what a configured sink will write ([`Keep`]): without a sink a call
+//! holds no transcript and no per-turn list, so its memory does not grow with the
+//! length of the conversation, and nothing needs building at its end.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,11 +28,37 @@ pub const MAX_TOOL_ARGUMENTS_BYTES: usize = 4 * 1024;
 /// Per-turn latencies kept per record.
 const MAX_TURNS: usize = 2000;
 
+/// One transcript line; its text is `text[previous end..end]` of the builder's one
+/// buffer (one allocation per call rather than one per line).
 #[derive(Debug)]
 struct Line {
     who: Speaker,
-    text: String,
     at_ms: u64,
+    end: u32,
+}
+
+/// What the record keeps while the call runs: only what a configured sink will use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// No record sink: the counters only (the turn latency still feeds the metrics);
+    /// the record is not meant to be built.
+    Nothing,
+    /// A sink with transcripts off (the privacy switch): everything but the text.
+    NoText,
+    /// A sink with transcripts.
+    All,
+}
+
+impl Keep {
+    /// `has_sink`: a record sink is configured (`Records::is_enabled`);
+    /// `transcripts`: `[log] transcripts`.
+    pub fn for_call(has_sink: bool, transcripts: bool) -> Keep {
+        match (has_sink, transcripts) {
+            (false, _) => Keep::Nothing,
+            (true, false) => Keep::NoText,
+            (true, true) => Keep::All,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -47,9 +77,10 @@ struct ToolEntry {
 pub struct RecordBuilder {
     started: Instant,
     started_wall: SystemTime,
-    keep_transcript: bool,
+    keep: Keep,
     transcript: Vec<Line>,
-    transcript_bytes: usize,
+    /// All lines' text, one after the other (bounded by `MAX_TRANSCRIPT_BYTES`).
+    text: String,
     transcript_dropped: u64,
     tools: Vec<ToolEntry>,
     tools_dropped: u64,
@@ -84,13 +115,28 @@ pub struct Ending<'a> {
 }
 
 impl RecordBuilder {
+    /// A record for a configured sink, with or without the transcript's text.
     pub fn new(started: Instant, keep_transcript: bool) -> RecordBuilder {
+        let keep = if keep_transcript {
+            Keep::All
+        } else {
+            Keep::NoText
+        };
+        RecordBuilder::with_keep(started, keep)
+    }
+
+    /// A call without a record sink: keeps the counters only.
+    pub fn disabled(started: Instant) -> RecordBuilder {
+        RecordBuilder::with_keep(started, Keep::Nothing)
+    }
+
+    pub fn with_keep(started: Instant, keep: Keep) -> RecordBuilder {
         RecordBuilder {
             started,
             started_wall: SystemTime::now() - started.elapsed(),
-            keep_transcript,
+            keep,
             transcript: Vec::new(),
-            transcript_bytes: 0,
+            text: String::new(),
             transcript_dropped: 0,
             tools: Vec::new(),
             tools_dropped: 0,
@@ -103,6 +149,11 @@ impl RecordBuilder {
         }
     }
 
+    /// Whether a record is meant to be built at the end (a sink is configured).
+    pub fn is_enabled(&self) -> bool {
+        self.keep != Keep::Nothing
+    }
+
     fn ms(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.started).as_millis() as u64
     }
@@ -112,22 +163,34 @@ impl RecordBuilder {
         if who == Speaker::Caller {
             self.caller_finals += 1;
         }
-        if !self.keep_transcript {
+        if self.keep != Keep::All {
             return;
         }
         let text = crate::text_cap::clip(text, crate::text_cap::MAX_TURN_TEXT);
         if self.transcript.len() >= MAX_TRANSCRIPT
-            || self.transcript_bytes + text.len() > MAX_TRANSCRIPT_BYTES
+            || self.text.len() + text.len() > MAX_TRANSCRIPT_BYTES
         {
             self.transcript_dropped += 1;
             return;
         }
-        self.transcript_bytes += text.len();
+        self.text.push_str(&text);
         self.transcript.push(Line {
             who,
-            text: text.into_owned(),
             at_ms: self.ms(at),
+            // At most MAX_TRANSCRIPT_BYTES (256 KiB), checked above.
+            end: self.text.len() as u32,
         });
+    }
+
+    /// The transcript's lines with their text, in order.
+    fn lines(&self) -> impl Iterator<Item = (&Line, &str)> {
+        let mut start = 0;
+        self.transcript.iter().map(move |l| {
+            let end = l.end as usize;
+            let text = self.text.get(start..end).unwrap_or("");
+            start = end;
+            (l, text)
+        })
     }
 
     /// The caller finished a turn (the provider's end of speech).
@@ -141,7 +204,7 @@ impl RecordBuilder {
     pub fn audio_played(&mut self, at: Instant) -> Option<Duration> {
         let start = self.turn_started.take()?;
         let latency = at.saturating_duration_since(start);
-        if self.turn_latencies.len() < MAX_TURNS {
+        if self.keep != Keep::Nothing && self.turn_latencies.len() < MAX_TURNS {
             self.turn_latencies
                 .push((latency.as_secs_f64() * 10_000.0).round() / 10.0);
         }
@@ -154,6 +217,10 @@ impl RecordBuilder {
     }
 
     pub fn tool_started(&mut self, id: &str, name: &str, arguments: &Value, at: Instant) {
+        if self.keep == Keep::Nothing {
+            self.tools_dropped += 1;
+            return;
+        }
         if self.tools.len() >= MAX_TOOL_CALLS {
             self.tools_dropped += 1;
             return;
@@ -205,7 +272,9 @@ impl RecordBuilder {
         self.tools.len() + self.tools_dropped as usize
     }
 
-    /// The record, at the end of the call.
+    /// The record, at the end of the call. Meant for a configured sink only (see
+    /// [`RecordBuilder::is_enabled`]); a disabled builder still gives a valid record,
+    /// without the per-turn latencies and tool calls it did not keep.
     pub fn build(&self, end: &Ending<'_>) -> Value {
         let ended_wall = SystemTime::now();
         let duration = self.started.elapsed();
@@ -267,14 +336,13 @@ impl RecordBuilder {
         if let Some(to) = end.transfer_to {
             record["transfer_to"] = json!(to);
         }
-        if self.tools_dropped > 0 {
+        if self.tools_dropped > 0 && self.keep != Keep::Nothing {
             record["tool_calls_dropped"] = json!(self.tools_dropped);
         }
-        if self.keep_transcript {
+        if self.keep == Keep::All {
             record["transcript"] = self
-                .transcript
-                .iter()
-                .map(|l| json!({"who": l.who.name(), "text": l.text, "at_ms": l.at_ms}))
+                .lines()
+                .map(|(l, text)| json!({"who": l.who.name(), "text": text, "at_ms": l.at_ms}))
                 .collect::<Vec<_>>()
                 .into();
             if self.transcript_dropped > 0 {
@@ -372,5 +440,80 @@ mod tests {
             "finished matches the clipped id"
         );
         assert_eq!(v["tool_calls_dropped"], 100);
+    }
+
+    #[test]
+    fn keep_follows_the_sink_and_the_privacy_switch() {
+        assert_eq!(Keep::for_call(false, true), Keep::Nothing);
+        assert_eq!(Keep::for_call(false, false), Keep::Nothing);
+        assert_eq!(Keep::for_call(true, false), Keep::NoText);
+        assert_eq!(Keep::for_call(true, true), Keep::All);
+        assert!(!RecordBuilder::disabled(Instant::now()).is_enabled());
+        assert!(RecordBuilder::new(Instant::now(), false).is_enabled());
+    }
+
+    #[test]
+    fn without_a_sink_nothing_grows_with_the_conversation() {
+        let t0 = Instant::now();
+        let mut r = RecordBuilder::disabled(t0);
+        for i in 0..500u64 {
+            let at = t0 + Duration::from_millis(i * 2000);
+            r.caller_turn_ended(at);
+            // The metrics still get every turn's latency.
+            assert_eq!(
+                r.audio_played(at + Duration::from_millis(300)),
+                Some(Duration::from_millis(300))
+            );
+            r.assistant_turn_done();
+            r.transcript(Speaker::Caller, "a caller line", at);
+            r.transcript(Speaker::Assistant, "an assistant line", at);
+            r.tool_started("c", "lookup", &json!({"a": 1}), at);
+        }
+        assert_eq!(r.transcript.capacity(), 0);
+        assert_eq!(r.text.capacity(), 0);
+        assert_eq!(r.turn_latencies.capacity(), 0);
+        assert_eq!(r.tools.capacity(), 0);
+        assert_eq!(r.tool_calls(), 500);
+        let v = r.build(&Ending::default());
+        assert_eq!(v["turns"]["caller"], 500);
+        assert_eq!(v["turns"]["assistant"], 500);
+        assert!(v["transcript"].is_null());
+        assert!(!v.to_string().contains("caller line"));
+    }
+
+    #[test]
+    fn transcripts_off_keeps_the_turns_but_no_text() {
+        let t0 = Instant::now();
+        let mut r = RecordBuilder::with_keep(t0, Keep::NoText);
+        r.caller_turn_ended(t0);
+        r.audio_played(t0 + Duration::from_millis(250));
+        r.transcript(Speaker::Caller, "my pin is 1234", t0);
+        assert_eq!(r.text.capacity(), 0);
+        let v = r.build(&Ending::default());
+        assert_eq!(v["latency_ms"]["turns"], json!([250.0]));
+        assert!(v["transcript"].is_null());
+        assert!(!v.to_string().contains("1234"));
+    }
+
+    #[test]
+    fn transcript_lines_share_one_buffer_and_keep_their_order() {
+        let t0 = Instant::now();
+        let mut r = RecordBuilder::new(t0, true);
+        r.transcript(Speaker::Caller, "héllo", t0 + Duration::from_millis(10));
+        r.transcript(Speaker::Assistant, "", t0 + Duration::from_millis(20));
+        r.transcript(
+            Speaker::Assistant,
+            "¿qué tal?",
+            t0 + Duration::from_millis(30),
+        );
+        let v = r.build(&Ending::default());
+        assert_eq!(
+            v["transcript"],
+            json!([
+                {"who": "caller", "text": "héllo", "at_ms": 10},
+                {"who": "assistant", "text": "", "at_ms": 20},
+                {"who": "assistant", "text": "¿qué tal?", "at_ms": 30},
+            ])
+        );
     }
 }

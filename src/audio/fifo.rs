@@ -1,6 +1,14 @@
 //! A byte FIFO with a read cursor: appends at the end, takes whole frames from the
 //! front, and compacts only now and then, so taking a frame never shifts the buffer.
 //! Shared by the `Reframer` (inbound) and the `Pacer` (outbound).
+//!
+//! A burst (a reply delivered faster than real time) grows the buffer; once it has all
+//! been taken, memory above [`KEEP_WHEN_EMPTY`] goes back to the allocator, so a call
+//! between replies holds a few KiB rather than its largest reply. A steady stream that
+//! stays under it is never reallocated.
+
+/// Capacity an empty FIFO keeps; more is released when the FIFO drains.
+pub(crate) const KEEP_WHEN_EMPTY: usize = 4 * 1024;
 
 #[derive(Debug)]
 pub(crate) struct ByteFifo {
@@ -45,8 +53,7 @@ impl ByteFifo {
         out.extend_from_slice(&self.buf[self.read..self.read + n]);
         self.read += n;
         if self.read == self.buf.len() {
-            self.buf.clear();
-            self.read = 0;
+            self.clear();
         } else if self.read >= self.compact_at {
             self.buf.drain(..self.read);
             self.read = 0;
@@ -55,8 +62,17 @@ impl ByteFifo {
     }
 
     pub(crate) fn clear(&mut self) {
-        self.buf.clear();
+        if self.buf.capacity() > KEEP_WHEN_EMPTY {
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
+        }
         self.read = 0;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Bytes held in memory, consumed ones included (for bounds tests).
@@ -69,6 +85,36 @@ impl ByteFifo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_drained_burst_gives_its_memory_back() {
+        let mut f = ByteFifo::new(0, 16 * 1024);
+        let mut out = Vec::new();
+        f.extend(&[7u8; 320 * 200]);
+        assert!(f.capacity() >= 320 * 200);
+        while f.take_into(320, &mut out) {}
+        assert_eq!(f.len(), 0);
+        assert!(f.capacity() <= KEEP_WHEN_EMPTY, "kept {}", f.capacity());
+        assert_eq!(out.len(), 320 * 200);
+        // A barge-in's flush releases it too.
+        f.extend(&[1u8; 32 * 1024]);
+        f.clear();
+        assert!(f.capacity() <= KEEP_WHEN_EMPTY);
+    }
+
+    #[test]
+    fn a_steady_stream_keeps_its_buffer() {
+        // Each frame is taken as soon as it arrives (a provider at real time).
+        let mut f = ByteFifo::new(1280, 16 * 1024);
+        let mut out = Vec::new();
+        let before = f.capacity();
+        for i in 0..1000u32 {
+            f.extend(&[(i % 251) as u8; 320]);
+            out.clear();
+            assert!(f.take_into(320, &mut out));
+            assert_eq!(f.capacity(), before, "frame {i}");
+        }
+    }
 
     #[test]
     fn takes_in_order_and_stays_bounded() {

@@ -118,7 +118,8 @@ impl Pacer {
             format,
             frame_bytes,
             lead: lead.max(FRAME),
-            buf: ByteFifo::new(frame_bytes * 50, COMPACT_AT),
+            // Grown by the first reply, not up front: most of a call is not a reply.
+            buf: ByteFifo::new(0, COMPACT_AT),
             queued: VecDeque::with_capacity(8),
             recent: VecDeque::with_capacity(8),
             recent_bytes: 0,
