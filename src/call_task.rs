@@ -116,8 +116,12 @@ pub async fn run(ws: Ws, setup: CallSetup) {
         provider.name,
         leg.can_transfer(),
     );
+    let mut engine = CallEngine::new(setup, Instant::now());
+    if !records.as_ref().is_some_and(|r| r.is_enabled()) {
+        engine.without_record();
+    }
     let mut task = CallTask {
-        engine: CallEngine::new(setup, Instant::now()),
+        engine,
         leg,
         provider,
         config,
@@ -342,7 +346,7 @@ impl CallTask {
         call_metrics::call_ended(&route_name, provider.name, reason.tag());
         call_metrics::esl_dropped(leg.esl_dropped());
         drop(slots);
-        if let Some(records) = &records {
+        if let Some(records) = records.as_ref().filter(|r| r.is_enabled()) {
             records.submit(engine.build_record(&reason, Instant::now()));
         }
         let esl_dropped = leg.esl_dropped();

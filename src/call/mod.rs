@@ -331,6 +331,13 @@ impl CallEngine {
         self.flushed = now;
     }
 
+    /// No record sink will take this call's record: keep nothing that only the record
+    /// needs (transcript, per-turn list, tool entries), so the call's memory does not
+    /// grow with the conversation. Call it right after `new`.
+    pub fn without_record(&mut self) {
+        self.record = RecordBuilder::disabled(self.started);
+    }
+
     /// The call record, for a configured sink.
     pub fn build_record(&self, reason: &EndReason, now: Instant) -> serde_json::Value {
         let s = &self.stats;
