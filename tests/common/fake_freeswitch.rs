@@ -7,7 +7,7 @@
 //! `client_max_window_bits=9`, `Origin:` built from the target, no
 //! `User-Agent`). A test against voicebridge only proves something about the
 //! real module if the bytes on the wire are the module's bytes. Every quirk
-//! below quotes the behaviour from `shared/docs/protocols/freeswitch-mod_audio_stream.md`
+//! below quotes the behaviour from `docs/protocols/freeswitch-mod_audio_stream.md`
 //! (sections 2 and 3) that it reproduces.
 //!
 //! Shape of the API:
