@@ -21,11 +21,11 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use tokio_tungstenite::tungstenite::Message;
 use voicebridge::audio::{g711, signal, AudioFormat, Channels, Pacer, Reframer, Transcoder};
 use voicebridge::config::PlaybackMode;
-use voicebridge::telephony::freeswitch::Playback;
 use voicebridge::providers::elevenlabs::{turn as el_turn, wire as el};
 use voicebridge::providers::gemini::{wire as gm, Turn as GeminiTurn};
 use voicebridge::providers::openai::{self, Turns as OpenAiTurns};
 use voicebridge::providers::ProviderEvent;
+use voicebridge::telephony::freeswitch::Playback;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
