@@ -1,4 +1,5 @@
-//! One call's mod_audio_stream socket behind the telephony interface: inbound WebSocket
+//! One call's mod_audio_stream socket behind the telephony interface (`TelephonyLeg`,
+//! which the generic call task drives; `crate::server` builds it): inbound WebSocket
 //! messages become `TelephonyEvent`s, `TelephonyAction`s become wire messages in the
 //! route's playback mode, and the end becomes the close handshake plus the ESL
 //! commands (`uuid_kill`, `uuid_transfer`) today's FreeSWITCH needs.
