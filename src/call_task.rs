@@ -2,13 +2,15 @@
 //! the telephony socket, the provider handle and the side work the engine asked for,
 //! `select!`s over them, feeds what happens to the engine and performs what the engine
 //! outputs. It decides nothing; whichever side ends first, both are closed cleanly.
+//!
+//! Generic over the telephony side ([`TelephonyLeg`]): it never sees a wire protocol,
+//! so a new side reuses it as is.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -16,40 +18,34 @@ use tracing::{error, info, warn, Instrument};
 
 use crate::call::{self, CallEngine, EndReason, EngineSetup, Input, LookupDone, Output, ToolDone};
 use crate::call_metrics;
-use crate::config::{Config, PlaybackMode, Route};
+use crate::config::{Config, Route};
 use crate::providers::{self, ProviderCommand, ProviderHandle};
 use crate::records::Records;
 use crate::registry::CallGuard;
-use crate::telephony::freeswitch::esl::{Esl, PlayEvent, PlayEvents};
-use crate::telephony::freeswitch::leg::{self, FreeswitchLeg, Ws};
-use crate::telephony::freeswitch::{playback, StreamRequest};
-use crate::telephony::TelephonyAction;
+use crate::telephony::{TelephonyAction, TelephonyLeg};
 use crate::tools;
 
 /// How long we wait for the provider task to finish after its Close.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// Everything the server learned while accepting the call.
+/// Everything the server learned while accepting the call (besides its telephony leg).
 pub struct CallSetup {
     pub call_id: String,
     pub route: Route,
-    pub request: StreamRequest,
     pub config: Arc<Config>,
     pub peer: SocketAddr,
     pub guard: CallGuard,
     /// The route's daily budget; dropped when the call ends, charging its time.
     pub budget: Option<crate::budget::Ticket>,
     pub stop: CancellationToken,
-    /// The daemon's Event Socket, when `[freeswitch.esl]` is configured.
-    pub esl: Option<Esl>,
     /// Where the call's record goes when it ends.
     pub records: Option<Records>,
 }
 
 /// One call's I/O.
-struct CallTask {
+struct CallTask<L> {
     engine: CallEngine,
-    leg: FreeswitchLeg,
+    leg: L,
     provider: ProviderHandle,
     config: Arc<Config>,
     route_name: String,
@@ -60,40 +56,32 @@ struct CallTask {
     records: Option<Records>,
 }
 
-/// Runs the call to its end. Never panics on input; always closes both sides.
-pub async fn run(ws: Ws, setup: CallSetup) {
+/// Runs the call to its end on the telephony side `leg`, as built by the side's
+/// accept path. Never panics on input; always closes both sides.
+pub async fn run<L: TelephonyLeg>(mut leg: L, setup: CallSetup) {
     let CallSetup {
         call_id,
         route,
-        request,
         config,
         peer: _,
         guard,
         budget,
         stop,
-        esl,
         records,
     } = setup;
-    let channels = request.channels.unwrap_or(route.channels);
+    let pinned = leg.pinned_format();
+    let channels = pinned.channels.unwrap_or(route.channels);
     let call_format = crate::audio::AudioFormat::new(
-        request.codec.unwrap_or(route.codec),
-        request.rate.unwrap_or(route.sample_rate),
+        pinned.codec.unwrap_or(route.codec),
+        pinned.rate.unwrap_or(route.sample_rate),
     );
     if let Err(reason) = call::check_format(call_format) {
         error!(reason = %reason, "call refused");
-        leg::refuse(ws, reason.close_reason()).await;
+        // Our Close with the reason (an error close); the channel is left as it is.
+        leg.close(&reason.hangup()).await;
         return;
     }
-    // ESL commands name the channel by the URL's call id; a made-up id names nothing.
-    let esl = esl.filter(|_| request.call_id.is_some());
-    let leg = FreeswitchLeg::new(
-        ws,
-        call_id.clone(),
-        route.playback,
-        call_format,
-        config.freeswitch.esl_chunk,
-        esl,
-    );
+    leg.start();
     // Connect the provider now, in parallel with the first audio, to save first-turn latency.
     let provider = providers::spawn(&config, &route, call_format);
     guard.update(|e| e.provider = provider.name);
@@ -104,18 +92,19 @@ pub async fn run(ws: Ws, setup: CallSetup) {
         playback = ?route.playback,
         "call started"
     );
-    if route.playback == PlaybackMode::Binary && playback::first_binary_call() {
-        info!("{}", playback::BINARY_HINT);
-    }
     let route_name = route.name.clone();
-    let setup = EngineSetup::freeswitch(
+    let setup = EngineSetup {
         call_id,
         route,
-        Arc::clone(&config),
-        &request,
-        provider.name,
-        leg.can_transfer(),
-    );
+        config: Arc::clone(&config),
+        request_codec: pinned.codec,
+        request_rate: pinned.rate,
+        request_channels: pinned.channels,
+        provider: provider.name,
+        frames_per_message: leg.frames_per_message(),
+        pacer_lead: leg.pacer_lead(),
+        can_transfer: leg.can_transfer(),
+    };
     let mut engine = CallEngine::new(setup, Instant::now());
     if !records.as_ref().is_some_and(|r| r.is_enabled()) {
         engine.without_record();
@@ -134,7 +123,7 @@ pub async fn run(ws: Ws, setup: CallSetup) {
     task.finish(reason, (guard, budget)).await;
 }
 
-impl CallTask {
+impl<L: TelephonyLeg> CallTask<L> {
     async fn run_loop(&mut self, stop: &CancellationToken) -> EndReason {
         // Created once: `cancelled()` registers a waiter under the token's lock, too
         // costly to redo on every wake-up of every call (it showed in the profile).
@@ -162,17 +151,14 @@ impl CallTask {
                     Some(event) => Input::Provider(event),
                     None => Input::ProviderGone,
                 }),
-                msg = self.leg.stream.next() => self.leg.event(msg).map(Input::Telephony),
+                // Cancel-safe; side-specific control events are handled inside.
+                event = self.leg.next_event() => event.map(Input::Telephony),
                 Some(done) = self.tools.join_next(), if !self.tools.is_empty() => {
                     Some(Input::ToolDone(done.map_err(|e| e.to_string())))
                 }
                 done = recv_lookup(&mut self.lookup), if self.lookup.is_some() => {
                     self.lookup = None;
                     Some(Input::LookupDone(done.map_err(|e| e.to_string())))
-                }
-                play = recv_play(&mut self.leg.play_events) => {
-                    self.leg.on_play(play);
-                    None
                 }
                 // Last: `biased` polls branches in order and stops at the first ready
                 // one, so the token (whose poll takes a lock) is only polled when
@@ -332,7 +318,8 @@ impl CallTask {
             ..
         } = self;
         let hangup = reason.hangup();
-        // The provider first: it must stop billing even if FreeSWITCH is slow to close.
+        // The provider first: it must stop billing even if the telephony side is slow
+        // to close.
         let _ = provider.commands.try_send(ProviderCommand::Close);
         leg.close(&hangup).await;
         // Tool calls still running are of no use any more.
@@ -344,15 +331,15 @@ impl CallTask {
         leg.release_channel(&hangup);
         engine.flush_metrics();
         call_metrics::call_ended(&route_name, provider.name, reason.tag());
-        call_metrics::esl_dropped(leg.esl_dropped());
+        call_metrics::esl_dropped(leg.control_dropped());
         drop(slots);
         if let Some(records) = records.as_ref().filter(|r| r.is_enabled()) {
             records.submit(engine.build_record(&reason, Instant::now()));
         }
-        let esl_dropped = leg.esl_dropped();
-        // The close handshake is done: close FreeSWITCH's TCP connection now. The
-        // module's hang-up (libwsc `disconnect()`) blocks until it sees the TCP close,
-        // and must not wait for the provider's own close (up to 500 ms) below.
+        let esl_dropped = leg.control_dropped();
+        // The close handshake is done: close the telephony connection now. FreeSWITCH's
+        // hang-up (libwsc `disconnect()`) blocks until it sees the TCP close, and must
+        // not wait for the provider's own close (up to 500 ms) below.
         drop(leg);
         let mut task = provider.task;
         if tokio::time::timeout(CLOSE_WAIT, &mut task).await.is_err() {
@@ -408,14 +395,6 @@ async fn recv_lookup(
 ) -> Result<LookupDone, tokio::task::JoinError> {
     match lookup {
         Some(handle) => handle.await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next play event, or never when the call has no play events.
-async fn recv_play(events: &mut Option<PlayEvents>) -> Option<PlayEvent> {
-    match events {
-        Some(e) => e.recv().await,
         None => std::future::pending().await,
     }
 }

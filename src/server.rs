@@ -25,7 +25,7 @@ use crate::call_task::{self, CallSetup};
 use crate::config::{Config, Route};
 use crate::records::Records;
 use crate::registry::{CallEntry, CallGuard, Full, Registry};
-use crate::telephony::freeswitch::{Esl, StreamRequest};
+use crate::telephony::freeswitch::{Esl, FreeswitchLeg, StreamRequest};
 
 /// Largest WebSocket message we accept. Audio messages are a few KiB (48 kHz stereo at
 /// 100 ms is 19 200 bytes) and the metadata at most 8 KiB, so anything near this is
@@ -303,21 +303,28 @@ async fn handle_connection(
     let handshake_ms = started.elapsed().as_secs_f64() * 1000.0;
     let span =
         tracing::info_span!("call", call_id = %accepted.call_id, route = %accepted.route.name);
+    // The FreeSWITCH side: the generic call task runs on this leg.
+    let leg = FreeswitchLeg::new(
+        ws,
+        accepted.call_id.clone(),
+        &accepted.route,
+        &accepted.request,
+        config.freeswitch.esl_chunk,
+        shared.esl.clone(),
+    );
     let setup = CallSetup {
         call_id: accepted.call_id,
         route: accepted.route,
-        request: accepted.request,
         config: Arc::clone(&config),
         peer,
         guard: accepted.guard,
         budget: Some(accepted.budget),
         stop: shared.shutdown.stop.clone(),
-        esl: shared.esl.clone(),
         records: shared.records.clone(),
     };
     async move {
         info!(%peer, handshake_ms = format!("{handshake_ms:.2}"), "call accepted");
-        call_task::run(ws, setup).await;
+        call_task::run(leg, setup).await;
     }
     .instrument(span)
     .await;

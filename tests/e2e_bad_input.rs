@@ -244,3 +244,40 @@ async fn idle_and_max_duration_end_the_call_with_a_close() {
     talk.abort();
     daemon.stop().await;
 }
+
+/// A format the call cannot run in (G.711 is 8000 Hz only) is refused before anything
+/// starts: an error Close with the reason, one log line, no provider, and the daemon
+/// keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unplayable_format_is_refused_with_an_error_close() {
+    let daemon = Daemon::start(&config(""), &[]).await;
+    let opts = ConnectOptions::new(daemon.addr, "/call/fmt-1?codec=pcmu&rate=16000");
+    let mut fs = FakeFreeSwitch::connect(&opts).await.unwrap();
+    let close = loop {
+        match fs.recv_timeout(common::daemon::HANG_GUARD).await.unwrap() {
+            Some(ServerFrame::Close(code, reason)) => break (code, reason),
+            Some(_) => continue,
+            None => panic!("stream ended without a Close"),
+        }
+    };
+    assert_eq!(close.0, Some(1011));
+    assert!(close.1.contains("requires rate 8000"), "{}", close.1);
+    let refused = daemon
+        .wait_log(|l| message(l) == "call refused" && call_id(l) == Some("fmt-1"))
+        .await;
+    assert!(
+        field(&refused, "reason")
+            .as_str()
+            .is_some_and(|r| r.contains("requires rate 8000, not 16000")),
+        "{refused}"
+    );
+    healthy_call(&daemon, "fmt-ok").await;
+    assert!(
+        !daemon
+            .logs()
+            .iter()
+            .any(|l| message(l) == "call started" && call_id(l) == Some("fmt-1")),
+        "a refused call must not start a provider"
+    );
+    daemon.stop().await;
+}

@@ -12,9 +12,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::audio::{AudioFormat, ItemId, Pacer, Transcoder};
 use crate::call_metrics;
-use crate::config::{Config, Route};
+use crate::config::Config;
 use crate::providers::{CallContext, ProviderCommand, ProviderEvent};
-use crate::telephony::freeswitch::playback;
 use crate::telephony::TelephonyAction;
 
 use super::ending::Goodbye;
@@ -41,27 +40,24 @@ pub(super) struct Downstream {
     /// Frames per telephony message, and how many of the current batch were played.
     frames_per_message: usize,
     batched: usize,
+    /// The pacer's lead (the telephony side's), kept for a rebuild.
+    lead: Duration,
 }
 
-fn new_pacer(route: &Route, config: &Config, call: AudioFormat) -> Pacer {
-    let lead = playback::pacer_lead(
-        route.playback,
-        route.playback_lead,
-        config.freeswitch.esl_chunk,
-    );
+fn new_pacer(lead: Duration, config: &Config, call: AudioFormat) -> Pacer {
     Pacer::new(call, lead).with_max_queue(config.freeswitch.playback_max_queue)
 }
 
 impl Downstream {
     pub fn new(
-        route: &Route,
         config: &Config,
         call: AudioFormat,
         frames_per_message: usize,
+        lead: Duration,
     ) -> Downstream {
         Downstream {
             transcoder: None,
-            pacer: new_pacer(route, config, call),
+            pacer: new_pacer(lead, config, call),
             converted: Vec::new(),
             frame: Vec::new(),
             interrupted: VecDeque::new(),
@@ -70,6 +66,7 @@ impl Downstream {
             reply_done: false,
             frames_per_message: frames_per_message.max(1),
             batched: 0,
+            lead,
         }
     }
 }
@@ -78,7 +75,7 @@ impl CallEngine {
     /// The metadata changed the call's format before any audio flowed: the playback
     /// side (pacer, telephony encoder, assistant→caller transcoder) follows it.
     pub(super) fn rebuild_playback(&mut self, call: AudioFormat) {
-        self.down.pacer = new_pacer(&self.route, &self.config, call);
+        self.down.pacer = new_pacer(self.down.lead, &self.config, call);
         self.down.batched = 0;
         self.outputs
             .push_back(Output::Telephony(TelephonyAction::SetFormat(call)));

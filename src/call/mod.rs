@@ -37,7 +37,6 @@ use crate::audio::{AudioFormat, Codec, FloodGuard};
 use crate::call_metrics::Traffic;
 use crate::call_record::{self, RecordBuilder};
 use crate::config::{Config, Route};
-use crate::telephony::freeswitch::request::StreamRequest;
 
 mod downstream;
 mod end_reason;
@@ -71,7 +70,7 @@ pub struct EngineSetup {
     pub call_id: String,
     pub route: Route,
     pub config: Arc<Config>,
-    /// The inbound format the upgrade URL fixed (`None`: the route's, or metadata's).
+    /// The inbound format the telephony side pinned (`None`: the route's, or metadata's).
     pub request_codec: Option<Codec>,
     pub request_rate: Option<u32>,
     pub request_channels: Option<crate::audio::Channels>,
@@ -80,37 +79,13 @@ pub struct EngineSetup {
     /// The telephony side sends this many frames per message (it batches `Play`s; the
     /// engine counts a reply as heard when a batch goes out). 1 for most sides.
     pub frames_per_message: usize,
+    /// How far ahead of the playout the pacer may release (the telephony side's need).
+    pub pacer_lead: Duration,
     /// The telephony side can transfer this call (`transfer_call` is refused otherwise).
     pub can_transfer: bool,
 }
 
 impl EngineSetup {
-    /// The setup for a FreeSWITCH call with this upgrade request.
-    pub fn freeswitch(
-        call_id: String,
-        route: Route,
-        config: Arc<Config>,
-        request: &StreamRequest,
-        provider: &'static str,
-        can_transfer: bool,
-    ) -> EngineSetup {
-        let frames_per_message = crate::telephony::freeswitch::playback::frames_per_message(
-            route.playback,
-            config.freeswitch.esl_chunk,
-        );
-        EngineSetup {
-            call_id,
-            request_codec: request.codec,
-            request_rate: request.rate,
-            request_channels: request.channels,
-            route,
-            config,
-            provider,
-            frames_per_message,
-            can_transfer,
-        }
-    }
-
     /// The call's format from the URL and the route, before any metadata.
     pub fn call_format(&self) -> AudioFormat {
         AudioFormat::new(
@@ -180,10 +155,10 @@ impl CallEngine {
             pinned_channels: setup.request_channels.is_some(),
         };
         let down = Downstream::new(
-            &setup.route,
             &setup.config,
             inbound.mono(),
             setup.frames_per_message,
+            setup.pacer_lead,
         );
         let transcripts = setup.config.log.transcripts;
         CallEngine {

@@ -19,6 +19,9 @@ fn engine_with(toml: &str, can_transfer: bool) -> (CallEngine, Instant) {
             .unwrap_or_else(|e| panic!("test config: {e}")),
     );
     let route = config.default_route().clone();
+    // The default route plays `binary`, whose pacer lead is the route's as it is.
+    assert_eq!(route.playback, crate::config::PlaybackMode::Binary);
+    let route_lead = route.playback_lead;
     let t0 = Instant::now();
     let setup = EngineSetup {
         call_id: "call-1".to_owned(),
@@ -29,6 +32,7 @@ fn engine_with(toml: &str, can_transfer: bool) -> (CallEngine, Instant) {
         request_channels: Some(Channels::Mono),
         provider: "test",
         frames_per_message: 1,
+        pacer_lead: route_lead,
         can_transfer,
     };
     (CallEngine::new(setup, t0), t0)
@@ -654,7 +658,8 @@ fn the_provider_is_set_up_without_metadata_after_the_wait() {
 #[test]
 fn a_batching_side_gets_a_flush_at_the_end_of_the_reply() {
     let (mut e, t0) = engine("");
-    e.down = downstream::Downstream::new(&e.route, &e.config, pcmu(), 5);
+    let lead = e.route.playback_lead;
+    e.down = downstream::Downstream::new(&e.config, pcmu(), 5, lead);
     ready(&mut e, t0);
     feed(&mut e, t0, audio(&item("a"), 50));
     feed(&mut e, t0, Input::Provider(ProviderEvent::ResponseDone));

@@ -15,8 +15,17 @@
 //! Each implementation turns its inbound messages into events (one log line for bad
 //! input, never a panic) and performs actions as wire messages, batching writes as it
 //! likes; the call task drives it.
+//!
+//! [`TelephonyLeg`] is that contract: the per-call task (`crate::call_task::run`) is
+//! generic over it and knows no protocol. Anything a side needs besides the call's
+//! socket (FreeSWITCH's ESL play events and `uuid_*` commands) stays inside the leg.
+//! A new side is therefore: a folder here implementing `TelephonyLeg`, its
+//! upgrade/accept path in `crate::server` (which builds the leg and calls the generic
+//! `run`), and a faithful fake of the far end in `tests/common/`.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -108,4 +117,60 @@ pub enum HangupCause {
     Error,
     TooBig,
     Shutdown,
+}
+
+/// The inbound format the side fixed before any audio (an upgrade URL, a start
+/// message); `None`: the route's default, or what the metadata says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PinnedFormat {
+    pub codec: Option<Codec>,
+    pub rate: Option<u32>,
+    pub channels: Option<Channels>,
+}
+
+/// One call's telephony side, as the call task drives it. Building a leg has no side
+/// effects beyond owning its connection, so a call refused before `start` leaves no
+/// trace. The futures are `Send` so the call task can run on any worker.
+pub trait TelephonyLeg: Send {
+    /// The call goes ahead: take up what the side needs besides its socket (e.g. a
+    /// subscription to control events). Called once, before any other use but `close`.
+    fn start(&mut self);
+
+    /// The inbound format this side pinned.
+    fn pinned_format(&self) -> PinnedFormat;
+
+    /// How many paced frames the side sends per message (it batches `Play`s; the engine
+    /// counts a reply as heard when a batch goes out). 1 for most sides.
+    fn frames_per_message(&self) -> usize;
+
+    /// How far ahead of the playout the engine's pacer may release audio.
+    fn pacer_lead(&self) -> Duration;
+
+    /// The side can send the call elsewhere (`transfer_call` is refused otherwise).
+    fn can_transfer(&self) -> bool;
+
+    /// The next inbound event; `None` when what arrived is nothing for the engine (a
+    /// ping, a control event the leg handled itself). Cancel-safe: the call task polls
+    /// it in a `select!` and drops it when another branch wins.
+    fn next_event(&mut self) -> impl Future<Output = Option<TelephonyEvent>> + Send;
+
+    /// Performs one action; writes may be buffered until `flush`. An error is the
+    /// event that ends the call.
+    fn perform(
+        &mut self,
+        action: TelephonyAction,
+    ) -> impl Future<Output = Result<(), TelephonyEvent>> + Send;
+
+    /// Sends what `perform` buffered. An error is the event that ends the call.
+    fn flush(&mut self) -> impl Future<Output = Result<(), TelephonyEvent>> + Send;
+
+    /// Ends the stream as `hangup` says (the protocol's close handshake, bounded).
+    fn close(&mut self, hangup: &Hangup) -> impl Future<Output = ()> + Send;
+
+    /// After `close`: releases the channel the stream belonged to (hang it up or
+    /// transfer it) when the protocol needs a separate step for that.
+    fn release_channel(&mut self, hangup: &Hangup);
+
+    /// Control commands the side could not deliver (the call went on without them).
+    fn control_dropped(&self) -> u64;
 }

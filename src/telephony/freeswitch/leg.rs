@@ -1,4 +1,5 @@
-//! One call's mod_audio_stream socket behind the telephony interface: inbound WebSocket
+//! One call's mod_audio_stream socket behind the telephony interface (`TelephonyLeg`,
+//! which the generic call task drives; `crate::server` builds it): inbound WebSocket
 //! messages become `TelephonyEvent`s, `TelephonyAction`s become wire messages in the
 //! route's playback mode, and the end becomes the close handshake plus the ESL
 //! commands (`uuid_kill`, `uuid_transfer`) today's FreeSWITCH needs.
@@ -17,14 +18,17 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::audio::AudioFormat;
-use crate::config::PlaybackMode;
-use crate::telephony::{Hangup, HangupCause, TelephonyAction, TelephonyEvent};
+use crate::config::{PlaybackMode, Route};
+use crate::telephony::{
+    Hangup, HangupCause, PinnedFormat, TelephonyAction, TelephonyEvent, TelephonyLeg,
+};
 
 use super::esl::{Esl, PlayEvent, PlayEvents};
-use super::{metadata, Playback};
+use super::request::StreamRequest;
+use super::{metadata, playback, Playback};
 
 pub type Ws = WebSocketStream<TcpStream>;
 
@@ -36,13 +40,16 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// The FreeSWITCH side of one call.
 pub struct FreeswitchLeg {
     sink: SplitSink<Ws, Message>,
-    /// Read by the call task's `select!` (a field, so it borrows apart from the rest).
-    pub stream: SplitStream<Ws>,
-    /// `esl_files`: this channel's play events (also read by the call task).
-    pub play_events: Option<PlayEvents>,
+    stream: SplitStream<Ws>,
+    /// `esl_files`: this channel's play events (taken up by `start`).
+    play_events: Option<PlayEvents>,
     call_id: String,
     mode: PlaybackMode,
     esl_chunk: Duration,
+    /// What the upgrade URL fixed of the inbound format.
+    pinned: PinnedFormat,
+    /// The pacer's lead for this playback mode.
+    pacer_lead: Duration,
     playback: Playback,
     /// `None` without `[freeswitch.esl]` or without a call id in the URL.
     esl: Option<Esl>,
@@ -57,32 +64,37 @@ pub struct FreeswitchLeg {
 }
 
 impl FreeswitchLeg {
-    /// `esl` only when the URL named the channel (`/call/<uuid>`): a made-up id names
-    /// nothing.
+    /// The leg of an accepted upgrade: `call_id` is the call's (the URL's, or one made
+    /// up), `esl` the daemon's Event Socket when `[freeswitch.esl]` is configured.
     pub fn new(
         ws: Ws,
         call_id: String,
-        mode: PlaybackMode,
-        format: AudioFormat,
+        route: &Route,
+        request: &StreamRequest,
         esl_chunk: Duration,
         esl: Option<Esl>,
     ) -> FreeswitchLeg {
-        let play_events = match (&esl, mode) {
-            (Some(esl), PlaybackMode::EslFiles) => Some(esl.subscribe(&call_id)),
-            (None, PlaybackMode::EslFiles) => {
-                warn!("esl_files playback without a call id in the URL (/call/<uuid>): nothing can be played");
-                None
-            }
-            _ => None,
-        };
+        let mode = route.playback;
+        let format = AudioFormat::new(
+            request.codec.unwrap_or(route.codec),
+            request.rate.unwrap_or(route.sample_rate),
+        );
+        // ESL commands name the channel by the URL's call id; a made-up id names nothing.
+        let esl = esl.filter(|_| request.call_id.is_some());
         let (sink, stream) = ws.split();
         FreeswitchLeg {
             sink,
             stream,
-            play_events,
+            play_events: None,
             call_id,
             mode,
             esl_chunk,
+            pinned: PinnedFormat {
+                codec: request.codec,
+                rate: request.rate,
+                channels: request.channels,
+            },
+            pacer_lead: playback::pacer_lead(mode, route.playback_lead, esl_chunk),
             playback: Playback::new(mode, format, esl_chunk),
             esl,
             break_seq: 0,
@@ -92,18 +104,9 @@ impl FreeswitchLeg {
         }
     }
 
-    /// `transfer_call` needs the Event Socket.
-    pub fn can_transfer(&self) -> bool {
-        self.esl.is_some()
-    }
-
-    pub fn esl_dropped(&self) -> u64 {
-        self.esl_dropped
-    }
-
     /// One inbound message as an event (`None`: nothing for the engine, e.g. a Ping,
     /// whose Pong tungstenite queues itself).
-    pub fn event(
+    fn event(
         &mut self,
         msg: Option<Result<Message, tungstenite::Error>>,
     ) -> Option<TelephonyEvent> {
@@ -128,9 +131,80 @@ impl FreeswitchLeg {
         }
     }
 
+    /// `esl_files`: the module wrote one of our chunks to a file; play it, unless a
+    /// barge-in cut that chunk.
+    fn on_play(&mut self, play: Option<PlayEvent>) {
+        let Some(play) = play else {
+            self.play_events = None;
+            return;
+        };
+        if play.seq.is_some_and(|seq| seq < self.break_seq) {
+            debug!(file = %play.file, "play event of a chunk cut by barge-in: not played");
+            return;
+        }
+        if let Some(esl) = &self.esl {
+            if !esl.uuid_broadcast(&self.call_id, &play.file) {
+                self.esl_dropped += 1;
+            }
+        }
+    }
+}
+
+impl TelephonyLeg for FreeswitchLeg {
+    /// `esl_files`: subscribes to this channel's play events (only now: a refused call
+    /// must not take over the uuid's subscription), and the first `binary` call of the
+    /// process logs the playback hint.
+    fn start(&mut self) {
+        match (&self.esl, self.mode) {
+            (Some(esl), PlaybackMode::EslFiles) => {
+                self.play_events = Some(esl.subscribe(&self.call_id));
+            }
+            (None, PlaybackMode::EslFiles) => {
+                warn!("esl_files playback without a call id in the URL (/call/<uuid>): nothing can be played");
+            }
+            _ => {}
+        }
+        if self.mode == PlaybackMode::Binary && playback::first_binary_call() {
+            info!("{}", playback::BINARY_HINT);
+        }
+    }
+
+    fn pinned_format(&self) -> PinnedFormat {
+        self.pinned
+    }
+
+    fn frames_per_message(&self) -> usize {
+        playback::frames_per_message(self.mode, self.esl_chunk)
+    }
+
+    fn pacer_lead(&self) -> Duration {
+        self.pacer_lead
+    }
+
+    /// `transfer_call` needs the Event Socket.
+    fn can_transfer(&self) -> bool {
+        self.esl.is_some()
+    }
+
+    /// The socket first, then (`esl_files`) the play events, handled here: the engine
+    /// never sees them. Both reads are cancel-safe.
+    async fn next_event(&mut self) -> Option<TelephonyEvent> {
+        if self.play_events.is_none() {
+            let msg = self.stream.next().await;
+            return self.event(msg);
+        }
+        let play = tokio::select! {
+            biased;
+            msg = self.stream.next() => return self.event(msg),
+            play = recv_play(&mut self.play_events) => play,
+        };
+        self.on_play(play);
+        None
+    }
+
     /// Performs one action (writes are fed; `flush` sends them). An error is the event
     /// that ends the call.
-    pub async fn perform(&mut self, action: TelephonyAction) -> Result<(), TelephonyEvent> {
+    async fn perform(&mut self, action: TelephonyAction) -> Result<(), TelephonyEvent> {
         let msg = match action {
             TelephonyAction::Play(frame) => self.playback.frame(&frame),
             TelephonyAction::FlushPlayback => self.playback.flush_chunk(),
@@ -164,7 +238,7 @@ impl FreeswitchLeg {
 
     /// Sends what was fed, if anything; a socket that accepts nothing for `WRITE_STALL`
     /// is dead.
-    pub async fn flush(&mut self) -> Result<(), TelephonyEvent> {
+    async fn flush(&mut self) -> Result<(), TelephonyEvent> {
         if !std::mem::take(&mut self.fed) {
             return Ok(());
         }
@@ -178,27 +252,9 @@ impl FreeswitchLeg {
         }
     }
 
-    /// `esl_files`: the module wrote one of our chunks to a file; play it, unless a
-    /// barge-in cut that chunk.
-    pub fn on_play(&mut self, play: Option<PlayEvent>) {
-        let Some(play) = play else {
-            self.play_events = None;
-            return;
-        };
-        if play.seq.is_some_and(|seq| seq < self.break_seq) {
-            debug!(file = %play.file, "play event of a chunk cut by barge-in: not played");
-            return;
-        }
-        if let Some(esl) = &self.esl {
-            if !esl.uuid_broadcast(&self.call_id, &play.file) {
-                self.esl_dropped += 1;
-            }
-        }
-    }
-
     /// The close handshake: our Close (or the echo of theirs), then their side until
     /// the TCP stream ends. Nothing when the connection is lost.
-    pub async fn close(&mut self, hangup: &Hangup) {
+    async fn close(&mut self, hangup: &Hangup) {
         let Some(frame) = close_frame(hangup) else {
             return;
         };
@@ -208,7 +264,7 @@ impl FreeswitchLeg {
     /// After the close: we ended a call FreeSWITCH still has, so without a hang-up the
     /// media bug stays attached and the caller sits in silence. A transfer detaches the
     /// stream and sends the channel on instead.
-    pub fn release_channel(&mut self, hangup: &Hangup) {
+    fn release_channel(&mut self, hangup: &Hangup) {
         let Some(esl) = &self.esl else {
             return;
         };
@@ -231,6 +287,19 @@ impl FreeswitchLeg {
             }
             _ => {}
         }
+    }
+
+    /// ESL commands that could not be queued (the summary's `esl_dropped`).
+    fn control_dropped(&self) -> u64 {
+        self.esl_dropped
+    }
+}
+
+/// The next play event, or never when the call has no play events.
+async fn recv_play(events: &mut Option<PlayEvents>) -> Option<PlayEvent> {
+    match events {
+        Some(e) => e.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -256,16 +325,6 @@ fn close_frame(hangup: &Hangup) -> Option<Option<CloseFrame>> {
         code,
         reason: text.as_str().into(),
     }))
-}
-
-/// Refuses a call before it starts: our Close with `text`, then the handshake.
-pub async fn refuse(ws: Ws, text: String) {
-    let (mut sink, mut stream) = ws.split();
-    let frame = CloseFrame {
-        code: CloseCode::Error,
-        reason: text.into(),
-    };
-    close_handshake(&mut sink, &mut stream, Some(frame)).await;
 }
 
 /// Our Close (`None`: the echo of theirs, which tungstenite queued), flushed at once
