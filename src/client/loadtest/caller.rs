@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
 use voicebridge::audio::{g711, signal};
 
@@ -66,6 +67,10 @@ pub struct CallResult {
     pub late_frames: u64,
     pub max_lateness_us: u32,
     pub frames_after_clear: u64,
+    /// When the upgrade completed (ns since the run's epoch).
+    pub up_ns: u64,
+    /// When the call hung up on its own schedule (`--call-secs`), not at the run's end.
+    pub hung_up_ns: Option<u64>,
 }
 
 impl CallResult {
@@ -92,8 +97,15 @@ fn us(ns: u64) -> u32 {
     u32::try_from(ns / 1000).unwrap_or(u32::MAX)
 }
 
-/// Runs call `idx` until the run stops; never panics on what the daemon sends.
-pub async fn call(idx: u32, run: Arc<Run>, cfg: Arc<CallerConfig>) -> CallResult {
+/// Runs call number `idx` on slot `slot` until the run stops or `ends_at`; never panics
+/// on what the daemon sends.
+pub async fn call(
+    idx: u32,
+    slot: u32,
+    ends_at: Option<Instant>,
+    run: &Arc<Run>,
+    cfg: &CallerConfig,
+) -> CallResult {
     let mut r = CallResult::default();
     let Some(link) = run.link(idx) else {
         return CallResult::failed("no link".into());
@@ -118,6 +130,7 @@ pub async fn call(idx: u32, run: Arc<Run>, cfg: Arc<CallerConfig>) -> CallResult
         Err(e) => return CallResult::failed(format!("bad url: {e}")),
     };
     r.connected = true;
+    r.up_ns = run.ns();
     let metadata =
         serde_json::json!({"uuid": call_id, "caller_id": "loadtest", "called": "loadtest"});
     if let Err(e) = leg.send_text(&metadata.to_string()).await {
@@ -125,18 +138,24 @@ pub async fn call(idx: u32, run: Arc<Run>, cfg: Arc<CallerConfig>) -> CallResult
         return r;
     }
 
-    let slot = idx as usize % WHEEL_SLOTS as usize;
-    let mut wheel = run.wheel[slot].subscribe();
+    let mut wheel = run.wheel[slot as usize % WHEEL_SLOTS as usize].subscribe();
     let mut last_period = *wheel.borrow_and_update();
     let mut seq = 0u32;
     let mut reply: Option<Reply> = None;
     let (mut barges_seen, _) = link.barge();
     let mut frame = vec![0u8; 320];
+    // Without an end of its own the call lasts until the run stops.
+    let own_end = tokio::time::sleep_until(ends_at.unwrap_or_else(Instant::now));
+    tokio::pin!(own_end);
 
     let ended = loop {
         tokio::select! {
             biased;
             _ = run.stopping.cancelled() => break None,
+            _ = &mut own_end, if ends_at.is_some() => {
+                r.hung_up_ns = Some(run.ns());
+                break None;
+            }
             changed = wheel.changed() => {
                 if changed.is_err() {
                     break None;

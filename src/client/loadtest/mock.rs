@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{stamp, LoadtestArgs, Run, CALL_ID_PREFIX};
+use super::{stamp, CallLink, LoadtestArgs, Run, CALL_ID_PREFIX};
 use voicebridge::audio::{g711, signal};
 
 /// Each delta carries this much audio...
@@ -158,6 +158,8 @@ struct Conn {
     next_id: u64,
     out: Vec<Message>,
     call: Option<u32>,
+    /// The link of `call`, looked up once.
+    link: Option<Arc<CallLink>>,
     format: Option<Fmt>,
     updated: bool,
     turn: u64,
@@ -175,6 +177,7 @@ async fn connection(tcp: TcpStream, run: Arc<Run>, cfg: Arc<MockConfig>) {
         next_id: 0,
         out: Vec::new(),
         call: None,
+        link: None,
         format: None,
         updated: false,
         turn: 0,
@@ -280,10 +283,13 @@ impl Conn {
         };
         self.format = Some(fmt);
         if self.call.is_none() {
-            self.call = v["session"]["instructions"]
+            let call = v["session"]["instructions"]
                 .as_str()
-                .and_then(call_in_instructions)
-                .filter(|&c| self.run.link(c).is_some());
+                .and_then(call_in_instructions);
+            if let Some((c, link)) = call.and_then(|c| Some((c, self.run.link(c)?))) {
+                self.call = Some(c);
+                self.link = Some(link);
+            }
         }
         let mut session = v["session"].clone();
         session["object"] = json!("realtime.session");
@@ -327,30 +333,34 @@ impl Conn {
             None
         };
         if let Some((call, seq)) = stamped {
-            let Some(link) = self.run.link(call) else {
-                return;
-            };
             match self.call {
                 None => {
+                    let Some(link) = self.run.link(call) else {
+                        return;
+                    };
                     // No call id in the instructions: the audio tells whose call this is.
                     self.call = Some(call);
+                    self.link = Some(link);
                     if self.next_turn.is_none() {
                         self.next_turn = Some(Instant::now() + FIRST_TURN_AFTER);
                     }
                 }
                 Some(c) if c != call => {
+                    if self.run.link(call).is_none() {
+                        return;
+                    }
                     return self
                         .problem(format!("audio of call {call} on the session of call {c}"));
                 }
                 Some(_) => {}
             }
-            let sent = link.sent(seq);
+            let sent = self.link.as_ref().map_or(0, |l| l.sent(seq));
             if sent > 0 && now >= sent {
                 self.added_us
                     .push(u32::try_from((now - sent) / 1000).unwrap_or(u32::MAX));
             }
         }
-        if let Some(link) = self.call.and_then(|c| self.run.link(c)) {
+        if let Some(link) = &self.link {
             link.appends
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -428,7 +438,7 @@ impl Conn {
             r#"{{"type":"response.output_audio.delta","event_id":"{eid}","response_id":"{rid}","item_id":"{iid}","output_index":0,"content_index":0,"delta":"{b64}"}}"#
         );
         if chunk == 0 {
-            if let Some(link) = self.call.and_then(|c| self.run.link(c)) {
+            if let Some(link) = &self.link {
                 link.response_started(self.run.ns());
             }
         }
@@ -456,7 +466,7 @@ impl Conn {
     /// with a couple of deltas already in flight.
     fn barge_in(&mut self) {
         let item = format!("item_caller_{:04}b", self.turn);
-        if let Some(link) = self.call.and_then(|c| self.run.link(c)) {
+        if let Some(link) = &self.link {
             link.barge_sent(self.run.ns());
         }
         self.emit(json!({"type": "input_audio_buffer.speech_started", "audio_start_ms": 0, "item_id": item}));

@@ -18,10 +18,14 @@
 //!   (`speech_started` mid-reply, the response cancelled after a couple of late deltas)
 //!   every `--barge-every` turns.
 //! - Linking a mock connection to its call: the call id in the session's instructions
-//!   (run the daemon with `instructions = "{{call_id}}"`), else the call index stamped in
+//!   (run the daemon with `instructions = "{{call_id}}"`), else the call number stamped in
 //!   the caller's audio ([`stamp`], pcmu only).
+//! - For the soak, `--call-secs` makes each call hang up after a while and its slot dial
+//!   a new call at once (staggered, [`churn`]), and the daemon's RSS is sampled over the
+//!   hold to see whether it stays flat once warmed up.
 
 pub mod caller;
+pub mod churn;
 pub mod mock;
 pub mod proc;
 pub mod report;
@@ -110,6 +114,17 @@ pub struct LoadtestArgs {
     /// Write the report as JSON here.
     #[arg(long, value_name = "FILE")]
     pub json_out: Option<std::path::PathBuf>,
+
+    /// Each call hangs up (Close 1000) after this many seconds and its slot dials a new
+    /// call at once, so N calls stay up over the whole hold (slot i's first call ends
+    /// (i + 1)/N of a cycle into the hold, so ends are even) [default: calls last the run].
+    #[arg(long, value_name = "S")]
+    pub call_secs: Option<f64>,
+
+    /// With a pid, sample the daemon's RSS this often over the hold (a timeline and its
+    /// drift after warm-up) when --call-secs is set or --hold-secs is at least 60.
+    #[arg(long, default_value_t = 30.0)]
+    pub rss_every_secs: f64,
 }
 
 impl LoadtestArgs {
@@ -131,6 +146,8 @@ impl LoadtestArgs {
             barge_after_ms: 150,
             lead_ms: 60,
             json_out: None,
+            call_secs: None,
+            rss_every_secs: 30.0,
         }
     }
 }
@@ -212,7 +229,9 @@ impl CallLink {
 /// State of the whole run shared by every task.
 pub struct Run {
     epoch: Instant,
-    links: Vec<CallLink>,
+    /// By call number: slot i's first call is number i, later calls (`--call-secs`) take
+    /// the next free numbers.
+    links: Mutex<Vec<Arc<CallLink>>>,
     /// The timer wheel: slot `s` holds the number of the 20 ms frame period whose
     /// millisecond `s` passed last.
     wheel: Vec<watch::Sender<u64>>,
@@ -226,8 +245,20 @@ impl Run {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    fn link(&self, call: u32) -> Option<&CallLink> {
-        self.links.get(call as usize)
+    fn link(&self, call: u32) -> Option<Arc<CallLink>> {
+        self.all_links().get(call as usize).cloned()
+    }
+
+    /// A link for a new call, and its number.
+    fn new_link(&self) -> (u32, Arc<CallLink>) {
+        let link = Arc::new(CallLink::new());
+        let mut links = self.all_links();
+        links.push(Arc::clone(&link));
+        (u32::try_from(links.len() - 1).unwrap_or(u32::MAX), link)
+    }
+
+    fn all_links(&self) -> std::sync::MutexGuard<'_, Vec<Arc<CallLink>>> {
+        self.links.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -270,7 +301,7 @@ async fn run_with_listener(
     let _ = rustls::crypto::ring::default_provider().install_default();
     let run = Arc::new(Run {
         epoch: Instant::now(),
-        links: (0..args.calls).map(|_| CallLink::new()).collect(),
+        links: Mutex::new((0..args.calls).map(|_| Arc::new(CallLink::new())).collect()),
         wheel: (0..WHEEL_SLOTS).map(|_| watch::channel(0).0).collect(),
         stopping: CancellationToken::new(),
         mock: Mutex::new(mock::MockTotals::default()),
@@ -291,12 +322,24 @@ async fn run_with_listener(
     let mut tasks = Vec::with_capacity(args.calls);
     let step = Duration::from_secs_f64(1.0 / args.ramp_per_sec);
     let ramp_start = Instant::now();
+    // The hold starts 200 ms after the last call is dialed (see below).
+    let hold_planned =
+        ramp_start + step * args.calls.saturating_sub(1) as u32 + Duration::from_millis(200);
+    let churn = args.call_secs.map(|s| {
+        let schedule = churn::Schedule {
+            slots: args.calls,
+            call_len: Duration::from_secs_f64(s),
+            min_len: Duration::from_millis(args.turn_every_ms),
+        };
+        (schedule, hold_planned - run.epoch)
+    });
     for i in 0..args.calls {
         tokio::time::sleep_until(ramp_start + step * i as u32).await;
-        tasks.push(tokio::spawn(caller::call(
+        tasks.push(tokio::spawn(slot(
             i as u32,
             Arc::clone(&run),
             Arc::clone(&cfg),
+            churn,
         )));
     }
     // Hold: from the last call's start (its handshake included).
@@ -308,6 +351,13 @@ async fn run_with_listener(
     let m0 = proc::machine_jiffies();
     let mut rss_hold_kib = d0.map_or(0, |s| s.rss_kib);
     let mut sampler = tokio::time::interval(Duration::from_millis(500));
+    // The RSS timeline, for the soak: only with a pid, churn or a long hold.
+    let timeline_every = (pid.is_some() && (args.call_secs.is_some() || args.hold_secs >= 60.0))
+        .then(|| Duration::from_secs_f64(args.rss_every_secs));
+    let mut timeline = Vec::new();
+    let mut timeline_tick =
+        tokio::time::interval(timeline_every.unwrap_or(Duration::from_secs(3600)));
+    let mut timeline_out = None;
     while hold_start.elapsed() < hold {
         tokio::select! {
             _ = sampler.tick() => {
@@ -315,10 +365,25 @@ async fn run_with_listener(
                     rss_hold_kib = rss_hold_kib.max(s.rss_kib);
                 }
             }
+            _ = timeline_tick.tick(), if timeline_every.is_some() => {
+                if let Some(s) = pid.and_then(|p| proc::sample(&p.to_string())) {
+                    timeline.push(rss_point(hold_start.elapsed(), s.rss_kib));
+                }
+            }
             _ = tokio::time::sleep_until(hold_start + hold) => {}
         }
     }
     let d1 = pid.and_then(|p| proc::sample(&p.to_string()));
+    if let (Some(every), Some(s)) = (timeline_every, d1) {
+        timeline.push(rss_point(hold_start.elapsed(), s.rss_kib));
+        let warmup = churn::warmup_secs(args.call_secs);
+        timeline_out = Some(churn::RssTimeline {
+            every_secs: every.as_secs_f64(),
+            warmup_secs: warmup,
+            after_warmup: churn::drift(&timeline, warmup),
+            samples: timeline,
+        });
+    }
     let me1 = proc::sample("self");
     let m1 = proc::machine_jiffies();
     let held_for = hold_start.elapsed().as_secs_f64();
@@ -326,10 +391,10 @@ async fn run_with_listener(
     run.stopping.cancel();
 
     let mut results = Vec::with_capacity(tasks.len());
-    for t in tasks {
+    for (i, t) in tasks.into_iter().enumerate() {
         match t.await {
-            Ok(r) => results.push(r),
-            Err(e) => results.push(caller::CallResult::failed(format!("task: {e}"))),
+            Ok(r) => results.extend(r),
+            Err(e) => results.push((i as u32, caller::CallResult::failed(format!("task: {e}")))),
         }
     }
     wheel_stop.cancel();
@@ -377,6 +442,7 @@ async fn run_with_listener(
     );
     report.machine_cpu_pct = machine_cpu_pct;
     report.machine_cores = cores;
+    report.rss_timeline = timeline_out;
     if let Some(path) = &args.json_out {
         let text = serde_json::to_string_pretty(&report).unwrap_or_default();
         std::fs::write(path, text).map_err(|source| LoadtestError::JsonOut {
@@ -407,10 +473,53 @@ fn validate(args: &LoadtestArgs) -> Result<(), LoadtestError> {
     if args.lead_ms < 20 || !args.lead_ms.is_multiple_of(20) {
         return bad("--lead-ms must be a multiple of 20");
     }
+    if let Some(s) = args.call_secs {
+        // Shorter calls would hang up before their first reply.
+        if !(s.is_finite() && s * 1000.0 >= args.turn_every_ms as f64 && s <= 86_400.0) {
+            return bad("--call-secs must be at least --turn-every-ms (and at most a day)");
+        }
+    }
+    if !(args.rss_every_secs >= 1.0 && args.rss_every_secs <= 3600.0) {
+        return bad("--rss-every-secs must be 1..3600");
+    }
     if !(args.url.starts_with("ws://") || args.url.starts_with("wss://")) {
         return bad("--url must be ws://HOST:PORT");
     }
     Ok(())
+}
+
+/// One slot of the run: call `idx` until the run stops; with `--call-secs`, a new call
+/// (the next free number) as soon as the previous one hung up. Results with call numbers.
+async fn slot(
+    idx: u32,
+    run: Arc<Run>,
+    cfg: Arc<caller::CallerConfig>,
+    churn: Option<(churn::Schedule, Duration)>,
+) -> Vec<(u32, caller::CallResult)> {
+    let Some((schedule, hold_start)) = churn else {
+        return vec![(idx, caller::call(idx, idx, None, &run, &cfg).await)];
+    };
+    let mut results = Vec::new();
+    let mut number = idx;
+    loop {
+        let dialed = run.epoch.elapsed();
+        let end = schedule.call_end(idx as usize, results.is_empty(), dialed, hold_start);
+        let r = caller::call(number, idx, Some(run.epoch + end), &run, &cfg).await;
+        // After a failure the slot stops: no redial loop against a daemon refusing it.
+        let failed = r.error.is_some();
+        results.push((number, r));
+        if failed || run.stopping.is_cancelled() {
+            return results;
+        }
+        number = run.new_link().0;
+    }
+}
+
+fn rss_point(t: Duration, rss_kib: u64) -> churn::RssPoint {
+    churn::RssPoint {
+        t_secs: t.as_secs_f64(),
+        rss_mb: rss_kib as f64 / 1024.0,
+    }
 }
 
 /// The port of a `ws://host:port[/...]` URL (80 if none is given).
@@ -441,7 +550,7 @@ async fn drive_wheel(run: Arc<Run>, stop: CancellationToken) {
 fn aggregate(
     args: &LoadtestArgs,
     run: &Run,
-    results: Vec<caller::CallResult>,
+    results: Vec<(u32, caller::CallResult)>,
     stop_ns: u64,
     held_for: f64,
     daemon: Option<DaemonUsage>,
@@ -453,7 +562,9 @@ fn aggregate(
     let (mut p2fs, mut barge) = (Vec::new(), Vec::new());
     let (mut clear, mut after_clear, mut late, mut max_late) = (0, 0, 0, 0u32);
     let mut barge_missing = 0;
-    for (i, r) in results.iter().enumerate() {
+    let mut cut_before_reply = 0;
+    let turn_ns = args.turn_every_ms.saturating_mul(1_000_000);
+    for (number, r) in &results {
         connected += usize::from(r.connected);
         if let Some(e) = &r.error {
             failed += 1;
@@ -464,7 +575,16 @@ fn aggregate(
         frames_sent += r.frames_sent;
         playback_frames += r.frames_received;
         if r.connected && r.frames_received == 0 {
-            no_audio += 1;
+            // A churned call dialed shortly before the end may be cut before its first
+            // reply was due: not a failure.
+            let cut = args.call_secs.is_some()
+                && r.hung_up_ns.is_none()
+                && stop_ns.saturating_sub(r.up_ns) < turn_ns;
+            if cut {
+                cut_before_reply += 1;
+            } else {
+                no_audio += 1;
+            }
         }
         p2fs.extend_from_slice(&r.provider_to_fs_us);
         barge.extend_from_slice(&r.barge_cut_us);
@@ -472,13 +592,14 @@ fn aggregate(
         after_clear += r.frames_after_clear;
         late += r.late_frames;
         max_late = max_late.max(r.max_lateness_us);
-        if let Some(link) = run.links.get(i) {
+        if let Some(link) = run.link(*number) {
             let (sent, last_ns) = link.barge();
             let matched = r.barge_cut_us.len() as u64;
             if sent > matched {
                 // The last barge-in may race the teardown: only count it if it was sent
-                // well before the calls began closing.
-                let racing = u64::from(last_ns + 200_000_000 > stop_ns);
+                // well before the call began closing.
+                let closing_ns = r.hung_up_ns.unwrap_or(stop_ns);
+                let racing = u64::from(last_ns + 200_000_000 > closing_ns);
                 barge_missing += (sent - matched).saturating_sub(racing);
             }
         }
@@ -488,16 +609,23 @@ fn aggregate(
         .lock()
         .map(|m| m.clone())
         .unwrap_or_else(|e| e.into_inner().clone());
-    let appends = run
-        .links
+    let links = run.all_links();
+    let appends = links
         .iter()
         .map(|l| l.appends.load(Ordering::Relaxed))
         .sum();
-    let barge_ins_sent = run
-        .links
+    let barge_ins_sent = links
         .iter()
         .map(|l| l.barge_no.load(Ordering::Relaxed))
         .sum();
+    drop(links);
+    let churn = args.call_secs.map(|call_secs| report::Churn {
+        call_secs,
+        started: results.len(),
+        completed: held,
+        failed,
+        cut_before_reply,
+    });
     Report {
         calls: args.calls,
         connected,
@@ -526,6 +654,8 @@ fn aggregate(
         loadgen_cpu_pct,
         machine_cpu_pct: 0.0,
         machine_cores: 0,
+        churn,
+        rss_timeline: None,
     }
 }
 

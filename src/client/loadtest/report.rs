@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::churn::RssTimeline;
+
 /// Latency distribution in milliseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Dist {
@@ -53,6 +55,19 @@ pub struct DaemonUsage {
     pub rss_after_minus_idle_mb: f64,
 }
 
+/// Calls over a churning run (`--call-secs`): all of them, not just the N at once.
+#[derive(Debug, Clone, Serialize)]
+pub struct Churn {
+    pub call_secs: f64,
+    pub started: usize,
+    /// Hung up cleanly (on schedule or at the end), Close echoed.
+    pub completed: usize,
+    pub failed: usize,
+    /// Dialed shortly before the end and cut before their first reply was due (no audio,
+    /// not counted as a failure).
+    pub cut_before_reply: usize,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub calls: usize,
@@ -93,6 +108,12 @@ pub struct Report {
     /// The whole machine's CPU over the hold, % of one core (all cores: 100 × cores).
     pub machine_cpu_pct: f64,
     pub machine_cores: usize,
+    /// With `--call-secs` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<Churn>,
+    /// The daemon's RSS over the hold (with a pid, and `--call-secs` or a hold ≥ 60 s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_timeline: Option<RssTimeline>,
 }
 
 impl Report {
@@ -100,7 +121,7 @@ impl Report {
     pub fn is_clean(&self) -> bool {
         self.failed == 0
             && self.errors.is_empty()
-            && self.held == self.calls
+            && self.held == self.churn.as_ref().map_or(self.calls, |c| c.started)
             && self.calls_without_audio == 0
             && self.mock_problems.is_empty()
             && self.mock_unlinked == 0
@@ -130,6 +151,13 @@ pub fn render(r: &Report) -> String {
         "calls                     {} (connected {}, held {}, failed {})",
         r.calls, r.connected, r.held, r.failed
     );
+    if let Some(c) = &r.churn {
+        let _ = writeln!(
+            s,
+            "calls over the run        {} started, {} s each (completed {}, failed {}, cut before a reply {})",
+            c.started, c.call_secs, c.completed, c.failed, c.cut_before_reply
+        );
+    }
     for (e, n) in &r.errors {
         let _ = writeln!(s, "  error ×{n}: {e}");
     }
@@ -200,6 +228,35 @@ pub fn render(r: &Report) -> String {
                 s,
                 "daemon CPU/RSS            n/a (process not found: pass --pid)"
             );
+        }
+    }
+    if let Some(t) = &r.rss_timeline {
+        let points: Vec<String> = t
+            .samples
+            .iter()
+            .map(|p| format!("{:.0}s {:.1}", p.t_secs, p.rss_mb))
+            .collect();
+        let _ = writeln!(
+            s,
+            "daemon RSS timeline (MB)  every {} s: {}",
+            t.every_secs,
+            points.join(", ")
+        );
+        match &t.after_warmup {
+            Some(d) => {
+                let _ = writeln!(
+                    s,
+                    "daemon RSS after warm-up  {:.1} MB at {:.0} s, min {:.1}, max {:.1}, last {:.1}, drift {:+.1} MB",
+                    d.warmup_mb, d.warmup_at_secs, d.min_mb, d.max_mb, d.last_mb, d.drift_mb
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "daemon RSS after warm-up  n/a (the hold ended before the {:.0} s warm-up)",
+                    t.warmup_secs
+                );
+            }
         }
     }
     let _ = writeln!(
