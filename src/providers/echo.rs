@@ -8,7 +8,7 @@
 //! barge-in is exercised end to end. `stream` mode sends every frame straight back,
 //! `delay` later, for checking latency and continuity.
 //!
-//! It works in L16 at `sample_rate` (24 kHz by default, like OpenAI's PCM): the session
+//! It works in L16 at `sample_rate` (24 kHz by default, like OpenAI's PCM): the call
 //! transcodes exactly as it would for a real provider.
 
 use std::collections::VecDeque;
@@ -40,7 +40,7 @@ const MAX_UTTERANCE: Duration = Duration::from_secs(30);
 /// Size of each audio event: providers send bursts of roughly this size.
 const BURST: Duration = Duration::from_millis(100);
 
-/// Runs the echo provider until the session closes it.
+/// Runs the echo provider until the call closes it.
 pub async fn run(config: EchoConfig, call_format: AudioFormat, mut ends: ProviderChannels) {
     let rate = if config.sample_rate == 0 {
         call_format.rate

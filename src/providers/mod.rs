@@ -1,7 +1,7 @@
 //! The one interface every AI provider sits behind.
 //!
-//! A provider runs in its own task and talks to the session only through two bounded
-//! channels: [`ProviderCommand`]s in, normalised [`ProviderEvent`]s out. The session never
+//! A provider runs in its own task and talks to the call only through two bounded
+//! channels: [`ProviderCommand`]s in, normalised [`ProviderEvent`]s out. The call engine never
 //! sees a provider's JSON and a provider never sees FreeSWITCH, so a slow provider cannot
 //! stall the caller's audio.
 //!
@@ -78,7 +78,7 @@ pub struct Usage {
     pub output_tokens: u64,
 }
 
-/// What a provider tells the session, in provider-neutral terms.
+/// What a provider tells the call, in provider-neutral terms.
 #[derive(Debug)]
 pub enum ProviderEvent {
     /// Setup is complete; audio may flow. `input` is what the provider wants from the
@@ -100,7 +100,7 @@ pub enum ProviderEvent {
     SpeechStopped,
     /// The provider finished generating the current response.
     ResponseDone,
-    /// The model calls a function; the session runs it and answers with
+    /// The model calls a function; the call runs it and answers with
     /// [`ProviderCommand::ToolResult`] carrying the same `id`.
     ToolCall(ToolCall),
     /// The provider withdrew these calls (Gemini, on barge-in): their results are not
@@ -119,13 +119,13 @@ pub enum ProviderEvent {
         code: String,
         message: String,
     },
-    /// The provider side is gone; the session ends the call with this reason.
+    /// The provider side is gone; the call engine ends the call with this reason.
     Closed {
         reason: String,
     },
 }
 
-/// What the session asks of a provider.
+/// What the call asks of a provider.
 #[derive(Debug)]
 pub enum ProviderCommand {
     /// One 20 ms frame of caller audio in the `input` format of `Ready`.
@@ -154,7 +154,7 @@ pub struct CallContext {
     pub vars: BTreeMap<String, String>,
 }
 
-/// The session's end of a running provider.
+/// The call task's end of a running provider.
 pub struct ProviderHandle {
     pub name: &'static str,
     pub commands: mpsc::Sender<ProviderCommand>,

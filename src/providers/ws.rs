@@ -33,7 +33,7 @@ pub const PING_EVERY: Duration = Duration::from_secs(15);
 /// From the socket being open to the provider's setup acknowledgement.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long we wait for the peer's Close echo (or for our Close to go out) when we
-/// close; the session aborts a provider task that takes longer than a second.
+/// close; the call task aborts a provider task that takes longer than a second.
 pub const CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// A provider socket that accepts nothing for this long is considered dead.
 pub const WRITE_STALL: Duration = Duration::from_secs(5);
