@@ -128,6 +128,25 @@ pub struct PinnedFormat {
     pub channels: Option<Channels>,
 }
 
+/// How a side learns what the far end has really played (Asterisk `MARK_MEDIA` →
+/// `MEDIA_MARK_PROCESSED`, Twilio `mark` echoed once played), when it can.
+///
+/// With it, the engine sends a [`TelephonyAction::Mark`] (ids 1, 2, 3, … per call) after
+/// every `every` of released audio and when a reply's last frame goes out; each
+/// [`TelephonyEvent::Played`] re-anchors the pacer's playhead (the far end's own clock
+/// wins over ours, so a far end that plays slower never builds a backlog), the barge-in
+/// truncate is computed from it, and, once the first mark has come back, released but
+/// unplayed audio never exceeds `max_unplayed` (a paused far end stops our release).
+/// Marks sent before a `Clear` are void: a `Played` for one of them is ignored, so a
+/// side may report them as the protocol does (Twilio returns them all on `clear`).
+/// A side that cannot deliver marks drops the `Mark` actions; the engine then keeps to
+/// its own clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlayoutMarks {
+    pub every: Duration,
+    pub max_unplayed: Duration,
+}
+
 /// One call's telephony side, as the call task drives it. Building a leg has no side
 /// effects beyond owning its connection, so a call refused before `start` leaves no
 /// trace. The futures are `Send` so the call task can run on any worker.
@@ -148,6 +167,11 @@ pub trait TelephonyLeg: Send {
 
     /// The side can send the call elsewhere (`transfer_call` is refused otherwise).
     fn can_transfer(&self) -> bool;
+
+    /// Whether and how the far end reports its played position (see [`PlayoutMarks`]).
+    fn playout_marks(&self) -> Option<PlayoutMarks> {
+        None
+    }
 
     /// The next inbound event; `None` when what arrived is nothing for the engine (a
     /// ping, a control event the leg handled itself). Cancel-safe: the call task polls
