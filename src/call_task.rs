@@ -104,6 +104,7 @@ pub async fn run<L: TelephonyLeg>(mut leg: L, setup: CallSetup) {
         frames_per_message: leg.frames_per_message(),
         pacer_lead: leg.pacer_lead(),
         can_transfer: leg.can_transfer(),
+        marks: leg.playout_marks(),
     };
     let mut engine = CallEngine::new(setup, Instant::now());
     if !records.as_ref().is_some_and(|r| r.is_enabled()) {

@@ -18,6 +18,14 @@
 //! released. A playhead in the past means FreeSWITCH ran dry, and it restarts from `now`.
 //! A frame may go when `playhead + 20 ms - now <= lead`, and each release moves the
 //! playhead 20 ms on: from empty, `lead / 20 ms` frames go at once, then one per 20 ms.
+//!
+//! Where the far end reports how far it has played (Asterisk `MEDIA_MARK_PROCESSED`,
+//! Twilio `mark`), [`Pacer::played_to`] re-anchors the playhead on that report: the far
+//! end's clock wins over ours, so one that plays slower than real time (Asterisk never
+//! makes up a late tick) gets less, never a growing backlog, and a flush takes back
+//! exactly what it had not played. Once a report has come, [`Pacer::with_max_unplayed`]
+//! also holds releases while more than that is released beyond the last report (a far
+//! end that stopped playing stops our release too).
 
 use super::fifo::ByteFifo;
 use std::collections::VecDeque;
@@ -106,6 +114,14 @@ pub struct Pacer {
     max_queued: usize,
     /// Dropped bytes not yet reported as a whole frame.
     overflow_carry: usize,
+    /// Bytes released since the start (the position marks refer to).
+    released_total: u64,
+    /// The position the far end last reported as played (`released_total` after a flush).
+    acked: u64,
+    /// Released beyond `acked` never exceeds this, once `reported` (bytes; `None`: no cap).
+    max_unplayed: Option<usize>,
+    /// The far end has reported a position at least once.
+    reported: bool,
 }
 
 impl Pacer {
@@ -128,6 +144,10 @@ impl Pacer {
             playing: None,
             max_queued: usize::MAX,
             overflow_carry: 0,
+            released_total: 0,
+            acked: 0,
+            max_unplayed: None,
+            reported: false,
         };
         pacer.max_queued = pacer.bytes_in(DEFAULT_MAX_QUEUE);
         pacer
@@ -139,8 +159,50 @@ impl Pacer {
         self
     }
 
+    /// Once the far end has reported a played position ([`played_to`](Self::played_to)),
+    /// holds releases while more than `max` (at least a frame) is released beyond it.
+    pub fn with_max_unplayed(mut self, max: Duration) -> Pacer {
+        self.max_unplayed = Some(self.bytes_in(max).max(self.frame_bytes));
+        self
+    }
+
     pub fn format(&self) -> AudioFormat {
         self.format
+    }
+
+    /// Bytes released since the start: the position a mark sent now stands for.
+    pub fn released_total(&self) -> u64 {
+        self.released_total
+    }
+
+    /// The far end has played everything released up to `position` (a value of
+    /// [`released_total`](Self::released_total)) at `now`: the rest is still to play, so
+    /// the playhead is `now` plus that. A position from before the last flush means
+    /// nothing any more and must not be given (the caller voids its marks at a flush).
+    pub fn played_to(&mut self, now: Instant, position: u64) {
+        let position = position.min(self.released_total).max(self.acked);
+        self.acked = position;
+        self.reported = true;
+        let unplayed = usize::try_from(self.released_total - position).unwrap_or(usize::MAX);
+        self.playhead = Some(now + self.duration_of(unplayed));
+    }
+
+    /// Released audio beyond the last report is at its cap: nothing may go until the
+    /// next report (or a flush).
+    fn held(&self) -> bool {
+        match self.max_unplayed {
+            Some(max) if self.reported => {
+                self.released_total - self.acked + self.frame_bytes as u64 > max as u64
+            }
+            _ => false,
+        }
+    }
+
+    fn duration_of(&self, bytes: usize) -> Duration {
+        let per_sec = self.format.bytes_per_sec().max(1) as u128;
+        Duration::from_nanos(
+            u64::try_from(bytes as u128 * 1_000_000_000 / per_sec).unwrap_or(u64::MAX),
+        )
     }
 
     /// Queues audio of `item` (bytes in [`format`](Self::format)). Consecutive pushes of
@@ -210,8 +272,10 @@ impl Pacer {
 
     /// When the next frame may be released: `None` if no full frame is queued, otherwise
     /// an instant `>= now` (equal to `now` when it is due already).
+    /// Also `None` while held by the unplayed cap: the next report is an input, not a
+    /// time.
     pub fn next_release(&self, now: Instant) -> Option<Instant> {
-        if !self.has_frame() {
+        if !self.has_frame() || self.held() {
             return None;
         }
         let head = self.effective_playhead(now);
@@ -222,7 +286,7 @@ impl Pacer {
 
     /// If a frame is due at `now`, appends exactly one frame to `out` and returns true.
     pub fn pop_due(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
-        if !self.has_frame() {
+        if !self.has_frame() || self.held() {
             return false;
         }
         let head = self.effective_playhead(now);
@@ -234,6 +298,7 @@ impl Pacer {
         let f = self.frame_bytes;
         self.buf.take_into(f, out);
         self.account_release(f);
+        self.released_total += f as u64;
         true
     }
 
@@ -258,8 +323,9 @@ impl Pacer {
                 self.queued.pop_front();
             }
         }
-        // Only the last `lead` (plus a frame) of released audio can still be unplayed.
-        let keep = self.bytes_in(self.lead) + self.frame_bytes;
+        // Only the last `lead` (plus a frame) of released audio can still be unplayed, or,
+        // with reports, what is released beyond the last one (at most `max_unplayed`).
+        let keep = self.bytes_in(self.lead).max(self.max_unplayed.unwrap_or(0)) + self.frame_bytes;
         while self.recent_bytes > keep {
             let Some(front) = self.recent.front_mut() else {
                 break;
@@ -318,6 +384,8 @@ impl Pacer {
         self.recent_bytes = 0;
         self.playhead = Some(now);
         self.playing = None;
+        // Nothing released is unplayed any more: the far end's buffer is cleared too.
+        self.acked = self.released_total;
         Flushed {
             item,
             released_ms,
@@ -340,7 +408,8 @@ impl Pacer {
         self.playing.as_ref()
     }
 
-    /// Audio released but not yet played out at `now` (never more than the lead).
+    /// Audio released but not yet played out at `now` (never more than the lead, but
+    /// where a report said the far end is behind).
     pub fn buffered_ahead(&self, now: Instant) -> Duration {
         self.playhead
             .map_or(Duration::ZERO, |p| p.saturating_duration_since(now))
@@ -627,5 +696,89 @@ mod tests {
         assert!(p.recent.len() <= 3);
         assert_eq!(p.released_ms(&id("item99")), 20);
         assert_eq!(p.released_ms(&id("item0")), 0);
+    }
+
+    /// Releases every frame due at each 20 ms tick from `from` for `ticks` ticks;
+    /// returns the frames released and the last tick's instant.
+    fn run_ticks(p: &mut Pacer, from: Instant, ticks: u32) -> (usize, Instant) {
+        let mut out = Vec::new();
+        let mut n = 0;
+        let mut now = from;
+        for k in 0..ticks {
+            now = from + 20 * MS * k;
+            while p.pop_due(now, &mut out) {
+                n += 1;
+            }
+        }
+        (n, now)
+    }
+
+    #[test]
+    fn a_report_moves_the_playhead_to_the_far_ends_clock() {
+        let t0 = Instant::now();
+        let mut p = pacer(60);
+        let a = id("a");
+        p.push(&a, &vec![1u8; 8 * 2000]);
+        // 10 ticks on our clock: 3 + 9 = 12 frames released.
+        let (n, now) = run_ticks(&mut p, t0, 10);
+        assert_eq!(n, 12);
+        assert_eq!(p.released_total(), 12 * 160);
+        // The far end is slower: it reports having played only 5 frames so far.
+        p.played_to(now, 5 * 160);
+        assert_eq!(p.buffered_ahead(now), 140 * MS, "7 frames still to play");
+        // Nothing may go until a frame fits in the lead again (100 ms later).
+        assert_eq!(p.next_release(now), Some(now + 100 * MS));
+        let mut out = Vec::new();
+        assert!(!p.pop_due(now + 80 * MS, &mut out));
+        assert!(p.pop_due(now + 100 * MS, &mut out));
+        // A far end ahead of us (it reports everything played) gets the lead at once.
+        p.played_to(now + 100 * MS, p.released_total());
+        assert_eq!(pop_all_due(&mut p, now + 100 * MS), 3);
+    }
+
+    #[test]
+    fn the_unplayed_cap_holds_releases_until_the_next_report() {
+        let t0 = Instant::now();
+        let mut p = pacer(60).with_max_unplayed(100 * MS);
+        let a = id("a");
+        p.push(&a, &vec![1u8; 8 * 2000]);
+        // Before any report the cap is not armed (a side whose marks never come back
+        // keeps to the clock): 3 + 19 frames in 20 ticks.
+        let (n, now) = run_ticks(&mut p, t0, 20);
+        assert_eq!(n, 22);
+        // The far end reports everything played, then stops reporting (paused).
+        p.played_to(now, p.released_total());
+        let (n, later) = run_ticks(&mut p, now, 50);
+        assert_eq!(n, 5, "at most 100 ms beyond the last report");
+        assert_eq!(
+            p.next_release(later),
+            None,
+            "held: waits for a report, not a time"
+        );
+        let held = p.released_total();
+        assert_eq!(held - p.acked, 5 * 160);
+        // The report comes: releases go on.
+        p.played_to(later, held);
+        assert!(p.next_release(later).is_some());
+        // A flush clears the far end too: the cap starts again from what was released.
+        p.flush(later);
+        p.push(&a, &vec![1u8; 8 * 500]);
+        assert_eq!(pop_all_due(&mut p, later), 3);
+    }
+
+    #[test]
+    fn a_flush_after_a_report_takes_back_what_the_far_end_had_not_played() {
+        let t0 = Instant::now();
+        let mut p = pacer(60).with_max_unplayed(200 * MS);
+        let a = id("a");
+        p.push(&a, &vec![1u8; 8 * 2000]);
+        let (_, now) = run_ticks(&mut p, t0, 10);
+        assert_eq!(p.released_ms(&a), 240);
+        // The far end has played 100 ms (not the 180 ms our clock says).
+        p.played_to(now, 100 * 8);
+        let f = p.flush(now);
+        assert_eq!(f.item, Some(a.clone()));
+        assert_eq!(f.released_ms, 100, "heard = what the far end reported");
+        assert_eq!(p.released_ms(&a), 100);
     }
 }

@@ -14,9 +14,10 @@ use crate::audio::{AudioFormat, ItemId, Pacer, Transcoder};
 use crate::call_metrics;
 use crate::config::Config;
 use crate::providers::{CallContext, ProviderCommand, ProviderEvent};
-use crate::telephony::TelephonyAction;
+use crate::telephony::{PlayoutMarks, TelephonyAction};
 
 use super::ending::Goodbye;
+use super::marks::Marks;
 use super::{CallEngine, EndReason, Output};
 
 /// Late audio is remembered for this many interrupted items.
@@ -42,10 +43,26 @@ pub(super) struct Downstream {
     batched: usize,
     /// The pacer's lead (the telephony side's), kept for a rebuild.
     lead: Duration,
+    /// The side's played-position reports, when it has them.
+    playout: Option<PlayoutMarks>,
+    marks: Option<Marks>,
 }
 
-fn new_pacer(lead: Duration, config: &Config, call: AudioFormat) -> Pacer {
-    Pacer::new(call, lead).with_max_queue(config.freeswitch.playback_max_queue)
+fn new_pacer(
+    lead: Duration,
+    config: &Config,
+    call: AudioFormat,
+    playout: Option<PlayoutMarks>,
+) -> Pacer {
+    let pacer = Pacer::new(call, lead).with_max_queue(config.freeswitch.playback_max_queue);
+    match playout {
+        Some(p) => pacer.with_max_unplayed(p.max_unplayed),
+        None => pacer,
+    }
+}
+
+fn new_marks(playout: Option<PlayoutMarks>, call: AudioFormat) -> Option<Marks> {
+    playout.map(|p| Marks::new(call.bytes_per_sec() as u64 * p.every.as_millis() as u64 / 1000))
 }
 
 impl Downstream {
@@ -54,10 +71,13 @@ impl Downstream {
         call: AudioFormat,
         frames_per_message: usize,
         lead: Duration,
+        playout: Option<PlayoutMarks>,
     ) -> Downstream {
         Downstream {
             transcoder: None,
-            pacer: new_pacer(lead, config, call),
+            pacer: new_pacer(lead, config, call, playout),
+            playout,
+            marks: new_marks(playout, call),
             converted: Vec::new(),
             frame: Vec::new(),
             interrupted: VecDeque::new(),
@@ -75,7 +95,10 @@ impl CallEngine {
     /// The metadata changed the call's format before any audio flowed: the playback
     /// side (pacer, telephony encoder, assistant→caller transcoder) follows it.
     pub(super) fn rebuild_playback(&mut self, call: AudioFormat) {
-        self.down.pacer = new_pacer(self.down.lead, &self.config, call);
+        self.down.pacer = new_pacer(self.down.lead, &self.config, call, self.down.playout);
+        if let Some(marks) = self.down.marks.as_mut() {
+            marks.restart();
+        }
         self.down.batched = 0;
         self.outputs
             .push_back(Output::Telephony(TelephonyAction::SetFormat(call)));
@@ -277,9 +300,11 @@ impl CallEngine {
             }
         }
         self.down.frame = frame;
-        if self.down.reply_done && !self.down.pacer.has_frame() && self.flush_partial_batch() {
+        let reply_end = self.down.reply_done && !self.down.pacer.has_frame();
+        if reply_end && self.flush_partial_batch() {
             sent += 1;
         }
+        self.send_mark(reply_end);
         if sent > 0 {
             if self.stats.first_response.is_none() {
                 let latency = now.saturating_duration_since(self.started);
@@ -289,6 +314,31 @@ impl CallEngine {
             if let Some(latency) = self.record.audio_played(now) {
                 call_metrics::turn_latency(self.provider, latency);
             }
+        }
+    }
+
+    /// Sends a playout mark if one is due (after what was just released).
+    fn send_mark(&mut self, reply_end: bool) {
+        let released = self.down.pacer.released_total();
+        if let Some(id) = self
+            .down
+            .marks
+            .as_mut()
+            .and_then(|m| m.due(released, reply_end))
+        {
+            self.outputs
+                .push_back(Output::Telephony(TelephonyAction::Mark(id)));
+        }
+    }
+
+    /// The far end played up to mark `id`: its clock re-anchors the pacer's playhead.
+    pub(super) fn on_played(&mut self, now: Instant, id: u64) {
+        match self.down.marks.as_mut().and_then(|m| m.played(id)) {
+            Some(position) => self.down.pacer.played_to(now, position),
+            None => debug!(
+                mark = id,
+                "played-position report for a void or unknown mark"
+            ),
         }
     }
 
@@ -314,6 +364,9 @@ impl CallEngine {
             return;
         }
         let flushed = self.down.pacer.flush(now);
+        if let Some(marks) = self.down.marks.as_mut() {
+            marks.void(self.down.pacer.released_total());
+        }
         self.stats.barge_ins += 1;
         // The resampler still holds the tail of the interrupted reply: start the next
         // reply from a clean filter instead of playing that tail first.

@@ -37,11 +37,13 @@ use crate::audio::{AudioFormat, Codec, FloodGuard};
 use crate::call_metrics::Traffic;
 use crate::call_record::{self, RecordBuilder};
 use crate::config::{Config, Route};
+use crate::telephony::PlayoutMarks;
 
 mod downstream;
 mod end_reason;
 mod ending;
 mod input;
+mod marks;
 mod output;
 mod stats;
 mod tools;
@@ -83,6 +85,8 @@ pub struct EngineSetup {
     pub pacer_lead: Duration,
     /// The telephony side can transfer this call (`transfer_call` is refused otherwise).
     pub can_transfer: bool,
+    /// The telephony side reports its played position (`Mark` / `Played`).
+    pub marks: Option<PlayoutMarks>,
 }
 
 impl EngineSetup {
@@ -159,6 +163,7 @@ impl CallEngine {
             inbound.mono(),
             setup.frames_per_message,
             setup.pacer_lead,
+            setup.marks,
         );
         let transcripts = setup.config.log.transcripts;
         CallEngine {

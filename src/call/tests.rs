@@ -9,11 +9,19 @@ use super::ending::{END_GRACE, GOODBYE_MAX};
 use super::*;
 use crate::audio::{Channels, ItemId};
 use crate::providers::{ProviderCommand, ProviderEvent, ToolCall};
-use crate::telephony::{Hangup, HangupCause, TelephonyAction, TelephonyEvent};
+use crate::telephony::{Hangup, HangupCause, PlayoutMarks, TelephonyAction, TelephonyEvent};
 
 const MS: Duration = Duration::from_millis(1);
 
 fn engine_with(toml: &str, can_transfer: bool) -> (CallEngine, Instant) {
+    engine_marked(toml, can_transfer, None)
+}
+
+fn engine_marked(
+    toml: &str,
+    can_transfer: bool,
+    marks: Option<PlayoutMarks>,
+) -> (CallEngine, Instant) {
     let config = Arc::new(
         Config::from_toml_str(toml, [("OPENAI_API_KEY".to_owned(), "test-key".to_owned())])
             .unwrap_or_else(|e| panic!("test config: {e}")),
@@ -34,6 +42,7 @@ fn engine_with(toml: &str, can_transfer: bool) -> (CallEngine, Instant) {
         frames_per_message: 1,
         pacer_lead: route_lead,
         can_transfer,
+        marks,
     };
     (CallEngine::new(setup, t0), t0)
 }
@@ -659,7 +668,7 @@ fn the_provider_is_set_up_without_metadata_after_the_wait() {
 fn a_batching_side_gets_a_flush_at_the_end_of_the_reply() {
     let (mut e, t0) = engine("");
     let lead = e.route.playback_lead;
-    e.down = downstream::Downstream::new(&e.config, pcmu(), 5, lead);
+    e.down = downstream::Downstream::new(&e.config, pcmu(), 5, lead, None);
     ready(&mut e, t0);
     feed(&mut e, t0, audio(&item("a"), 50));
     feed(&mut e, t0, Input::Provider(ProviderEvent::ResponseDone));
@@ -672,5 +681,139 @@ fn a_batching_side_gets_a_flush_at_the_end_of_the_reply() {
     assert!(
         e.stats().first_response.is_some(),
         "the partial batch went out"
+    );
+}
+
+// ---- playout marks (a side that reports its played position) ----------------------
+
+const MARKS: PlayoutMarks = PlayoutMarks {
+    every: Duration::from_millis(100),
+    max_unplayed: Duration::from_millis(300),
+};
+
+fn marks_of(outputs: &[Output]) -> Vec<u64> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Telephony(TelephonyAction::Mark(id)) => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
+fn played(e: &mut CallEngine, now: Instant, id: u64) {
+    feed(e, now, Input::Telephony(TelephonyEvent::Played(id)));
+}
+
+#[test]
+fn marks_follow_every_100_ms_released_and_the_end_of_a_reply() {
+    let (mut e, t0) = engine_marked("", false, Some(MARKS));
+    ready(&mut e, t0);
+    let a = item("a");
+    feed(&mut e, t0, audio(&a, 250));
+    feed(&mut e, t0, Input::Provider(ProviderEvent::ResponseDone));
+    let mut out = drain(&mut e);
+    out.extend(run_to(&mut e, t0, t0 + 400 * MS));
+    assert_eq!(plays(&out), 13, "250 ms padded to 13 frames");
+    assert_eq!(
+        marks_of(&out),
+        [1, 2, 3],
+        "at 100 ms, 200 ms and the reply's end"
+    );
+    // Each mark comes right after the frame that completes its stretch.
+    let mark_2 = out
+        .iter()
+        .position(|o| matches!(o, Output::Telephony(TelephonyAction::Mark(2))))
+        .unwrap_or_else(|| panic!("no mark 2: {out:?}"));
+    assert_eq!(plays(&out[..mark_2]), 10);
+}
+
+#[test]
+fn the_truncate_follows_the_far_ends_report_not_our_clock() {
+    let (mut e, t0) = engine_marked("", false, Some(MARKS));
+    ready(&mut e, t0);
+    let a = item("a");
+    feed(&mut e, t0, audio(&a, 2000));
+    let mut out = drain(&mut e);
+    out.extend(run_to(&mut e, t0, t0 + 160 * MS));
+    // Released 220 ms by our clock (lead 60 ms); mark 1 stands for 100 ms and mark 2 for 200 ms.
+    assert_eq!(plays(&out), 11);
+    assert_eq!(marks_of(&out), [1, 2]);
+    // The far end is behind: at 160 ms it has played only up to mark 1 (100 ms).
+    played(&mut e, t0 + 160 * MS, 1);
+    e.handle(t0 + 160 * MS, Input::Provider(ProviderEvent::SpeechStarted));
+    let out = drain(&mut e);
+    assert!(
+        out.iter().any(|o| matches!(
+            o,
+            Output::Provider(ProviderCommand::Truncate { played_ms: 100, .. })
+        )),
+        "truncated where the far end said it was: {out:?}"
+    );
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Telephony(TelephonyAction::Clear))));
+}
+
+#[test]
+fn a_far_end_that_plays_slowly_gets_no_growing_backlog() {
+    let (mut e, t0) = engine_marked("", false, Some(MARKS));
+    ready(&mut e, t0);
+    feed(&mut e, t0, audio(&item("a"), 10_000));
+    let mut released = plays(&drain(&mut e));
+    let mut acked = 0;
+    // The far end plays at 80 % of real time and reports each mark once it has played
+    // the audio before it; our clock alone would release 50 frames a second.
+    for step in 1..=250u32 {
+        let now = t0 + 20 * MS * step;
+        let far_played_ms = u64::from(step) * 16;
+        let out = run_to(&mut e, now - 20 * MS, now);
+        released += plays(&out);
+        for id in marks_of(&out) {
+            assert!(id > acked);
+        }
+        // Report every mark whose position (id × 100 ms) the far end has reached.
+        while (acked + 1) * 100 <= far_played_ms && (acked + 1) * 100 <= released as u64 * 20 {
+            acked += 1;
+            played(&mut e, now, acked);
+            released += plays(&drain(&mut e));
+        }
+    }
+    let far_played = 250 * 16;
+    let ahead = released as u64 * 20 - far_played;
+    assert!(
+        ahead <= 300 + 100,
+        "released {released} frames, {ahead} ms beyond what the far end played"
+    );
+    assert!(
+        released as u64 * 20 >= far_played,
+        "never starves the far end"
+    );
+}
+
+#[test]
+fn marks_before_a_barge_in_are_void_and_reports_of_them_ignored() {
+    let (mut e, t0) = engine_marked("", false, Some(MARKS));
+    ready(&mut e, t0);
+    feed(&mut e, t0, audio(&item("a"), 1000));
+    let out = run_to(&mut e, t0, t0 + 200 * MS);
+    assert_eq!(marks_of(&out), [1, 2]);
+    feed(
+        &mut e,
+        t0 + 200 * MS,
+        Input::Provider(ProviderEvent::SpeechStarted),
+    );
+    drain(&mut e);
+    // Twilio returns every pending mark at a `clear`: they must not move the playhead.
+    played(&mut e, t0 + 201 * MS, 2);
+    let b = item("b");
+    feed(&mut e, t0 + 201 * MS, audio(&b, 1000));
+    let out = drain(&mut e);
+    assert_eq!(plays(&out), 3, "the next reply starts with its full lead");
+    let out = run_to(&mut e, t0 + 201 * MS, t0 + 300 * MS);
+    assert_eq!(
+        marks_of(&out),
+        [3],
+        "ids go on; counting restarts at the cut"
     );
 }

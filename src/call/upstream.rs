@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::audio::{AudioFormat, Channels, Codec, Reframer, Transcoder};
 use crate::providers::{self, ProviderCommand};
@@ -75,7 +75,7 @@ impl CallEngine {
                 info!(bytes = text.len(), text = %preview(&text), "text from FreeSWITCH (send_text)");
             }
             TelephonyEvent::Dtmf(digit) => info!(%digit, "DTMF from the caller"),
-            TelephonyEvent::Played(mark) => debug!(mark, "playback reached a mark"),
+            TelephonyEvent::Played(mark) => self.on_played(now, mark),
             TelephonyEvent::HungUp(code) => return Err(EndReason::FreeswitchClosed(code)),
             TelephonyEvent::Gone => return Err(EndReason::FreeswitchGone),
             TelephonyEvent::Error(e) => return Err(EndReason::FreeswitchError(e)),
