@@ -54,6 +54,14 @@ struct Sinc {
     /// Zero output samples still to emit before the first chunk (see `integer_delay`).
     pad: usize,
     delay: usize,
+    /// Zero input samples fed first and zero output samples emitted first, to start
+    /// again from after a [`Resampler::flush`].
+    prime: usize,
+    pad_at_start: usize,
+    /// Real input samples taken and output samples emitted (padding included) since
+    /// the start or the last flush: what a flush still owes.
+    fed: u64,
+    emitted: u64,
 }
 
 enum Kind {
@@ -132,6 +140,10 @@ impl Resampler {
                 out_buf,
                 pad,
                 delay,
+                prime,
+                pad_at_start: pad,
+                fed: 0,
+                emitted: 0,
             })),
         })
     }
@@ -164,6 +176,22 @@ impl Resampler {
                     }));
                 },
             ),
+        }
+    }
+
+    /// The end of a stream (an assistant reply): appends the output still owed for the
+    /// input given so far (up to 20 ms waiting for a full chunk, plus the filter's
+    /// delay), then starts again from a clean filter. So nothing of this stream comes out
+    /// at the start of the next one, and the output of a stream is exactly its input's
+    /// length (`delay_samples` + input × to / from, rounded up).
+    pub fn flush(&mut self, out: &mut Vec<i16>) {
+        if let Kind::Sinc(s) = &mut self.kind {
+            s.flush(self.from, self.to, |chunk| {
+                out.extend(chunk.iter().map(|&v| {
+                    let x = v * SCALE_OUT;
+                    (x + 0.5f32.copysign(x)) as i16
+                }));
+            });
         }
     }
 
@@ -234,6 +262,12 @@ impl Sinc {
         to_f32: impl Fn(T) -> f32,
         mut emit: impl FnMut(&[f32]),
     ) {
+        self.fed += input.len() as u64;
+        let mut emitted = 0u64;
+        let mut emit = |chunk: &[f32]| {
+            emitted += chunk.len() as u64;
+            emit(chunk);
+        };
         let mut rest = input;
         while !rest.is_empty() {
             let take = (self.chunk - self.fifo.len()).min(rest.len());
@@ -249,6 +283,40 @@ impl Sinc {
                 emit(self.run_chunk());
             }
         }
+        self.emitted += emitted;
+    }
+
+    /// Pushes zeros through until the output owed for `fed` input samples is out (no
+    /// more), then resets the filter, the FIFO and the counts to the start state.
+    fn flush(&mut self, from: u32, to: u32, mut emit: impl FnMut(&[f32])) {
+        let owed = self.delay as u64 + (self.fed * u64::from(to)).div_ceil(u64::from(from));
+        // The delay is under one chunk's output, so two chunks always suffice; bounded
+        // anyway.
+        for _ in 0..4 {
+            if self.fed == 0 || self.emitted >= owed {
+                break;
+            }
+            self.fifo.resize(self.chunk, 0.0);
+            while self.pad > 0 && self.emitted < owed {
+                const ZEROS: [f32; 64] = [0.0; 64];
+                let n = self.pad.min(ZEROS.len());
+                let n = n.min((owed - self.emitted) as usize);
+                emit(&ZEROS[..n]);
+                self.pad -= n;
+                self.emitted += n as u64;
+            }
+            let left = (owed - self.emitted) as usize;
+            let chunk = self.run_chunk();
+            let n = chunk.len().min(left);
+            emit(&chunk[..n]);
+            self.emitted += n as u64;
+        }
+        self.inner.reset();
+        self.fifo.clear();
+        self.fifo.resize(self.prime, 0.0);
+        self.pad = self.pad_at_start;
+        self.fed = 0;
+        self.emitted = 0;
     }
 
     fn run_chunk(&mut self) -> &[f32] {
@@ -528,5 +596,63 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A reply ending with a loud marker, then a silent reply: after `flush` the whole
+    /// first reply (marker included, exactly delay + input × ratio samples) is out, and
+    /// nothing of it comes out with the second one.
+    #[test]
+    fn flush_gives_the_whole_tail_and_leaves_nothing_for_the_next_reply() {
+        for (from, to) in [
+            (24000u32, 8000u32),
+            (16000, 8000),
+            (8000, 24000),
+            (8000, 16000),
+        ] {
+            let mut r = Resampler::new(from, to).unwrap();
+            // 1010 ms (not a multiple of the 20 ms chunk): quiet speech, then 10 ms of a
+            // full-scale 1 kHz marker at the very end.
+            let mut reply = signal::sine(from, 300.0, -40.0, from as usize);
+            reply.extend(signal::sine(from, 1000.0, -1.0, from as usize / 100));
+            let mut out = Vec::new();
+            r.process(&reply, &mut out);
+            assert!(
+                r.pending_input() > 0,
+                "{from}->{to}: a tail waits in the FIFO"
+            );
+            r.flush(&mut out);
+            let owed = r.delay_samples() + (reply.len() * to as usize).div_ceil(from as usize);
+            assert_eq!(out.len(), owed, "{from}->{to}: exactly the reply's length");
+            let marker = &out[out.len() - to as usize / 200..];
+            assert!(
+                signal::rms_dbfs(marker) > -10.0,
+                "{from}->{to}: the marker is in this reply's output"
+            );
+            // The next reply is silence: its output carries no trace of the marker.
+            let mut next = Vec::new();
+            r.process(&vec![0i16; from as usize / 10], &mut next);
+            r.flush(&mut next);
+            assert_eq!(
+                next.len(),
+                r.delay_samples() + (from as usize / 10 * to as usize).div_ceil(from as usize)
+            );
+            let peak = next.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0);
+            assert_eq!(
+                peak, 0,
+                "{from}->{to}: a fragment of the previous reply leaked"
+            );
+        }
+    }
+
+    #[test]
+    fn flush_of_nothing_gives_nothing_and_identity_holds_nothing() {
+        let mut r = Resampler::new(24000, 8000).unwrap();
+        let mut out = Vec::new();
+        r.flush(&mut out);
+        assert!(out.is_empty());
+        let mut id = Resampler::new(8000, 8000).unwrap();
+        id.process(&[1, 2, 3], &mut out);
+        id.flush(&mut out);
+        assert_eq!(out, [1, 2, 3]);
     }
 }

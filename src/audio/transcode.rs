@@ -121,6 +121,23 @@ impl Transcoder {
         }
     }
 
+    /// The end of a stream (an assistant reply): appends what the resampler still holds
+    /// of it (see [`Resampler::flush`]) and starts the next stream from a clean state, so
+    /// no fragment of this one is heard at the start of the next. A dangling half L16
+    /// sample is dropped. Nothing to do for the other paths, which hold nothing.
+    pub fn flush(&mut self, out: &mut Vec<u8>) {
+        self.carry = None;
+        if let Path::Linear(Some(r)) = &mut self.path {
+            self.linear_out.clear();
+            r.flush(&mut self.linear_out);
+            match self.to.codec {
+                Codec::L16 => pcm::samples_to_l16(&self.linear_out, out),
+                Codec::Pcmu => g711::ulaw_encode(&self.linear_out, out),
+                Codec::Pcma => g711::alaw_encode(&self.linear_out, out),
+            }
+        }
+    }
+
     /// Group delay added by the conversion (the resampler's filter; zero otherwise).
     pub fn delay(&self) -> Duration {
         match &self.path {

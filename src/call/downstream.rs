@@ -31,6 +31,9 @@ pub(super) struct Downstream {
     frame: Vec<u8>,
     /// Items interrupted by barge-in: their late audio is dropped.
     interrupted: VecDeque<ItemId>,
+    /// The item whose audio went into the transcoder last (its tail is flushed at the
+    /// end of the reply).
+    last_item: Option<ItemId>,
     /// Audio received from the provider per item, in ms of its output format, so a
     /// truncate never claims more than was generated.
     generated: VecDeque<(ItemId, u64)>,
@@ -81,6 +84,7 @@ impl Downstream {
             converted: Vec::new(),
             frame: Vec::new(),
             interrupted: VecDeque::new(),
+            last_item: None,
             generated: VecDeque::new(),
             output_format: None,
             reply_done: false,
@@ -154,6 +158,7 @@ impl CallEngine {
                 if self.goodbye == Goodbye::Saying {
                     self.goodbye = Goodbye::Said;
                 }
+                self.flush_reply_tail();
                 self.down.pacer.finish();
                 self.down.reply_done = true;
                 if !self.down.pacer.has_frame()
@@ -264,7 +269,34 @@ impl CallEngine {
         }
         self.down.converted.clear();
         transcoder.process(data, &mut self.down.converted);
-        let overflow = self.down.pacer.push(&item, &self.down.converted);
+        self.queue_converted(&item);
+        self.down.last_item = Some(item);
+        self.down.reply_done = false;
+        Ok(())
+    }
+
+    /// The reply is complete: what the resampler still holds of it (up to 20 ms, and
+    /// its filter delay) is queued now, behind the rest of the reply, so no fragment of
+    /// it is heard at the start of the next one.
+    fn flush_reply_tail(&mut self) {
+        let (Some(transcoder), Some(item)) =
+            (self.down.transcoder.as_mut(), self.down.last_item.take())
+        else {
+            return;
+        };
+        self.down.converted.clear();
+        transcoder.flush(&mut self.down.converted);
+        if !self.down.interrupted.contains(&item) {
+            self.queue_converted(&item);
+        }
+    }
+
+    /// Queues the converted audio of `item` for playback; an overflow is counted.
+    fn queue_converted(&mut self, item: &ItemId) {
+        if self.down.converted.is_empty() {
+            return;
+        }
+        let overflow = self.down.pacer.push(item, &self.down.converted);
         if overflow > 0 {
             if self.stats.playback_overflow == 0 {
                 warn!(
@@ -274,8 +306,6 @@ impl CallEngine {
             }
             self.stats.playback_overflow += overflow;
         }
-        self.down.reply_done = false;
-        Ok(())
     }
 
     /// Releases every frame that is due at `now`, as one batch of `Play` actions.

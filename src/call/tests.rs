@@ -817,3 +817,79 @@ fn marks_before_a_barge_in_are_void_and_reports_of_them_ignored() {
         "ids go on; counting restarts at the cut"
     );
 }
+
+// ---- clean reply tails -----------------------------------------------------------------
+
+#[test]
+fn a_replys_resampled_tail_is_played_with_it_not_at_the_start_of_the_next() {
+    use crate::audio::{g711, signal};
+    let (mut e, t0) = engine("");
+    let l16_24k = AudioFormat::new(Codec::L16, 24000);
+    feed(
+        &mut e,
+        t0,
+        Input::Provider(ProviderEvent::Ready {
+            input: pcmu(),
+            output: l16_24k,
+        }),
+    );
+    // Reply a: 1010 ms of quiet speech ending with 10 ms of a loud 1 kHz marker, in
+    // pieces that leave a partial 20 ms chunk in the resampler.
+    let mut reply = signal::sine(24000, 300.0, -40.0, 24000);
+    reply.extend(signal::sine(24000, 1000.0, -1.0, 240));
+    let bytes: Vec<u8> = reply.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let a = item("a");
+    for piece in bytes.chunks(4802) {
+        feed(
+            &mut e,
+            t0,
+            Input::Provider(ProviderEvent::Audio {
+                item: a.clone(),
+                data: Bytes::copy_from_slice(piece),
+            }),
+        );
+    }
+    feed(&mut e, t0, Input::Provider(ProviderEvent::ResponseDone));
+    let frames = |out: Vec<Output>| -> Vec<Vec<i16>> {
+        out.into_iter()
+            .filter_map(|o| match o {
+                Output::Telephony(TelephonyAction::Play(f)) => {
+                    let mut pcm = Vec::new();
+                    g711::ulaw_decode(&f, &mut pcm);
+                    Some(pcm)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let mut first = frames(drain(&mut e));
+    first.extend(frames(run_to(&mut e, t0, t0 + 2000 * MS)));
+    // 1010 ms plus the filter delay, padded to whole frames: 51 frames, the marker in
+    // the last of them.
+    assert_eq!(first.len(), 51, "the whole reply, tail included");
+    let last: Vec<i16> = first[49..].concat();
+    assert!(signal::rms_dbfs(&last) > -12.0, "the marker ends reply a");
+    // Reply b is silence: nothing of a's marker may come out with it.
+    let b = item("b");
+    feed(
+        &mut e,
+        t0 + 2000 * MS,
+        Input::Provider(ProviderEvent::Audio {
+            item: b,
+            data: Bytes::from(vec![0u8; 24000 / 5 * 2]),
+        }),
+    );
+    let mut second = frames(drain(&mut e));
+    second.extend(frames(run_to(&mut e, t0 + 2000 * MS, t0 + 2400 * MS)));
+    assert!(!second.is_empty());
+    let peak = second
+        .concat()
+        .iter()
+        .map(|s| s.unsigned_abs())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        peak < 100,
+        "a fragment of reply a played at the start of b: peak {peak}"
+    );
+}
