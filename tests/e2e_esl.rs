@@ -465,3 +465,45 @@ async fn esl_files_barge_in_ignores_stale_play_events() {
     assert_eq!(field(&summary, "barge_ins"), 1);
     daemon.stop().await;
 }
+
+/// mod_audio_stream carries no key presses: with the Event Socket, FreeSWITCH's `DTMF`
+/// events for the call's uuid reach the call (subscribed as `event json DTMF CUSTOM
+/// mod_audio_stream::play`), and another channel's do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dtmf_events_reach_their_call_only() {
+    let esl = FakeEsl::start(PASSWORD).await;
+    let daemon = start(&config("binary", esl.addr, "")).await;
+    daemon.wait_log(|l| message(l) == "ESL connected").await;
+    let subscribe = esl.wait_lines(1, |l| l.starts_with("event ")).await;
+    assert_eq!(
+        subscribe[0].line,
+        "event json DTMF CUSTOM mod_audio_stream::play"
+    );
+    let id = "5e1c0d7a-2b8e-4f4a-9c1d-6a7b8c9d0e1f";
+    let call = Call::connect(&daemon, "call", id, "rate=8000").await;
+    daemon
+        .wait_log(|l| message(l) == "call started" && common::daemon::call_id(l) == Some(id))
+        .await;
+    esl.emit_dtmf("another-channel", '9');
+    for digit in ['1', '2', '#'] {
+        esl.emit_dtmf(id, digit);
+    }
+    let last = daemon
+        .wait_log(|l| message(l) == "DTMF from the caller" && field(l, "digit") == "#")
+        .await;
+    assert_eq!(common::daemon::call_id(&last), Some(id));
+    let digits: Vec<String> = daemon
+        .logs()
+        .iter()
+        .filter(|l| message(l) == "DTMF from the caller")
+        .map(|l| field(l, "digit").as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        digits,
+        ["1", "2", "#"],
+        "in order, and not the other channel's 9"
+    );
+    let (_, _) = call.close().await;
+    daemon.wait_call_end(id).await;
+    daemon.stop().await;
+}

@@ -5,7 +5,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use voicebridge::telephony::freeswitch::esl::frame::{
-    classify, is_safe_arg, parse_frame, parse_play, Frame, FrameError, Message, PLAY_SUBCLASS,
+    classify, is_safe_arg, parse_channel_event, parse_frame, parse_play, ChannelEvent, Frame,
+    FrameError, Message, PLAY_SUBCLASS,
 };
 
 /// Parses `buf` message by message; returns the frames and where it stopped.
@@ -47,6 +48,9 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(event.subclass.as_deref(), Some(PLAY_SUBCLASS));
                 // What the session checks before putting the file into a command line.
                 let _ = is_safe_arg(&play.file) && is_safe_arg(&play.uuid);
+            }
+            if let Some(ChannelEvent::Dtmf { digit, .. }) = parse_channel_event(&event) {
+                assert!(matches!(digit, '0'..='9' | '*' | '#' | 'A'..='D'), "{digit:?}");
             }
         }
     }

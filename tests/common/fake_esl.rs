@@ -4,7 +4,9 @@
 //! - on connect: `Content-Type: auth/request\n\n`
 //! - `auth <pw>\n\n` → `Content-Type: command/reply\nReply-Text: +OK accepted\n\n`, or
 //!   `-ERR invalid`, then `text/disconnect-notice` and the connection is closed
-//! - `event json ...\n\n` → `Reply-Text: +OK event listener enabled json`
+//! - `event json ...\n\n` → `Reply-Text: +OK event listener enabled json`; from then on
+//!   only the events named are delivered (`DTMF`, `CUSTOM <subclass> ...`, or `ALL`), as
+//!   FreeSWITCH filters them
 //! - `api <cmd>\n\n` → `Content-Type: api/response\nContent-Length: N\n\n+OK ...`
 //! - events: `Content-Length: N\nContent-Type: text/event-json\n\n{json}`, headers as
 //!   JSON string members and the event body as `_body` (`switch_event_serialize_json`)
@@ -45,7 +47,7 @@ pub struct FakeEsl {
     pub addr: SocketAddr,
     password: String,
     state: Arc<State>,
-    events: broadcast::Sender<String>,
+    events: broadcast::Sender<Emitted>,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
@@ -195,7 +197,79 @@ impl FakeEsl {
             "Content-Length: {}\nContent-Type: text/event-json\n\n{event}",
             event.len()
         );
-        let _ = self.events.send(frame);
+        let _ = self.events.send(Emitted {
+            name: "CUSTOM".to_owned(),
+            subclass: Some("mod_audio_stream::play".to_owned()),
+            frame,
+        });
+    }
+
+    /// Fires the `DTMF` event FreeSWITCH raises when the caller on channel `uuid`
+    /// presses `digit` (headers as `switch_channel_dtmf` sets them).
+    pub fn emit_dtmf(&self, uuid: &str, digit: char) {
+        let event = json!({
+            "Event-Name": "DTMF",
+            "Core-UUID": "6b3a1c2e-0000-4000-8000-fake0000e51",
+            "FreeSWITCH-Hostname": "fake-esl",
+            "Event-Date-Timestamp": "1767225600000000",
+            "Channel-Name": "sofia/internal/1000@127.0.0.1",
+            "Unique-ID": uuid,
+            "Caller-Unique-ID": uuid,
+            "DTMF-Digit": digit.to_string(),
+            "DTMF-Duration": "2000",
+            "DTMF-Source": "RTP",
+        })
+        .to_string();
+        let frame = format!(
+            "Content-Length: {}\nContent-Type: text/event-json\n\n{event}",
+            event.len()
+        );
+        let _ = self.events.send(Emitted {
+            name: "DTMF".to_owned(),
+            subclass: None,
+            frame,
+        });
+    }
+}
+
+/// An event on its way to the subscribed connections.
+#[derive(Clone, Debug)]
+pub struct Emitted {
+    name: String,
+    subclass: Option<String>,
+    frame: String,
+}
+
+/// What an `event <format> <names...>` command asked for: event names, and after
+/// `CUSTOM` the subclasses.
+#[derive(Default)]
+struct Subscription {
+    names: Vec<String>,
+    subclasses: Vec<String>,
+}
+
+impl Subscription {
+    fn parse(words: &str) -> Subscription {
+        let mut sub = Subscription::default();
+        let mut custom = false;
+        for word in words.split_whitespace().skip(1) {
+            if word == "CUSTOM" {
+                custom = true;
+            } else if custom {
+                sub.subclasses.push(word.to_owned());
+            } else {
+                sub.names.push(word.to_owned());
+            }
+        }
+        sub
+    }
+
+    fn wants(&self, e: &Emitted) -> bool {
+        self.names.iter().any(|n| n == "ALL" || *n == e.name)
+            || (e.name == "CUSTOM"
+                && e.subclass
+                    .as_ref()
+                    .is_some_and(|s| self.subclasses.contains(s)))
     }
 }
 
@@ -209,7 +283,7 @@ async fn accept_loop(
     listener: TcpListener,
     password: String,
     state: Arc<State>,
-    events: broadcast::Sender<String>,
+    events: broadcast::Sender<Emitted>,
     stop: CancellationToken,
 ) {
     let mut conns = Vec::new();
@@ -238,7 +312,7 @@ async fn connection(
     stream: TcpStream,
     password: String,
     state: Arc<State>,
-    mut events: broadcast::Receiver<String>,
+    mut events: broadcast::Receiver<Emitted>,
     stop: CancellationToken,
 ) {
     let (read, mut write) = stream.into_split();
@@ -251,7 +325,7 @@ async fn connection(
         return;
     }
     let mut authed = false;
-    let mut subscribed = false;
+    let mut subscribed: Option<Subscription> = None;
     loop {
         let mut command = String::new();
         // Read one command: lines up to a blank line. `line` outlives a cancelled
@@ -260,9 +334,9 @@ async fn connection(
         let got = loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                ev = events.recv(), if subscribed => {
-                    if let Ok(frame) = ev {
-                        if write.write_all(frame.as_bytes()).await.is_err() {
+                ev = events.recv(), if subscribed.is_some() => {
+                    if let (Ok(e), Some(sub)) = (ev, subscribed.as_ref()) {
+                        if sub.wants(&e) && write.write_all(e.frame.as_bytes()).await.is_err() {
                             return;
                         }
                     }
@@ -314,7 +388,7 @@ async fn connection(
         } else if !authed {
             "Content-Type: command/reply\nReply-Text: -ERR command not found\n\n".to_owned()
         } else if let Some(format) = got.strip_prefix("event ") {
-            subscribed = true;
+            subscribed = Some(Subscription::parse(format));
             let format = format.split_whitespace().next().unwrap_or("plain");
             format!(
                 "Content-Type: command/reply\nReply-Text: +OK event listener enabled {format}\n\n"

@@ -26,7 +26,7 @@ use crate::telephony::{
     Hangup, HangupCause, PinnedFormat, TelephonyAction, TelephonyEvent, TelephonyLeg,
 };
 
-use super::esl::{Esl, PlayEvent, PlayEvents};
+use super::esl::{ChannelEvent, ChannelEvents, Esl, PlayEvent};
 use super::request::StreamRequest;
 use super::{metadata, playback, Playback};
 
@@ -41,8 +41,8 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 pub struct FreeswitchLeg {
     sink: SplitSink<Ws, Message>,
     stream: SplitStream<Ws>,
-    /// `esl_files`: this channel's play events (taken up by `start`).
-    play_events: Option<PlayEvents>,
+    /// With ESL: this channel's events, key presses and `esl_files` plays (taken up by `start`).
+    channel_events: Option<ChannelEvents>,
     call_id: String,
     mode: PlaybackMode,
     esl_chunk: Duration,
@@ -85,7 +85,7 @@ impl FreeswitchLeg {
         FreeswitchLeg {
             sink,
             stream,
-            play_events: None,
+            channel_events: None,
             call_id,
             mode,
             esl_chunk,
@@ -133,11 +133,7 @@ impl FreeswitchLeg {
 
     /// `esl_files`: the module wrote one of our chunks to a file; play it, unless a
     /// barge-in cut that chunk.
-    fn on_play(&mut self, play: Option<PlayEvent>) {
-        let Some(play) = play else {
-            self.play_events = None;
-            return;
-        };
+    fn on_play(&mut self, play: PlayEvent) {
         if play.seq.is_some_and(|seq| seq < self.break_seq) {
             debug!(file = %play.file, "play event of a chunk cut by barge-in: not played");
             return;
@@ -151,18 +147,17 @@ impl FreeswitchLeg {
 }
 
 impl TelephonyLeg for FreeswitchLeg {
-    /// `esl_files`: subscribes to this channel's play events (only now: a refused call
-    /// must not take over the uuid's subscription), and the first `binary` call of the
-    /// process logs the playback hint.
+    /// With the Event Socket, subscribes to this channel's events (the caller's key
+    /// presses, and the play events of `esl_files`); only now, so a refused call does
+    /// not take over the uuid's subscription. The first `binary` call of the process
+    /// logs the playback hint.
     fn start(&mut self) {
-        match (&self.esl, self.mode) {
-            (Some(esl), PlaybackMode::EslFiles) => {
-                self.play_events = Some(esl.subscribe(&self.call_id));
-            }
-            (None, PlaybackMode::EslFiles) => {
+        match &self.esl {
+            Some(esl) => self.channel_events = Some(esl.subscribe(&self.call_id)),
+            None if self.mode == PlaybackMode::EslFiles => {
                 warn!("esl_files playback without a call id in the URL (/call/<uuid>): nothing can be played");
             }
-            _ => {}
+            None => {}
         }
         if self.mode == PlaybackMode::Binary && playback::first_binary_call() {
             info!("{}", playback::BINARY_HINT);
@@ -186,19 +181,25 @@ impl TelephonyLeg for FreeswitchLeg {
         self.esl.is_some()
     }
 
-    /// The socket first, then (`esl_files`) the play events, handled here: the engine
-    /// never sees them. Both reads are cancel-safe.
+    /// The socket first, then the channel's ESL events: key presses become `Dtmf`,
+    /// `esl_files` plays are handled here (the engine never sees them). Both reads are
+    /// cancel-safe.
     async fn next_event(&mut self) -> Option<TelephonyEvent> {
-        if self.play_events.is_none() {
+        if self.channel_events.is_none() {
             let msg = self.stream.next().await;
             return self.event(msg);
         }
-        let play = tokio::select! {
+        let event = tokio::select! {
             biased;
             msg = self.stream.next() => return self.event(msg),
-            play = recv_play(&mut self.play_events) => play,
+            event = recv_channel_event(&mut self.channel_events) => event,
         };
-        self.on_play(play);
+        match event {
+            Some(ChannelEvent::Play(play)) => self.on_play(play),
+            Some(ChannelEvent::Dtmf { digit, .. }) => return Some(TelephonyEvent::Dtmf(digit)),
+            // The subscription ended (the daemon stops): the socket alone from here.
+            None => self.channel_events = None,
+        }
         None
     }
 
@@ -295,8 +296,8 @@ impl TelephonyLeg for FreeswitchLeg {
     }
 }
 
-/// The next play event, or never when the call has no play events.
-async fn recv_play(events: &mut Option<PlayEvents>) -> Option<PlayEvent> {
+/// The next channel event, or never when the call has no subscription.
+async fn recv_channel_event(events: &mut Option<ChannelEvents>) -> Option<ChannelEvent> {
     match events {
         Some(e) => e.recv().await,
         None => std::future::pending().await,

@@ -192,6 +192,8 @@ pub struct Event {
     pub unique_id: Option<String>,
     /// The event body (`_body`), for `mod_audio_stream` events the module's JSON.
     pub body: Option<String>,
+    /// `DTMF-Digit` of a `DTMF` event.
+    pub dtmf_digit: Option<String>,
 }
 
 /// Reads a `text/event-json` body.
@@ -207,6 +209,7 @@ pub fn parse_event_json(body: &[u8]) -> Result<Event, String> {
         subclass: text("Event-Subclass"),
         unique_id: text("Unique-ID"),
         body: text("_body"),
+        dtmf_digit: text("DTMF-Digit"),
     })
 }
 
@@ -220,6 +223,44 @@ pub struct PlayEvent {
     pub sample_rate: Option<u64>,
     /// Our own chunk counter, sent inside `data` and kept by the module in the event.
     pub seq: Option<u64>,
+}
+
+/// What one channel's subscription delivers: the module's play events and the
+/// caller's key presses (FreeSWITCH's `DTMF` event: `mod_audio_stream` carries none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelEvent {
+    Play(PlayEvent),
+    Dtmf { uuid: String, digit: char },
+}
+
+impl ChannelEvent {
+    /// The channel it belongs to (`Unique-ID`).
+    pub fn uuid(&self) -> &str {
+        match self {
+            ChannelEvent::Play(p) => &p.uuid,
+            ChannelEvent::Dtmf { uuid, .. } => uuid,
+        }
+    }
+}
+
+/// The channel event inside `event`, if it is one voicebridge uses and is usable.
+pub fn parse_channel_event(event: &Event) -> Option<ChannelEvent> {
+    if event.name == "DTMF" {
+        return parse_dtmf(event);
+    }
+    parse_play(event).map(ChannelEvent::Play)
+}
+
+/// A `DTMF` event: `DTMF-Digit` is one of `0-9 * # A-D` (FreeSWITCH's digits; `a-d`
+/// are taken as the same keys). Anything else is not a key press.
+fn parse_dtmf(event: &Event) -> Option<ChannelEvent> {
+    let uuid = event.unique_id.clone()?;
+    let mut chars = event.dtmf_digit.as_deref()?.chars();
+    let digit = chars.next()?.to_ascii_uppercase();
+    if chars.next().is_some() || !matches!(digit, '0'..='9' | '*' | '#' | 'A'..='D') {
+        return None;
+    }
+    Some(ChannelEvent::Dtmf { uuid, digit })
 }
 
 /// The play event inside `event`, if it is one and is usable.
@@ -298,6 +339,34 @@ mod tests {
             classify(&f),
             Message::ApiResponse { ok: false, .. }
         ));
+    }
+
+    #[test]
+    fn dtmf_events_are_key_presses_of_their_channel() {
+        let event = |digit: &str| {
+            let body = format!(
+                r#"{{"Event-Name":"DTMF","Unique-ID":"u-7","DTMF-Digit":"{digit}","DTMF-Duration":"2000","DTMF-Source":"RTP"}}"#
+            );
+            parse_event_json(body.as_bytes()).unwrap()
+        };
+        assert_eq!(
+            parse_channel_event(&event("5")),
+            Some(ChannelEvent::Dtmf {
+                uuid: "u-7".to_owned(),
+                digit: '5'
+            })
+        );
+        for (given, key) in [("#", '#'), ("*", '*'), ("a", 'A'), ("D", 'D')] {
+            assert!(
+                matches!(parse_channel_event(&event(given)), Some(ChannelEvent::Dtmf { digit, .. }) if digit == key),
+                "{given}"
+            );
+        }
+        for bad in ["", "12", "E", "x", "1 "] {
+            assert_eq!(parse_channel_event(&event(bad)), None, "{bad:?}");
+        }
+        let no_uuid = parse_event_json(br#"{"Event-Name":"DTMF","DTMF-Digit":"1"}"#).unwrap();
+        assert_eq!(parse_channel_event(&no_uuid), None);
     }
 
     #[test]
@@ -380,6 +449,7 @@ mod tests {
             subclass: Some(PLAY_SUBCLASS.into()),
             unique_id: Some("u".into()),
             body: Some("not json".into()),
+            dtmf_digit: None,
         };
         assert_eq!(parse_play(&e), None);
         let e = Event {

@@ -5,7 +5,7 @@
 //! hanging up (`uuid_kill`) and handing over (`uuid_transfer`) go over ESL.
 //!
 //! One inbound connection per daemon (TCP to `[freeswitch.esl]`, `auth <password>`,
-//! `event json CUSTOM mod_audio_stream::play`), owned by one task that reconnects with
+//! `event json DTMF CUSTOM mod_audio_stream::play`), owned by one task that reconnects with
 //! exponential backoff (0.5 s → 30 s) and logs each outage once: one warn (or one error
 //! for a refused password) when it goes down, one info when it is back.
 //!
@@ -13,8 +13,8 @@
 //! bounded channel, and while ESL is down (or the channel is full) it is dropped and
 //! counted; the call carries on without it. Commands still queued when a connection
 //! drops are dropped too: a `uuid_break` from seconds ago must not cut a later reply.
-//! `mod_audio_stream::play` events are routed to the call by `Unique-ID`, which is
-//! the call id from the URL path (`/call/${uuid}`).
+//! `mod_audio_stream::play` and `DTMF` events are routed to the call by `Unique-ID`,
+//! which is the call id from the URL path (`/call/${uuid}`).
 //!
 //! Why not the `freeswitch-esl-tokio` crate: see `docs/esl.md` (it is maintained and
 //! capable, but has no reconnect, keeps its frame parser private, and brings a large
@@ -37,12 +37,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::EslConfig;
-pub use frame::PlayEvent;
-use frame::{classify, is_safe_arg, parse_frame, parse_play, Frame, FrameError, Message};
+use frame::{classify, is_safe_arg, parse_channel_event, parse_frame, Frame, FrameError, Message};
+pub use frame::{ChannelEvent, PlayEvent};
 
 /// Commands waiting for the connection task; beyond this they are dropped.
 const COMMAND_QUEUE: usize = 256;
-/// Play events waiting for one call's leg.
+/// Channel events (plays, key presses) waiting for one call's leg.
 const EVENT_QUEUE: usize = 64;
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -50,7 +50,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 /// A FreeSWITCH that accepts no bytes for this long is treated as gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-const SUBSCRIBE: &str = "event json CUSTOM mod_audio_stream::play";
+const SUBSCRIBE: &str = "event json DTMF CUSTOM mod_audio_stream::play";
 
 /// Why a connection attempt or a connection failed. Messages say what to check.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +94,7 @@ struct Shared {
     dropped: AtomicU64,
     /// Sessions subscribed to play events, by channel uuid, with a token so an older
     /// subscription for a reused uuid cannot remove a newer one.
-    calls: DashMap<String, (u64, mpsc::Sender<PlayEvent>)>,
+    calls: DashMap<String, (u64, mpsc::Sender<ChannelEvent>)>,
     next_token: AtomicU64,
 }
 
@@ -183,13 +183,13 @@ impl Esl {
         }
     }
 
-    /// Receives this channel's `mod_audio_stream::play` events until the returned value
-    /// is dropped.
-    pub fn subscribe(&self, uuid: &str) -> PlayEvents {
+    /// Receives this channel's `mod_audio_stream::play` and `DTMF` events until the
+    /// returned value is dropped.
+    pub fn subscribe(&self, uuid: &str) -> ChannelEvents {
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let token = self.shared.next_token.fetch_add(1, Ordering::Relaxed);
         self.shared.calls.insert(uuid.to_owned(), (token, tx));
-        PlayEvents {
+        ChannelEvents {
             rx,
             uuid: uuid.to_owned(),
             token,
@@ -198,21 +198,21 @@ impl Esl {
     }
 }
 
-/// One call's play events.
-pub struct PlayEvents {
-    rx: mpsc::Receiver<PlayEvent>,
+/// One call's channel events.
+pub struct ChannelEvents {
+    rx: mpsc::Receiver<ChannelEvent>,
     uuid: String,
     token: u64,
     shared: Arc<Shared>,
 }
 
-impl PlayEvents {
-    pub async fn recv(&mut self) -> Option<PlayEvent> {
+impl ChannelEvents {
+    pub async fn recv(&mut self) -> Option<ChannelEvent> {
         self.rx.recv().await
     }
 }
 
-impl Drop for PlayEvents {
+impl Drop for ChannelEvents {
     fn drop(&mut self) {
         self.shared
             .calls
@@ -390,16 +390,16 @@ async fn serve(
                     }
                 }
                 Message::Event(event) => {
-                    let Some(play) = parse_play(&event) else {
+                    let Some(channel_event) = parse_channel_event(&event) else {
                         continue;
                     };
-                    let Some(call) = shared.calls.get(&play.uuid) else {
-                        debug!(uuid = %play.uuid, "play event for a channel we do not serve");
+                    let Some(call) = shared.calls.get(channel_event.uuid()) else {
+                        debug!(uuid = %channel_event.uuid(), "event for a channel we do not serve");
                         continue;
                     };
-                    if call.1.try_send(play).is_err() && !full_warned {
+                    if call.1.try_send(channel_event).is_err() && !full_warned {
                         full_warned = true;
-                        warn!("a session is not taking its play events: some were dropped");
+                        warn!("a call is not taking its ESL events: some were dropped");
                     }
                 }
                 Message::DisconnectNotice(text) => return Err(EslError::Disconnected(text)),
