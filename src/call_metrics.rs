@@ -35,6 +35,7 @@ pub const TOOL_CALLS: &str = "voicebridge_tool_calls_total";
 pub const TOOL_SECONDS: &str = "voicebridge_tool_call_seconds";
 pub const LOOKUPS: &str = "voicebridge_context_lookups_total";
 pub const TURN_LATENCY: &str = "voicebridge_turn_latency_seconds";
+pub const DTMF: &str = "voicebridge_dtmf_keys_total";
 
 /// Latency buckets: from sub-millisecond (barge-in cut) to seconds (first response).
 const BUCKETS: &[f64] = &[
@@ -116,6 +117,10 @@ fn describe() {
         "Webhook tool call duration, by tool."
     );
     describe_counter!(
+        DTMF,
+        "Keys the callers pressed (DTMF), by route and what was done with them (ignore, to_model)."
+    );
+    describe_counter!(
         LOOKUPS,
         "Caller context lookups, by route and outcome (ok, error, timeout)."
     );
@@ -132,6 +137,10 @@ pub fn tool_call(route: &str, tool: &str, outcome: &'static str) {
 
 pub fn tool_duration(tool: &str, took: Duration) {
     histogram!(TOOL_SECONDS, "tool" => sanitise(tool)).record(took.as_secs_f64());
+}
+
+pub fn dtmf(route: &str, mode: &'static str) {
+    counter!(DTMF, "route" => route.to_owned(), "mode" => mode).increment(1);
 }
 
 pub fn context_lookup(route: &str, outcome: &'static str) {

@@ -92,7 +92,14 @@ pub struct RecordBuilder {
     /// Milliseconds, to 0.1 ms (sub-millisecond turns happen against local mocks).
     turn_latencies: Vec<f64>,
     pub lookup: &'static str,
+    /// Keys the caller pressed, and the groups they formed (text only with `Keep::All`:
+    /// digits can be a PIN, so the privacy switch covers them like the transcript).
+    dtmf_keys: u64,
+    dtmf: Vec<(u64, String)>,
 }
+
+/// DTMF groups kept per record; beyond it only the key count grows.
+const MAX_DTMF_GROUPS: usize = 64;
 
 /// What the session knows at the end, to be merged into the record.
 #[derive(Debug, Default)]
@@ -146,6 +153,8 @@ impl RecordBuilder {
             turn_started: None,
             turn_latencies: Vec::new(),
             lookup: "off",
+            dtmf_keys: 0,
+            dtmf: Vec::new(),
         }
     }
 
@@ -214,6 +223,14 @@ impl RecordBuilder {
     /// The provider finished a response.
     pub fn assistant_turn_done(&mut self) {
         self.assistant_turns += 1;
+    }
+
+    /// The caller typed `digits` (one group) at `at`.
+    pub fn dtmf(&mut self, digits: &str, at: Instant) {
+        self.dtmf_keys += digits.chars().count() as u64;
+        if self.keep == Keep::All && self.dtmf.len() < MAX_DTMF_GROUPS {
+            self.dtmf.push((self.ms(at), digits.to_owned()));
+        }
     }
 
     pub fn tool_started(&mut self, id: &str, name: &str, arguments: &Value, at: Instant) {
@@ -336,6 +353,15 @@ impl RecordBuilder {
         if let Some(to) = end.transfer_to {
             record["transfer_to"] = json!(to);
         }
+        record["dtmf"] = json!({
+            "keys": self.dtmf_keys,
+            "groups": (self.keep == Keep::All).then(|| {
+                self.dtmf
+                    .iter()
+                    .map(|(at_ms, digits)| json!({"at_ms": at_ms, "digits": digits}))
+                    .collect::<Vec<_>>()
+            }),
+        });
         if self.tools_dropped > 0 && self.keep != Keep::Nothing {
             record["tool_calls_dropped"] = json!(self.tools_dropped);
         }

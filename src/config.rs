@@ -199,6 +199,19 @@ pub struct CallConfig {
     pub daily_max_calls: u64,
     /// Call minutes on the route per UTC day; 0: no limit.
     pub daily_max_minutes: u64,
+    /// What the caller's key presses do.
+    pub dtmf: DtmfMode,
+    /// Keys pressed within this of each other are told to the model as one entry.
+    pub dtmf_group: Duration,
+}
+
+/// What the caller's key presses (DTMF) do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DtmfMode {
+    /// Logged, counted and recorded only.
+    Ignore,
+    /// Also told to the model, in its own protocol, grouped (`dtmf_group_ms`).
+    ToModel,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -503,6 +516,7 @@ named_enum!(PlaybackMode {
 named_enum!(EchoMode { Utterance => "utterance", Stream => "stream" });
 named_enum!(OpenAiAudioFormat { Pcmu => "pcmu", Pcma => "pcma", Pcm24 => "pcm24" });
 named_enum!(HttpMethod { Get => "get", Post => "post" });
+named_enum!(DtmfMode { Ignore => "ignore", ToModel => "to_model" });
 
 // The defaults of CONFIG.md, in one place. compile() starts from these and applies
 // what the file and the environment set.
@@ -586,6 +600,8 @@ impl Default for CallConfig {
             transfer_to: String::new(),
             daily_max_calls: 0,
             daily_max_minutes: 0,
+            dtmf: DtmfMode::ToModel,
+            dtmf_group: Duration::from_millis(1000),
         }
     }
 }

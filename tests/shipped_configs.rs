@@ -185,6 +185,8 @@ fn default_toml_ships_every_key() {
         "call.transfer_to",
         "call.daily_max_calls",
         "call.daily_max_minutes",
+        "call.dtmf",
+        "call.dtmf_group_ms",
         "webhooks.secret",
         "webhooks.max_response_kb",
         "webhooks.max_tool_calls_in_flight",

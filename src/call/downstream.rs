@@ -141,6 +141,7 @@ impl CallEngine {
                     }
                 }
                 self.forward_pending();
+                self.send_waiting_dtmf();
             }
             ProviderEvent::Audio { item, data } => self.on_assistant_audio(now, item, &data)?,
             ProviderEvent::SpeechStopped => self.record.caller_turn_ended(now),

@@ -40,6 +40,7 @@ use crate::config::{Config, Route};
 use crate::telephony::PlayoutMarks;
 
 mod downstream;
+mod dtmf;
 mod end_reason;
 mod ending;
 mod input;
@@ -146,6 +147,9 @@ pub struct CallEngine {
     end_action: Option<EndAction>,
     outputs: VecDeque<Output>,
     ended: bool,
+    /// The caller's key presses, grouped; groups wait here until the provider is ready.
+    dtmf: dtmf::DtmfGroups,
+    dtmf_waiting: Vec<String>,
 }
 
 impl CallEngine {
@@ -166,6 +170,7 @@ impl CallEngine {
             setup.marks,
         );
         let transcripts = setup.config.log.transcripts;
+        let dtmf = dtmf::DtmfGroups::new(setup.route.call.dtmf_group);
         CallEngine {
             deadline: now + setup.route.call.max_duration,
             call_id: setup.call_id,
@@ -194,6 +199,8 @@ impl CallEngine {
             end_action: None,
             outputs: VecDeque::new(),
             ended: false,
+            dtmf,
+            dtmf_waiting: Vec::new(),
         }
     }
 
@@ -249,6 +256,9 @@ impl CallEngine {
             info!("no metadata yet: provider set up from the URL alone");
             self.send_context(BTreeMap::new());
         }
+        if let Some(digits) = self.dtmf.tick(now) {
+            self.on_dtmf_group(now, digits);
+        }
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING;
             self.flush_metrics();
@@ -281,6 +291,9 @@ impl CallEngine {
         }
         if let Some(release) = self.down.pacer.next_release(now) {
             at = at.min(release);
+        }
+        if let Some(group_end) = self.dtmf.due() {
+            at = at.min(group_end);
         }
         Some(at)
     }

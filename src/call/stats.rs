@@ -26,6 +26,8 @@ pub struct Stats {
     pub first_response: Option<Duration>,
     pub usage: Usage,
     pub tool_calls: u64,
+    /// Keys the caller pressed (in finished groups).
+    pub dtmf_keys: u64,
 }
 
 impl Stats {

@@ -893,3 +893,64 @@ fn a_replys_resampled_tail_is_played_with_it_not_at_the_start_of_the_next() {
         "a fragment of reply a played at the start of b: peak {peak}"
     );
 }
+
+// ---- DTMF ------------------------------------------------------------------------------
+
+fn dtmf_sent(outputs: &[Output]) -> Vec<String> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Provider(ProviderCommand::Dtmf(d)) => Some(d.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn press(e: &mut CallEngine, now: Instant, digit: char) -> Vec<Output> {
+    feed(e, now, Input::Telephony(TelephonyEvent::Dtmf(digit)));
+    drain(e)
+}
+
+#[test]
+fn keys_typed_quickly_reach_the_model_as_one_group() {
+    let (mut e, t0) = engine("[call]\ndtmf_group_ms = 800\n");
+    ready(&mut e, t0);
+    drain(&mut e);
+    let mut out = press(&mut e, t0, '1');
+    out.extend(press(&mut e, t0 + 300 * MS, '2'));
+    out.extend(press(&mut e, t0 + 600 * MS, '3'));
+    assert!(dtmf_sent(&out).is_empty(), "the group is still open");
+    assert!(
+        e.poll_timeout(t0 + 600 * MS) <= Some(t0 + 1400 * MS),
+        "the engine asks to be ticked by the group's end"
+    );
+    let out = run_to(&mut e, t0 + 600 * MS, t0 + 1400 * MS);
+    assert_eq!(dtmf_sent(&out), ["123"]);
+    // `#` ends a group at once.
+    let mut out = press(&mut e, t0 + 3000 * MS, '4');
+    out.extend(press(&mut e, t0 + 3100 * MS, '#'));
+    assert_eq!(dtmf_sent(&out), ["4#"]);
+    assert_eq!(e.stats().dtmf_keys, 5);
+}
+
+#[test]
+fn keys_typed_before_the_provider_is_ready_wait_for_it() {
+    let (mut e, t0) = engine("");
+    let out = press(&mut e, t0, '9');
+    assert!(dtmf_sent(&out).is_empty());
+    let out = run_to(&mut e, t0, t0 + 1500 * MS);
+    assert!(dtmf_sent(&out).is_empty(), "not ready: held");
+    ready(&mut e, t0 + 1600 * MS);
+    assert_eq!(dtmf_sent(&drain(&mut e)), ["9"]);
+}
+
+#[test]
+fn dtmf_ignore_keeps_keys_from_the_model_but_counts_them() {
+    let (mut e, t0) = engine("[call]\ndtmf = \"ignore\"\n");
+    ready(&mut e, t0);
+    let mut out = press(&mut e, t0, '5');
+    out.extend(press(&mut e, t0 + 100 * MS, '#'));
+    out.extend(run_to(&mut e, t0 + 100 * MS, t0 + 3000 * MS));
+    assert!(dtmf_sent(&out).is_empty(), "{out:?}");
+    assert_eq!(e.stats().dtmf_keys, 2);
+}

@@ -74,7 +74,7 @@ impl CallEngine {
                 self.stats.text_in += 1;
                 info!(bytes = text.len(), text = %preview(&text), "text from FreeSWITCH (send_text)");
             }
-            TelephonyEvent::Dtmf(digit) => info!(%digit, "DTMF from the caller"),
+            TelephonyEvent::Dtmf(digit) => self.on_dtmf(now, digit),
             TelephonyEvent::Played(mark) => self.on_played(now, mark),
             TelephonyEvent::HungUp(code) => return Err(EndReason::FreeswitchClosed(code)),
             TelephonyEvent::Gone => return Err(EndReason::FreeswitchGone),

@@ -307,6 +307,20 @@ fn call(raw: RawCall) -> Result<CallConfig> {
         )?,
         daily_max_calls: daily("call.daily_max_calls", raw.daily_max_calls, 0)?,
         daily_max_minutes: daily("call.daily_max_minutes", raw.daily_max_minutes, 0)?,
+        dtmf: named_or(
+            "call.dtmf",
+            raw.dtmf,
+            d.dtmf,
+            DtmfMode::parse,
+            DtmfMode::NAMES,
+        )?,
+        dtmf_group: ms_or(
+            "call.dtmf_group_ms",
+            raw.dtmf_group_ms,
+            100,
+            10_000,
+            d.dtmf_group,
+        )?,
     })
 }
 
@@ -510,6 +524,20 @@ fn resolve(
                 &key("daily_max_minutes"),
                 r.daily_max_minutes,
                 call.daily_max_minutes,
+            )?,
+            dtmf: named_or(
+                &key("dtmf"),
+                r.dtmf.clone(),
+                call.dtmf,
+                DtmfMode::parse,
+                DtmfMode::NAMES,
+            )?,
+            dtmf_group: ms_or(
+                &key("dtmf_group_ms"),
+                r.dtmf_group_ms,
+                100,
+                10_000,
+                call.dtmf_group,
             )?,
         },
         sample_rate: match r.sample_rate {

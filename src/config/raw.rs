@@ -208,6 +208,9 @@ pub(crate) struct RawCall {
     pub daily_max_calls: Option<i64>,
     #[serde(deserialize_with = "int")]
     pub daily_max_minutes: Option<i64>,
+    pub dtmf: Option<String>,
+    #[serde(deserialize_with = "int")]
+    pub dtmf_group_ms: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -284,6 +287,9 @@ pub(crate) struct RawRoute {
     pub daily_max_calls: Option<i64>,
     #[serde(deserialize_with = "int")]
     pub daily_max_minutes: Option<i64>,
+    pub dtmf: Option<String>,
+    #[serde(deserialize_with = "int")]
+    pub dtmf_group_ms: Option<i64>,
     #[serde(deserialize_with = "int")]
     pub sample_rate: Option<i64>,
     pub channels: Option<String>,

@@ -75,7 +75,8 @@ pub async fn run(config: EchoConfig, call_format: AudioFormat, mut ends: Provide
             ProviderCommand::Cancel
             | ProviderCommand::Context(_)
             | ProviderCommand::Say(_)
-            | ProviderCommand::ToolResult(_) => {}
+            | ProviderCommand::ToolResult(_)
+            | ProviderCommand::Dtmf(_) => {}
             ProviderCommand::Close => break,
         }
     }

@@ -141,6 +141,9 @@ pub enum ProviderCommand {
     Context(Arc<CallContext>),
     /// The answer to a [`ProviderEvent::ToolCall`].
     ToolResult(ToolResult),
+    /// The caller pressed these keys (one group: `0-9 * # A-D`): tell the model, in its
+    /// own protocol, so "press 1 for sales" and "type your account number" work.
+    Dtmf(String),
     /// Close the provider connection politely.
     Close,
 }

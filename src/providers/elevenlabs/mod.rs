@@ -378,6 +378,9 @@ impl Live {
             // The agent cannot be told what to say; the session does not ask.
             ProviderCommand::Context(_) | ProviderCommand::Say(_) => {}
             ProviderCommand::ToolResult(r) => return self.on_tool_result(r).await,
+            ProviderCommand::Dtmf(digits) => {
+                debug!(keys = digits.len(), "elevenlabs: DTMF not sent yet")
+            }
             ProviderCommand::Close => return Some(End::Session),
         }
         None

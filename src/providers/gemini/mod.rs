@@ -488,6 +488,9 @@ impl Gemini {
             }
             Some(ProviderCommand::Context(_)) => debug!("gemini: second context ignored"),
             Some(ProviderCommand::ToolResult(r)) => self.on_tool_result(r).await,
+            Some(ProviderCommand::Dtmf(digits)) => {
+                debug!(keys = digits.len(), "gemini: DTMF not sent yet")
+            }
         }
         Ok(())
     }

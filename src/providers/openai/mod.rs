@@ -289,6 +289,10 @@ impl Connection {
                 self.send_json(&item).await?;
                 self.maybe_reply().await
             }
+            ProviderCommand::Dtmf(digits) => {
+                debug!(keys = digits.len(), "OpenAI: DTMF not sent yet");
+                Ok(())
+            }
             ProviderCommand::Close => Err(Exit::CloseRequested),
         }
     }
