@@ -44,7 +44,7 @@ use std::time::Duration;
 
 pub use crate::audio::{Channels, Codec};
 pub use error::ConfigError;
-pub use kinds::{KindInfo, Price, ProviderKind};
+pub use kinds::{Interruption, KindInfo, Price, ProviderKind};
 pub use secret::Secret;
 
 /// The name of the route used when the URL path does not select another one
@@ -203,6 +203,24 @@ pub struct CallConfig {
     pub dtmf: DtmfMode,
     /// Keys pressed within this of each other are told to the model as one entry.
     pub dtmf_group: Duration,
+    /// Barge-in guard: the provider's "caller started speaking" flushes playback only
+    /// after this much continuous caller speech; zero: at once.
+    pub barge_in_min: Duration,
+    /// The greeting may be cut by the caller.
+    pub greeting_interruptible: bool,
+    /// The last words (the goodbye, the reply before `end_call`) may be cut.
+    pub goodbye_interruptible: bool,
+}
+
+impl CallConfig {
+    /// voicebridge, not the provider, decides when the caller interrupts (the guard or
+    /// an uninterruptible greeting/goodbye is set, and the provider lets it).
+    pub fn manages_interruption(&self) -> bool {
+        let wanted = !self.barge_in_min.is_zero()
+            || !self.greeting_interruptible
+            || !self.goodbye_interruptible;
+        wanted && self.provider.info().interruption != Interruption::ProviderOnly
+    }
 }
 
 /// What the caller's key presses (DTMF) do.
@@ -441,6 +459,18 @@ impl Config {
                     .to_string(),
             );
         }
+        for r in self.routes() {
+            let c = &r.call;
+            let wanted =
+                !c.barge_in_min.is_zero() || !c.greeting_interruptible || !c.goodbye_interruptible;
+            if wanted && c.provider.info().interruption == Interruption::ProviderOnly {
+                out.push(format!(
+                    "route {:?}: barge_in_min_ms / greeting_interruptible / goodbye_interruptible                      have no effect with {}: it cuts its reply itself when the caller speaks",
+                    r.name,
+                    c.provider.name()
+                ));
+            }
+        }
         if s.auth_tokens.iter().any(|t| t.expose().len() < 16) {
             out.push(
                 "server.auth_tokens: a token shorter than 16 characters is easy to guess"
@@ -602,6 +632,9 @@ impl Default for CallConfig {
             daily_max_minutes: 0,
             dtmf: DtmfMode::ToModel,
             dtmf_group: Duration::from_millis(1000),
+            barge_in_min: Duration::ZERO,
+            greeting_interruptible: true,
+            goodbye_interruptible: true,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod pacer;
 pub mod pcm;
 pub mod resample;
 pub mod signal;
+pub mod speech;
 pub mod transcode;
 
 pub use flood::FloodGuard;

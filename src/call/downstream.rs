@@ -144,7 +144,10 @@ impl CallEngine {
                 self.send_waiting_dtmf();
             }
             ProviderEvent::Audio { item, data } => self.on_assistant_audio(now, item, &data)?,
-            ProviderEvent::SpeechStopped => self.record.caller_turn_ended(now),
+            ProviderEvent::SpeechStopped => {
+                self.record.caller_turn_ended(now);
+                self.on_speech_stopped();
+            }
             ProviderEvent::ToolCall(call) => self.on_tool_call(now, call),
             ProviderEvent::ToolCancelled(ids) => {
                 for id in &ids {
@@ -153,7 +156,7 @@ impl CallEngine {
                         .tool_finished(id, "cancelled", Duration::ZERO, None);
                 }
             }
-            ProviderEvent::SpeechStarted => self.barge_in(now),
+            ProviderEvent::SpeechStarted => self.on_speech_started(now),
             ProviderEvent::ResponseDone => {
                 self.record.assistant_turn_done();
                 if self.goodbye == Goodbye::Saying {
@@ -161,6 +164,7 @@ impl CallEngine {
                 }
                 self.flush_reply_tail();
                 self.down.pacer.finish();
+                self.guard_reply_done();
                 self.down.reply_done = true;
                 if !self.down.pacer.has_frame()
                     && self.flush_partial_batch()
@@ -252,10 +256,10 @@ impl CallEngine {
             self.stats.late_audio_dropped += 1;
             return Ok(());
         }
-        let Some(transcoder) = self.down.transcoder.as_mut() else {
+        if self.down.transcoder.is_none() {
             warn!("provider sent audio before it was ready: dropped");
             return Ok(());
-        };
+        }
         if let Some(format) = self.down.output_format {
             let ms = (data.len() as u64 * 1000) / format.bytes_per_sec().max(1) as u64;
             match self.down.generated.iter_mut().find(|(i, _)| *i == item) {
@@ -268,6 +272,13 @@ impl CallEngine {
                 }
             }
         }
+        if self.down.last_item.is_none() {
+            // The first audio after a reply's end: a new reply.
+            self.guard_tick(now, true);
+        }
+        let Some(transcoder) = self.down.transcoder.as_mut() else {
+            return Ok(());
+        };
         self.down.converted.clear();
         transcoder.process(data, &mut self.down.converted);
         self.queue_converted(&item);
@@ -386,13 +397,12 @@ impl CallEngine {
     }
 
     /// Barge-in: in this same call, empty our queue, clear the far end's buffer and
-    /// tell the provider how much of the item the caller actually got.
-    fn barge_in(&mut self, now: Instant) {
-        let playing =
-            self.down.pacer.queued_ms() > 0 || !self.down.pacer.buffered_ahead(now).is_zero();
-        if !playing {
+    /// tell the provider how much of the item the caller actually got. False when
+    /// nothing was playing (nothing to cut).
+    pub(super) fn barge_in(&mut self, now: Instant) -> bool {
+        if !self.is_playing(now) {
             debug!("caller speech started while nothing was playing");
-            return;
+            return false;
         }
         let flushed = self.down.pacer.flush(now);
         if let Some(marks) = self.down.marks.as_mut() {
@@ -433,5 +443,6 @@ impl CallEngine {
                 "barge-in: playback flushed"
             );
         }
+        true
     }
 }

@@ -39,6 +39,7 @@ use crate::call_record::{self, RecordBuilder};
 use crate::config::{Config, Route};
 use crate::telephony::PlayoutMarks;
 
+mod barge_guard;
 mod downstream;
 mod dtmf;
 mod end_reason;
@@ -150,6 +151,8 @@ pub struct CallEngine {
     /// The caller's key presses, grouped; groups wait here until the provider is ready.
     dtmf: dtmf::DtmfGroups,
     dtmf_waiting: Vec<String>,
+    /// Who decides a barge-in, and the greeting/goodbye protection.
+    guard: barge_guard::BargeGuard,
 }
 
 impl CallEngine {
@@ -171,6 +174,7 @@ impl CallEngine {
         );
         let transcripts = setup.config.log.transcripts;
         let dtmf = dtmf::DtmfGroups::new(setup.route.call.dtmf_group);
+        let guard = barge_guard::BargeGuard::new(&setup.route.call);
         CallEngine {
             deadline: now + setup.route.call.max_duration,
             call_id: setup.call_id,
@@ -201,6 +205,7 @@ impl CallEngine {
             ended: false,
             dtmf,
             dtmf_waiting: Vec::new(),
+            guard,
         }
     }
 
@@ -245,6 +250,7 @@ impl CallEngine {
             return self.end(reason);
         }
         self.release_due(now);
+        self.guard_tick(now, false);
         self.check_played_out(now);
     }
 

@@ -59,7 +59,7 @@ impl CallEngine {
                 self.stats.fs_messages_in += 1;
                 self.stats.fs_bytes_in += data.len() as u64;
                 self.last_audio = now;
-                self.on_audio(&data);
+                self.on_audio(now, &data);
             }
             TelephonyEvent::Metadata(meta) => {
                 self.stats.text_in += 1;
@@ -84,7 +84,7 @@ impl CallEngine {
         Ok(())
     }
 
-    fn on_audio(&mut self, data: &[u8]) {
+    fn on_audio(&mut self, now: Instant, data: &[u8]) {
         if self.up.reframer.is_none() {
             // First audio: the inbound format is final from here on.
             self.up.reframer = Some(Reframer::new(self.inbound.mono(), self.inbound.channels));
@@ -102,6 +102,7 @@ impl CallEngine {
             if !reframer.pop_frame(&mut frame) {
                 break;
             }
+            self.guard_frame(now, &frame);
             self.forward_frame(&frame);
         }
         self.up.frame = frame;

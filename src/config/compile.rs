@@ -321,6 +321,17 @@ fn call(raw: RawCall) -> Result<CallConfig> {
             10_000,
             d.dtmf_group,
         )?,
+        barge_in_min: ms_or(
+            "call.barge_in_min_ms",
+            raw.barge_in_min_ms,
+            0,
+            2000,
+            d.barge_in_min,
+        )?,
+        greeting_interruptible: raw
+            .greeting_interruptible
+            .unwrap_or(d.greeting_interruptible),
+        goodbye_interruptible: raw.goodbye_interruptible.unwrap_or(d.goodbye_interruptible),
     })
 }
 
@@ -539,6 +550,19 @@ fn resolve(
                 10_000,
                 call.dtmf_group,
             )?,
+            barge_in_min: ms_or(
+                &key("barge_in_min_ms"),
+                r.barge_in_min_ms,
+                0,
+                2000,
+                call.barge_in_min,
+            )?,
+            greeting_interruptible: r
+                .greeting_interruptible
+                .unwrap_or(call.greeting_interruptible),
+            goodbye_interruptible: r
+                .goodbye_interruptible
+                .unwrap_or(call.goodbye_interruptible),
         },
         sample_rate: match r.sample_rate {
             None => fs.sample_rate,

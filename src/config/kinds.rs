@@ -52,6 +52,24 @@ pub struct KindInfo {
     pub credential: Option<Credential>,
     /// `[prices.<name>]` when the file sets none (records' estimated cost).
     pub default_price: Price,
+    /// Whether voicebridge can take barge-in decisions over from the provider (the
+    /// barge-in guard, uninterruptible greetings and goodbyes).
+    pub interruption: Interruption,
+}
+
+/// How a provider's barge-in can be managed by voicebridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interruption {
+    /// The provider can be told not to cut its reply by itself and still reports that
+    /// the caller started speaking (OpenAI `interrupt_response: false`; echo): a
+    /// barge-in is that report, confirmed by voicebridge.
+    Reported,
+    /// The provider can be told not to cut its reply, but then reports nothing (Gemini
+    /// `activityHandling: NO_INTERRUPTION`): voicebridge's own detection decides.
+    LocalOnly,
+    /// The provider always cuts its reply itself (ElevenLabs agents): the settings have
+    /// no effect, and the config says so at startup.
+    ProviderOnly,
 }
 
 const NO_PRICE: Price = Price {
@@ -75,6 +93,7 @@ const KINDS: [KindInfo; 4] = [
         section: "providers.echo",
         credential: None,
         default_price: NO_PRICE,
+        interruption: Interruption::Reported,
     },
     KindInfo {
         kind: ProviderKind::OpenAi,
@@ -84,6 +103,7 @@ const KINDS: [KindInfo; 4] = [
         section: "providers.openai",
         credential: Some(API_KEY),
         default_price: NO_PRICE,
+        interruption: Interruption::Reported,
     },
     KindInfo {
         kind: ProviderKind::Gemini,
@@ -93,6 +113,7 @@ const KINDS: [KindInfo; 4] = [
         section: "providers.gemini",
         credential: Some(API_KEY),
         default_price: NO_PRICE,
+        interruption: Interruption::LocalOnly,
     },
     KindInfo {
         kind: ProviderKind::ElevenLabs,
@@ -106,6 +127,7 @@ const KINDS: [KindInfo; 4] = [
             what: "an agent id",
         }),
         default_price: NO_PRICE,
+        interruption: Interruption::ProviderOnly,
     },
 ];
 

@@ -211,6 +211,10 @@ pub(crate) struct RawCall {
     pub dtmf: Option<String>,
     #[serde(deserialize_with = "int")]
     pub dtmf_group_ms: Option<i64>,
+    #[serde(deserialize_with = "int")]
+    pub barge_in_min_ms: Option<i64>,
+    pub greeting_interruptible: Option<bool>,
+    pub goodbye_interruptible: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -290,6 +294,10 @@ pub(crate) struct RawRoute {
     pub dtmf: Option<String>,
     #[serde(deserialize_with = "int")]
     pub dtmf_group_ms: Option<i64>,
+    #[serde(deserialize_with = "int")]
+    pub barge_in_min_ms: Option<i64>,
+    pub greeting_interruptible: Option<bool>,
+    pub goodbye_interruptible: Option<bool>,
     #[serde(deserialize_with = "int")]
     pub sample_rate: Option<i64>,
     pub channels: Option<String>,
