@@ -465,7 +465,8 @@ impl Config {
                 !c.barge_in_min.is_zero() || !c.greeting_interruptible || !c.goodbye_interruptible;
             if wanted && c.provider.info().interruption == Interruption::ProviderOnly {
                 out.push(format!(
-                    "route {:?}: barge_in_min_ms / greeting_interruptible / goodbye_interruptible                      have no effect with {}: it cuts its reply itself when the caller speaks",
+                    "route {:?}: barge_in_min_ms / greeting_interruptible / goodbye_interruptible \
+                     have no effect with {}: it cuts its reply itself when the caller speaks",
                     r.name,
                     c.provider.name()
                 ));

@@ -677,3 +677,51 @@ async fn check_opens_a_session_or_says_why_not() {
     assert_eq!(ok.conns().len(), 1);
     assert_eq!(ok.violations(), Vec::<String>::new());
 }
+
+/// The barge-in guard with Gemini: the setup asks for `NO_INTERRUPTION` (the server
+/// never cuts its reply, and reports nothing), so voicebridge's own detection decides:
+/// 2 s of caller speech over a long turn cut it (clearAudio once, the rest of the turn
+/// the server still sends is dropped), and the next turn is heard whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guarded_barge_in_is_detected_locally() {
+    let mock = MockGemini::start(options()).await;
+    let mut toml = config("", "", 0);
+    toml = toml.replace(
+        "response_timeout_secs = 0",
+        "response_timeout_secs = 0\nbarge_in_min_ms = 200",
+    );
+    let d = daemon(&mock, &toml).await;
+    let id = "gem-guard";
+    let call = Call::connect(&d, "call", id, "rate=8000&channels=mono").await;
+    mock.wait_ready(1).await;
+    let setup = mock.log(|l| l.conns[0].setup.clone()).expect("a setup");
+    assert_eq!(
+        setup["realtimeInputConfig"]["activityHandling"],
+        "NO_INTERRUPTION"
+    );
+
+    let mut long = TurnSpec::new(signal(24000, 4.0, 31));
+    long.speed = 1.5;
+    let playing = mock.play(long);
+    call.wait_received(25).await;
+    let talker = talk(&call, speech_like(8000, 2.0, 9));
+    d.wait_log(|l| {
+        message(l) == "barge-in confirmed by the caller's speech" && call_id(l) == Some(id)
+    })
+    .await;
+    // The server was not interrupted: it sends the rest of its turn, which is dropped.
+    playing.finish().await;
+    let before = call.received.load(Ordering::SeqCst);
+    mock.play(TurnSpec::new(signal(24000, 1.0, 41)))
+        .finish()
+        .await;
+    call.wait_received(before + 49).await;
+    talker.await.unwrap();
+    let (_, got) = call.close().await;
+    let summary = d.wait_call_end(id).await;
+    assert_eq!(mock.violations(), Vec::<String>::new());
+    let clears = got.clears();
+    assert_eq!(clears.len(), 1, "exactly one clearAudio");
+    assert_next_turn_heard_alone(&mock, &got, clears[0], &summary);
+    d.stop().await;
+}

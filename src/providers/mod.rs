@@ -148,6 +148,18 @@ pub enum ProviderCommand {
     Close,
 }
 
+/// How a key group is put to a model that only understands words: one user turn,
+/// spelled out so the model neither mistakes it for speech nor reads it as a number
+/// ("1 2 3 4", not "1234": an account number is read digit by digit).
+pub fn dtmf_text(digits: &str) -> String {
+    let keys: Vec<String> = digits.chars().map(String::from).collect();
+    let what = if keys.len() == 1 { "a key" } else { "keys" };
+    format!(
+        "[The caller pressed {what} on the phone keypad: {}]",
+        keys.join(" ")
+    )
+}
+
 /// What a provider may know about the call.
 #[derive(Clone, Debug, Default)]
 pub struct CallContext {

@@ -150,6 +150,8 @@ pub struct Recorded {
     /// `tool_call_id`s of the `client_tool_call`s sent.
     pub tool_calls: Vec<String>,
     pub tool_results: Vec<ToolResultRecord>,
+    /// `user_message` texts (the caller's key presses), in order.
+    pub user_messages: Vec<String>,
 }
 
 pub struct MockEleven {
@@ -504,6 +506,12 @@ impl Conv<'_> {
             }
             Some("client_tool_result") => self.on_tool_result(v),
             Some("user_activity") | Some("contextual_update") => {}
+            Some("user_message") => match v["text"].as_str() {
+                Some(t) if v.as_object().map(|o| o.len()) == Some(2) => {
+                    self.state.lock().unwrap().user_messages.push(t.to_owned());
+                }
+                _ => self.err(format!("user_message without a text: {text:.200}")),
+            },
             _ => self.err(format!("unexpected client message {text:.200}")),
         }
         None

@@ -89,7 +89,8 @@ pub struct ConnRecord {
     pub caller: Vec<i16>,
     pub caller_bytes: usize,
     pub audio_messages: usize,
-    /// Greeting instructions (`clientContent` or `realtimeInput.text`).
+    /// Text turns: the greeting, the goodbye, key presses (`clientContent` or
+    /// `realtimeInput.text`).
     pub greetings: Vec<Value>,
     pub closed: bool,
 }
@@ -773,8 +774,15 @@ impl MockGemini {
         {
             problems.push("automaticActivityDetection missing or disabled".into());
         }
-        if ric["activityHandling"] != "START_OF_ACTIVITY_INTERRUPTS" {
-            problems.push("activityHandling is not START_OF_ACTIVITY_INTERRUPTS".into());
+        // The two documented values voicebridge uses: the server cuts its reply on the
+        // caller's speech, or (barge-in guard) never does.
+        if ric["activityHandling"] != "START_OF_ACTIVITY_INTERRUPTS"
+            && ric["activityHandling"] != "NO_INTERRUPTION"
+        {
+            problems.push(
+                "activityHandling is neither START_OF_ACTIVITY_INTERRUPTS nor NO_INTERRUPTION"
+                    .into(),
+            );
         }
         for empty in ["inputAudioTranscription", "outputAudioTranscription"] {
             if setup[empty] != json!({}) {

@@ -603,6 +603,30 @@ impl Conn {
             "conversation.item.create" if v["item"]["type"] == "function_call_output" => {
                 self.on_function_output(&v, event_id.as_deref())
             }
+            "conversation.item.create" if v["item"]["type"] == "message" => {
+                self.shared.update(|s| s.client_events.push(v.clone()));
+                let item = &v["item"];
+                let content_ok = item["content"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .all(|p| p["type"] == "input_text" && p["text"].is_string())
+                });
+                if item["role"] != "user" || !content_ok {
+                    self.shared
+                        .problem(format!("user message item malformed: {v}"));
+                }
+                let id = match item["id"].as_str() {
+                    Some(id) if id.len() <= 32 => id.to_owned(),
+                    Some(id) => {
+                        self.shared.problem(format!("item id over 32 chars: {id}"));
+                        id.to_owned()
+                    }
+                    None => self.id("item"),
+                };
+                let mut added = item.clone();
+                added["id"] = json!(id);
+                added["status"] = json!("completed");
+                self.emit(json!({"type": "conversation.item.added", "previous_item_id": null, "item": added}));
+            }
             "input_audio_buffer.commit"
             | "input_audio_buffer.clear"
             | "conversation.item.create"
@@ -1175,6 +1199,16 @@ impl Conn {
         let item = format!("item_caller_{:03}", self.caller_items);
         self.shared.update(|s| s.barge_in_at = Some(Instant::now()));
         self.emit(json!({"type": "input_audio_buffer.speech_started", "audio_start_ms": 4000, "item_id": item}));
+        let interrupts = self.shared.update(|s| {
+            s.session_update.as_ref().is_none_or(|u| {
+                u["session"]["audio"]["input"]["turn_detection"]["interrupt_response"] != false
+            })
+        });
+        if !interrupts {
+            // interrupt_response: false: the reply goes on; the client cancels it if it
+            // decides the caller really interrupted. The caller is still talking.
+            return;
+        }
         // interrupt_response: the server cancels; a couple of deltas were already in flight.
         self.cancel_active(2);
         self.emit(json!({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 4800, "item_id": item}));

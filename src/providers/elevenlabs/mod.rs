@@ -379,7 +379,13 @@ impl Live {
             ProviderCommand::Context(_) | ProviderCommand::Say(_) => {}
             ProviderCommand::ToolResult(r) => return self.on_tool_result(r).await,
             ProviderCommand::Dtmf(digits) => {
-                debug!(keys = digits.len(), "elevenlabs: DTMF not sent yet")
+                if !self.ready {
+                    return None;
+                }
+                let msg = wire::user_message(&super::dtmf_text(&digits));
+                if let Err(e) = ws::send(&mut self.sink, Message::text(msg)).await {
+                    return Some(self.lost(e));
+                }
             }
             ProviderCommand::Close => return Some(End::Session),
         }

@@ -121,6 +121,12 @@ pub fn client_tool_result(r: &ToolResult) -> String {
     .to_string()
 }
 
+/// `{"type":"user_message","text"}`: the caller's key presses as a user turn the agent
+/// answers (a `contextual_update` would be heard by nobody: it never triggers a reply).
+pub fn user_message(text: &str) -> String {
+    json!({ "type": "user_message", "text": text }).to_string()
+}
+
 /// `{"type":"pong","event_id":<the ping's id, as it came>}`.
 pub fn pong(event_id: &Value) -> String {
     json!({ "type": "pong", "event_id": event_id }).to_string()

@@ -85,6 +85,8 @@ struct Settings {
     tools: Option<serde_json::Value>,
     /// JSON Schema keywords of the tools' parameters Gemini's subset cannot take.
     tools_dropped: Vec<String>,
+    /// voicebridge decides barge-ins (`activityHandling: NO_INTERRUPTION`).
+    no_interruption: bool,
 }
 
 impl Settings {
@@ -107,6 +109,7 @@ impl Settings {
             greeting: call.greeting.clone(),
             tools,
             tools_dropped,
+            no_interruption: call.manages_interruption(),
         }
     }
 
@@ -127,6 +130,7 @@ impl Settings {
             instructions,
             handle,
             tools: self.tools.as_ref(),
+            no_interruption: self.no_interruption,
         })
     }
 }
@@ -489,7 +493,10 @@ impl Gemini {
             Some(ProviderCommand::Context(_)) => debug!("gemini: second context ignored"),
             Some(ProviderCommand::ToolResult(r)) => self.on_tool_result(r).await,
             Some(ProviderCommand::Dtmf(digits)) => {
-                debug!(keys = digits.len(), "gemini: DTMF not sent yet")
+                // A user text turn, in the form the model's generation takes (as the
+                // greeting); the model answers it like a spoken turn.
+                let msg = wire::instruct(&self.s.model, &super::dtmf_text(&digits));
+                self.send_active(Message::Text(msg.into())).await;
             }
         }
         Ok(())

@@ -18,6 +18,7 @@ fn gemini(events: mpsc::Sender<ProviderEvent>, timeout: Duration) -> Gemini {
             greeting: String::new(),
             tools: None,
             tools_dropped: Vec::new(),
+            no_interruption: false,
         },
         instructions: String::new(),
         greeting: String::new(),

@@ -47,6 +47,11 @@ pub struct SetupParams<'a> {
     pub handle: Option<&'a str>,
     /// `setup.tools`, already built by [`tools`] (`None`: no tools offered).
     pub tools: Option<&'a Value>,
+    /// voicebridge decides barge-ins (guard, protected greeting/goodbye):
+    /// `activityHandling: NO_INTERRUPTION`, so the caller's speech no longer cuts the
+    /// reply on the server; Gemini then reports no interruption at all, and
+    /// voicebridge's own speech detection confirms the barge-in.
+    pub no_interruption: bool,
 }
 
 /// The `setup` message: the first and only configuration of a connection.
@@ -77,7 +82,11 @@ pub fn setup(p: &SetupParams<'_>) -> String {
                 "prefixPaddingMs": 20,
                 "silenceDurationMs": 500,
             },
-            "activityHandling": "START_OF_ACTIVITY_INTERRUPTS",
+            "activityHandling": if p.no_interruption {
+                "NO_INTERRUPTION"
+            } else {
+                "START_OF_ACTIVITY_INTERRUPTS"
+            },
         },
         "inputAudioTranscription": {},
         "outputAudioTranscription": {},
@@ -557,6 +566,7 @@ mod tests {
             instructions: "Be brief.",
             handle,
             tools: None,
+            no_interruption: false,
         }
     }
 
@@ -594,6 +604,17 @@ mod tests {
         assert_eq!(s["sessionResumption"], json!({}));
         assert_eq!(s["contextWindowCompression"], json!({"slidingWindow": {}}));
         assert!(s.get("responseModalities").is_none());
+    }
+
+    #[test]
+    fn a_managed_route_turns_the_server_interruption_off() {
+        let mut p = params("gemini-3.8-live", "", None);
+        p.no_interruption = true;
+        let v: Value = serde_json::from_str(&setup(&p)).unwrap();
+        assert_eq!(
+            v["setup"]["realtimeInputConfig"]["activityHandling"],
+            "NO_INTERRUPTION"
+        );
     }
 
     #[test]

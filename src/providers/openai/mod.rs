@@ -262,6 +262,7 @@ impl Connection {
                 // for barge-in. It is for the cases where the server would not: local
                 // barge-in detection, manual turns, or interrupt_response=false.
                 if self.turns.current_response.is_some() {
+                    self.turns.cancelling();
                     self.send_json(&wire::cancel()).await
                 } else {
                     Ok(())
@@ -290,8 +291,17 @@ impl Connection {
                 self.maybe_reply().await
             }
             ProviderCommand::Dtmf(digits) => {
-                debug!(keys = digits.len(), "OpenAI: DTMF not sent yet");
-                Ok(())
+                if !self.turns.ready {
+                    // The engine holds keys until Ready; a late one is not worth a reorder.
+                    debug!(
+                        keys = digits.len(),
+                        "OpenAI: DTMF before the session is ready: dropped"
+                    );
+                    return Ok(());
+                }
+                let item = self.turns.dtmf(&digits);
+                self.send_json(&item).await?;
+                self.maybe_reply().await
             }
             ProviderCommand::Close => Err(Exit::CloseRequested),
         }
@@ -302,7 +312,7 @@ impl Connection {
         if !self.turns.reply_due() {
             return Ok(());
         }
-        debug!("OpenAI: response.create after the tool results");
+        debug!("OpenAI: response.create after the tool results or keys");
         self.send_json(&wire::reply()).await?;
         self.update_watchdog();
         Ok(())
@@ -326,8 +336,8 @@ impl Connection {
             "OpenAI: sending session.update"
         );
         let update = setup.session_update();
+        self.turns.mark_setup_sent(setup.interrupt_response);
         self.setup = Some(setup);
-        self.turns.mark_setup_sent();
         self.send_json(&update).await
     }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
-use super::wire::{self, ErrorObject, ItemObject, ServerEvent, SETUP_EVENT_ID};
+use super::wire::{self, ErrorObject, ServerEvent, SETUP_EVENT_ID};
 use crate::audio::ItemId;
 use crate::providers::{ProviderEvent, Speaker, ToolCall, ToolResult, Usage};
 
@@ -56,6 +56,11 @@ pub struct Turns {
     pub(super) expired: bool,
     tools: ToolTurns,
     decode_buf: Vec<u8>,
+    /// The server cancels its reply on the caller's speech (`interrupt_response`);
+    /// false when voicebridge decides barge-ins and sends `response.cancel` itself.
+    server_interrupts: bool,
+    /// Key groups sent so far (our item ids `vb_dtmf_<n>`).
+    dtmf_items: u32,
 }
 
 /// Function calls in flight, and whether the model owes the caller an answer to
@@ -96,12 +101,35 @@ impl Turns {
             expired: false,
             tools: ToolTurns::default(),
             decode_buf: Vec::with_capacity(8 * 1024),
+            server_interrupts: true,
+            dtmf_items: 0,
         }
     }
 
     /// Our `session.update` went out: the next `session.updated` makes the session ready.
-    pub fn mark_setup_sent(&mut self) {
+    /// `server_interrupts`: the `interrupt_response` it asked for.
+    pub fn mark_setup_sent(&mut self, server_interrupts: bool) {
         self.setup_sent = true;
+        self.server_interrupts = server_interrupts;
+    }
+
+    /// We cancel the active response (a barge-in voicebridge confirmed): what the
+    /// server still sends of it is late and dropped, as after its own cancel.
+    pub fn cancelling(&mut self) {
+        if let Some(r) = &self.current_response {
+            self.interrupted_response = Some(r.clone());
+        }
+    }
+
+    /// The item telling the model which keys the caller pressed; the model owes an
+    /// answer to it (asked for by [`reply_due`](Self::reply_due) once no response is
+    /// active and the item has joined the conversation).
+    pub fn dtmf(&mut self, digits: &str) -> Value {
+        self.dtmf_items += 1;
+        let id = format!("vb_dtmf_{}", self.dtmf_items);
+        self.tools.reply_owed = true;
+        self.tools.unconfirmed.push(id.clone());
+        wire::dtmf_item(&id, digits)
     }
 
     /// Handles one server text frame: parses it and runs [`on_event`](Self::on_event).
@@ -142,8 +170,9 @@ impl Turns {
             "input_audio_buffer.speech_started" => {
                 self.awaiting_answer = false;
                 self.caller_done = false;
-                if let Some(r) = &self.current_response {
+                if let (true, Some(r)) = (self.server_interrupts, &self.current_response) {
                     // interrupt_response: the server cancels it; what it still sends is late.
+                    // (Without it the reply goes on until voicebridge confirms the barge-in.)
                     self.interrupted_response = Some(r.clone());
                 }
                 out.push(ProviderEvent::SpeechStarted);
@@ -169,13 +198,14 @@ impl Turns {
                 }
             }
             "conversation.item.added" => {
-                if let Some(ItemObject {
-                    kind: Some(kind),
-                    call_id: Some(call_id),
-                }) = &ev.item
-                {
-                    if kind == "function_call_output" {
+                if let Some(item) = &ev.item {
+                    if let (Some("function_call_output"), Some(call_id)) =
+                        (item.kind.as_deref(), &item.call_id)
+                    {
                         self.tools.unconfirmed.retain(|c| c != call_id);
+                    }
+                    if let Some(id) = item.id.as_deref().filter(|i| i.starts_with("vb_dtmf_")) {
+                        self.tools.unconfirmed.retain(|c| c != id);
                     }
                 }
             }

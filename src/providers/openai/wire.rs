@@ -80,6 +80,10 @@ pub struct Setup {
     pub greeting: String,
     /// The functions the model may call (webhook tools and enabled built-ins).
     pub tools: Vec<ToolDecl>,
+    /// `turn_detection.interrupt_response`: false when voicebridge decides barge-ins
+    /// (the barge-in guard, protected greeting/goodbye), so a cough cannot make the
+    /// server cancel the reply; we cancel and truncate once the barge-in is confirmed.
+    pub interrupt_response: bool,
 }
 
 impl Setup {
@@ -101,6 +105,7 @@ impl Setup {
                 .trim()
                 .to_owned(),
             tools: crate::tools::declarations(&route.call),
+            interrupt_response: !route.call.manages_interruption(),
         }
     }
 
@@ -130,7 +135,7 @@ impl Setup {
                             "prefix_padding_ms": 300,
                             "silence_duration_ms": 500,
                             "create_response": true,
-                            "interrupt_response": true
+                            "interrupt_response": self.interrupt_response
                         }
                     },
                     "output": {
@@ -220,6 +225,8 @@ pub struct ServerEvent {
 
 #[derive(Deserialize, Debug, Default)]
 pub struct ItemObject {
+    #[serde(default)]
+    pub id: Option<String>,
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
     #[serde(default)]
@@ -282,6 +289,20 @@ pub fn say(text: &str) -> Value {
 /// A plain `response.create` (the answer to tool results).
 pub fn reply() -> Value {
     json!({"type": "response.create"})
+}
+
+/// The caller's key presses as a user text item (`id` is ours, so its
+/// `conversation.item.added` can be recognised before asking for the answer).
+pub fn dtmf_item(id: &str, digits: &str) -> Value {
+    json!({
+        "type": "conversation.item.create",
+        "item": {
+            "id": id,
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": crate::providers::dtmf_text(digits)}]
+        }
+    })
 }
 
 /// The `conversation.item.create` carrying a function's result.

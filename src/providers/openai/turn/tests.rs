@@ -127,7 +127,7 @@ fn raw_text_goes_through_the_same_handling() {
         t.on_text(updated, &mut out).map(|o| o.step),
         Some(Step::Continue)
     );
-    t.mark_setup_sent();
+    t.mark_setup_sent(true);
     assert_eq!(
         t.on_text(updated, &mut out).map(|o| o.step),
         Some(Step::Ready)
@@ -370,4 +370,72 @@ fn unknown_events_are_ignored() {
     );
     t.on_event(ev(json!({"type":"something.new","x":1})), &mut out);
     assert!(out.is_empty());
+}
+
+#[test]
+fn keys_become_a_user_item_and_one_answer_after_the_active_response() {
+    let mut t = ready_turns();
+    let mut out = Vec::new();
+    t.on_event(
+        ev(json!({"type":"response.created","response":{"id":"r1"}})),
+        &mut out,
+    );
+    let item = t.dtmf("42#");
+    assert_eq!(item["type"], "conversation.item.create");
+    assert_eq!(item["item"]["id"], "vb_dtmf_1");
+    assert_eq!(item["item"]["role"], "user");
+    assert_eq!(
+        item["item"]["content"][0]["text"],
+        "[The caller pressed keys on the phone keypad: 4 2 #]"
+    );
+    assert!(!t.reply_due(), "a response is active: the answer waits");
+    t.on_event(
+        ev(json!({"type":"conversation.item.added","item":{"id":"vb_dtmf_1","type":"message"}})),
+        &mut out,
+    );
+    t.on_event(
+        ev(json!({"type":"response.done","response":{"id":"r1","status":"completed"}})),
+        &mut out,
+    );
+    assert!(t.reply_due(), "after the response: one response.create");
+    assert!(!t.reply_due(), "only one");
+    assert_eq!(
+        t.dtmf("1")["item"]["content"][0]["text"],
+        "[The caller pressed a key on the phone keypad: 1]"
+    );
+}
+
+#[test]
+fn without_interrupt_response_the_reply_goes_on_until_we_cancel() {
+    let mut t = Turns::new();
+    t.mark_setup_sent(false);
+    let mut out = Vec::new();
+    t.on_event(ev(json!({"type":"session.updated"})), &mut out);
+    t.on_event(
+        ev(json!({"type":"response.created","response":{"id":"r1"}})),
+        &mut out,
+    );
+    let delta = || {
+        ev(
+            json!({"type":"response.output_audio.delta","response_id":"r1","item_id":"i1","delta":"//8="}),
+        )
+    };
+    t.on_event(
+        ev(json!({"type":"input_audio_buffer.speech_started","audio_start_ms":10,"item_id":"u2"})),
+        &mut out,
+    );
+    t.on_event(delta(), &mut out);
+    let audio = |out: &[ProviderEvent]| {
+        out.iter()
+            .filter(|e| matches!(e, ProviderEvent::Audio { .. }))
+            .count()
+    };
+    assert_eq!(
+        audio(&out),
+        1,
+        "a cough is not a barge-in: the reply still plays"
+    );
+    t.cancelling();
+    t.on_event(delta(), &mut out);
+    assert_eq!(audio(&out), 1, "after our cancel its late audio is dropped");
 }

@@ -114,3 +114,18 @@ url = "http://127.0.0.1:9/orders"
     assert!(none["session"].get("tools").is_none());
     assert!(none["session"].get("tool_choice").is_none());
 }
+
+#[test]
+fn a_guarded_route_keeps_the_server_from_cutting_its_reply() {
+    let s = setup_for("[call]\nbarge_in_min_ms = 200\n");
+    let v = s.session_update();
+    let td = &v["session"]["audio"]["input"]["turn_detection"];
+    assert_eq!(td["interrupt_response"], false);
+    assert_eq!(td["create_response"], true);
+    let s = setup_for("[call]\ngreeting = \"Hi\"\ngreeting_interruptible = false\n");
+    let v = s.session_update();
+    assert_eq!(
+        v["session"]["audio"]["input"]["turn_detection"]["interrupt_response"],
+        false
+    );
+}
