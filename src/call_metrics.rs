@@ -36,6 +36,7 @@ pub const TOOL_SECONDS: &str = "voicebridge_tool_call_seconds";
 pub const LOOKUPS: &str = "voicebridge_context_lookups_total";
 pub const TURN_LATENCY: &str = "voicebridge_turn_latency_seconds";
 pub const DTMF: &str = "voicebridge_dtmf_keys_total";
+pub const FALLBACKS: &str = "voicebridge_provider_fallbacks_total";
 
 /// Latency buckets: from sub-millisecond (barge-in cut) to seconds (first response).
 const BUCKETS: &[f64] = &[
@@ -121,6 +122,10 @@ fn describe() {
         "Keys the callers pressed (DTMF), by route and what was done with them (ignore, to_model)."
     );
     describe_counter!(
+        FALLBACKS,
+        "Calls moved to a fallback provider because theirs failed before the caller heard it, by route, from and to."
+    );
+    describe_counter!(
         LOOKUPS,
         "Caller context lookups, by route and outcome (ok, error, timeout)."
     );
@@ -141,6 +146,10 @@ pub fn tool_duration(tool: &str, took: Duration) {
 
 pub fn dtmf(route: &str, mode: &'static str) {
     counter!(DTMF, "route" => route.to_owned(), "mode" => mode).increment(1);
+}
+
+pub fn provider_fallback(route: &str, from: &'static str, to: &'static str) {
+    counter!(FALLBACKS, "route" => route.to_owned(), "from" => from, "to" => to).increment(1);
 }
 
 pub fn context_lookup(route: &str, outcome: &'static str) {

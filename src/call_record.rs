@@ -96,6 +96,8 @@ pub struct RecordBuilder {
     /// digits can be a PIN, so the privacy switch covers them like the transcript).
     dtmf_keys: u64,
     dtmf: Vec<(u64, String)>,
+    /// Providers that failed before the caller heard them (fallback), with why.
+    provider_failures: Vec<(&'static str, String)>,
 }
 
 /// DTMF groups kept per record; beyond it only the key count grows.
@@ -155,6 +157,7 @@ impl RecordBuilder {
             lookup: "off",
             dtmf_keys: 0,
             dtmf: Vec::new(),
+            provider_failures: Vec::new(),
         }
     }
 
@@ -223,6 +226,14 @@ impl RecordBuilder {
     /// The provider finished a response.
     pub fn assistant_turn_done(&mut self) {
         self.assistant_turns += 1;
+    }
+
+    /// `provider` failed before the caller heard it; the call went on with the next.
+    /// Bounded by the route's fallback list (at most 3).
+    pub fn provider_failed(&mut self, provider: &'static str, reason: &str) {
+        if self.keep != Keep::Nothing {
+            self.provider_failures.push((provider, reason.to_owned()));
+        }
     }
 
     /// The caller typed `digits` (one group) at `at`.
@@ -362,6 +373,12 @@ impl RecordBuilder {
                     .collect::<Vec<_>>()
             }),
         });
+        // Which providers failed before the one named in `provider` served the call.
+        record["provider_failures"] = json!(self
+            .provider_failures
+            .iter()
+            .map(|(provider, reason)| json!({"provider": provider, "reason": reason}))
+            .collect::<Vec<_>>());
         if self.tools_dropped > 0 && self.keep != Keep::Nothing {
             record["tool_calls_dropped"] = json!(self.tools_dropped);
         }

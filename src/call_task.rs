@@ -49,6 +49,10 @@ struct CallTask<L> {
     provider: ProviderHandle,
     config: Arc<Config>,
     route_name: String,
+    /// The call's audio format, for a fallback provider.
+    call_format: crate::audio::AudioFormat,
+    /// The call's registry entry (its provider changes on a fallback).
+    guard: CallGuard,
     /// Webhook tool calls in flight; each reports here once its result is sent.
     tools: JoinSet<ToolDone>,
     /// The caller lookup in flight.
@@ -116,12 +120,14 @@ pub async fn run<L: TelephonyLeg>(mut leg: L, setup: CallSetup) {
         provider,
         config,
         route_name,
+        call_format,
+        guard,
         tools: JoinSet::new(),
         lookup: None,
         records,
     };
     let reason = task.run_loop(&stop).await;
-    task.finish(reason, (guard, budget)).await;
+    task.finish(reason, budget).await;
 }
 
 impl<L: TelephonyLeg> CallTask<L> {
@@ -201,6 +207,7 @@ impl<L: TelephonyLeg> CallTask<L> {
                         self.start_lookup(lookup, info, vars)
                     }
                     Output::RunTool { spec, call, info } => self.run_tool(spec, call, info),
+                    Output::SwitchProvider(route) => self.switch_provider(&route),
                     Output::End(reason) => return Some(reason),
                 }
             }
@@ -219,6 +226,17 @@ impl<L: TelephonyLeg> CallTask<L> {
             call_metrics::barge_in(self.provider.name, started.elapsed());
         }
         None
+    }
+
+    /// Replaces the failed provider with the route's next one (the engine decided).
+    /// The old task is aborted: it has failed, and nothing of it is waited for.
+    fn switch_provider(&mut self, route: &Route) {
+        let next = providers::spawn(&self.config, route, self.call_format);
+        let old = std::mem::replace(&mut self.provider, next);
+        old.task.abort();
+        let name = self.provider.name;
+        self.guard.update(|e| e.provider = name);
+        info!(provider = name, "fallback provider connecting");
     }
 
     async fn send_provider(&mut self, command: ProviderCommand) {
@@ -305,9 +323,9 @@ impl<L: TelephonyLeg> CallTask<L> {
         );
     }
 
-    /// `slots`: the call's registry entry and budget ticket, released just before the
+    /// The call's registry entry and `budget` ticket are released just before the
     /// summary line, so whoever reads "call ended" sees the slot free and the time charged.
-    async fn finish(self, reason: EndReason, slots: (CallGuard, Option<crate::budget::Ticket>)) {
+    async fn finish(self, reason: EndReason, budget: Option<crate::budget::Ticket>) {
         let CallTask {
             mut engine,
             mut leg,
@@ -316,8 +334,10 @@ impl<L: TelephonyLeg> CallTask<L> {
             mut tools,
             lookup,
             records,
+            guard,
             ..
         } = self;
+        let slots = (guard, budget);
         let hangup = reason.hangup();
         // The provider first: it must stop billing even if the telephony side is slow
         // to close.

@@ -210,6 +210,9 @@ pub struct CallConfig {
     pub greeting_interruptible: bool,
     /// The last words (the goodbye, the reply before `end_call`) may be cut.
     pub goodbye_interruptible: bool,
+    /// Providers tried in order when the one serving the call fails before the caller
+    /// has heard it (connect, setup, early close): never the primary, no repeats.
+    pub fallback: Vec<ProviderKind>,
 }
 
 impl CallConfig {
@@ -433,8 +436,10 @@ impl Config {
     pub fn providers_in_use(&self) -> Vec<ProviderKind> {
         let mut out = Vec::new();
         for route in self.routes() {
-            if !out.contains(&route.call.provider) {
-                out.push(route.call.provider);
+            for kind in std::iter::once(&route.call.provider).chain(&route.call.fallback) {
+                if !out.contains(kind) {
+                    out.push(*kind);
+                }
             }
         }
         out
@@ -636,6 +641,7 @@ impl Default for CallConfig {
             barge_in_min: Duration::ZERO,
             greeting_interruptible: true,
             goodbye_interruptible: true,
+            fallback: Vec::new(),
         }
     }
 }

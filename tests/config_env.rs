@@ -795,3 +795,40 @@ fn env_example_overrides_load() {
         assert!(text.contains(&format!("{var}=")), "{var} is not documented");
     }
 }
+
+#[test]
+fn fallback_providers_are_checked_like_the_primary() {
+    let c = load(
+        "[call]\nprovider = \"openai\"\nfallback = [\"gemini\", \"echo\"]\n",
+        &[("OPENAI_API_KEY", "k1"), ("GEMINI_API_KEY", "k2")],
+    );
+    assert_eq!(
+        c.default_route().call.fallback,
+        [ProviderKind::Gemini, ProviderKind::Echo]
+    );
+    // A fallback needs its credentials at startup, as the primary does.
+    let e = fail(
+        "[call]\nprovider = \"openai\"\nfallback = [\"gemini\"]\n",
+        &[("OPENAI_API_KEY", "k1")],
+    );
+    assert_names(&e, "providers.gemini.api_key", &["GEMINI_API_KEY"]);
+    let e = fail(
+        "[call]\nprovider = \"openai\"\nfallback = [\"openai\"]\n",
+        &[("OPENAI_API_KEY", "k1")],
+    );
+    assert_names(&e, "call.fallback", &["another one"]);
+    let e = fail("[call]\nprovider = \"echo\"\nfallback = [\"nope\"]\n", &[]);
+    assert_names(&e, "call.fallback", &["not one of", "gemini"]);
+    let e = fail(
+        "[call]\nfallback = [\"openai\", \"openai\"]\n",
+        &[("OPENAI_API_KEY", "k")],
+    );
+    assert_names(&e, "call.fallback", &["twice"]);
+    // A route overriding the provider drops it from the inherited list.
+    let c = load(
+        "[call]\nprovider = \"openai\"\nfallback = [\"echo\"]\n[[routes]]\nname = \"e\"\nprovider = \"echo\"\n",
+        &[("OPENAI_API_KEY", "k1")],
+    );
+    let r = c.route("e").unwrap();
+    assert!(r.call.fallback.is_empty(), "{:?}", r.call.fallback);
+}

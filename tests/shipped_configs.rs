@@ -190,6 +190,7 @@ fn default_toml_ships_every_key() {
         "call.barge_in_min_ms",
         "call.greeting_interruptible",
         "call.goodbye_interruptible",
+        "call.fallback",
         "webhooks.secret",
         "webhooks.max_response_kb",
         "webhooks.max_tool_calls_in_flight",

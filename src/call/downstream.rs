@@ -217,6 +217,7 @@ impl CallEngine {
     /// Gives the provider the template variables it sets itself up with.
     pub(super) fn provide_context(&mut self, vars: std::collections::BTreeMap<String, String>) {
         self.vars = vars.clone();
+        self.fallback.context_given = true;
         let context = CallContext {
             call_id: self.call_id.clone(),
             route: self.route.name.clone(),

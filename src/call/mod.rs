@@ -44,6 +44,7 @@ mod downstream;
 mod dtmf;
 mod end_reason;
 mod ending;
+mod fallback;
 mod input;
 mod marks;
 mod output;
@@ -153,6 +154,8 @@ pub struct CallEngine {
     dtmf_waiting: Vec<String>,
     /// Who decides a barge-in, and the greeting/goodbye protection.
     guard: barge_guard::BargeGuard,
+    /// The route's fallback providers not tried yet, and what failed so far.
+    fallback: fallback::Fallback,
 }
 
 impl CallEngine {
@@ -175,6 +178,7 @@ impl CallEngine {
         let transcripts = setup.config.log.transcripts;
         let dtmf = dtmf::DtmfGroups::new(setup.route.call.dtmf_group);
         let guard = barge_guard::BargeGuard::new(&setup.route.call);
+        let fallback = fallback::Fallback::new(&setup.route.call.fallback);
         CallEngine {
             deadline: now + setup.route.call.max_duration,
             call_id: setup.call_id,
@@ -205,6 +209,7 @@ impl CallEngine {
             ended: false,
             dtmf,
             dtmf_waiting: Vec::new(),
+            fallback,
             guard,
         }
     }
@@ -218,8 +223,13 @@ impl CallEngine {
         }
         let result = match input {
             Input::Telephony(event) => self.on_telephony(now, event),
-            Input::Provider(event) => self.on_provider_event(now, event),
-            Input::ProviderGone => Err(EndReason::ProviderClosed("provider task ended".to_owned())),
+            Input::Provider(event) => self
+                .on_provider_event(now, event)
+                .or_else(|reason| self.try_fallback(now, reason)),
+            Input::ProviderGone => self.try_fallback(
+                now,
+                EndReason::ProviderClosed("provider task ended".to_owned()),
+            ),
             Input::AudioNotSent { bytes, full } => {
                 self.on_audio_not_sent(bytes, full);
                 Ok(())

@@ -32,6 +32,9 @@ pub enum Output {
         call: ToolCall,
         info: CallInfo,
     },
+    /// The provider failed before the caller heard it: stop it and connect this route's
+    /// next provider (`route.call.provider`) for the same call; its events follow.
+    SwitchProvider(Box<crate::config::Route>),
     /// The call is over; nothing follows.
     End(EndReason),
 }

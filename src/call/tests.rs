@@ -47,17 +47,17 @@ fn engine_marked(
     (CallEngine::new(setup, t0), t0)
 }
 
-fn engine(toml: &str) -> (CallEngine, Instant) {
+pub(super) fn engine(toml: &str) -> (CallEngine, Instant) {
     engine_with(toml, false)
 }
 
 /// An input, then the tick the call task runs right after it.
-fn feed(e: &mut CallEngine, now: Instant, input: Input) {
+pub(super) fn feed(e: &mut CallEngine, now: Instant, input: Input) {
     e.handle(now, input);
     e.tick(now);
 }
 
-fn drain(e: &mut CallEngine) -> Vec<Output> {
+pub(super) fn drain(e: &mut CallEngine) -> Vec<Output> {
     std::iter::from_fn(|| e.poll_output()).collect()
 }
 
@@ -66,7 +66,7 @@ fn pcmu() -> AudioFormat {
 }
 
 /// The provider is up, speaking μ-law like the call (no resampling).
-fn ready(e: &mut CallEngine, now: Instant) {
+pub(super) fn ready(e: &mut CallEngine, now: Instant) {
     let ready = ProviderEvent::Ready {
         input: pcmu(),
         output: pcmu(),
@@ -74,26 +74,26 @@ fn ready(e: &mut CallEngine, now: Instant) {
     feed(e, now, Input::Provider(ready));
 }
 
-fn item(name: &str) -> ItemId {
+pub(super) fn item(name: &str) -> ItemId {
     Arc::from(name)
 }
 
 /// `ms` of μ-law assistant audio of `item`.
-fn audio(item: &ItemId, ms: usize) -> Input {
+pub(super) fn audio(item: &ItemId, ms: usize) -> Input {
     Input::Provider(ProviderEvent::Audio {
         item: item.clone(),
         data: Bytes::from(vec![0x55u8; ms * 8]),
     })
 }
 
-fn plays(outputs: &[Output]) -> usize {
+pub(super) fn plays(outputs: &[Output]) -> usize {
     outputs
         .iter()
         .filter(|o| matches!(o, Output::Telephony(TelephonyAction::Play(_))))
         .count()
 }
 
-fn end_of(outputs: &[Output]) -> Option<&EndReason> {
+pub(super) fn end_of(outputs: &[Output]) -> Option<&EndReason> {
     outputs.iter().find_map(|o| match o {
         Output::End(r) => Some(r),
         _ => None,

@@ -270,8 +270,9 @@ fn esl(raw: RawEsl, secrets: &EnvSecrets) -> Result<EslConfig> {
 
 fn call(raw: RawCall) -> Result<CallConfig> {
     let d = CallConfig::default();
+    let primary = provider("call.provider", raw.provider, d.provider)?;
     Ok(CallConfig {
-        provider: provider("call.provider", raw.provider, d.provider)?,
+        provider: primary,
         instructions: raw.instructions.unwrap_or(d.instructions),
         greeting: raw.greeting.unwrap_or(d.greeting),
         max_duration: secs_or(
@@ -332,7 +333,40 @@ fn call(raw: RawCall) -> Result<CallConfig> {
             .greeting_interruptible
             .unwrap_or(d.greeting_interruptible),
         goodbye_interruptible: raw.goodbye_interruptible.unwrap_or(d.goodbye_interruptible),
+        fallback: match raw.fallback {
+            None => d.fallback,
+            Some(names) => fallback("call.fallback", &names, primary)?,
+        },
     })
+}
+
+/// Most providers a call may move through: each try costs the caller up to a setup
+/// timeout of silence.
+const MAX_FALLBACKS: usize = 3;
+
+/// `fallback = ["gemini", "echo"]`: known kinds, in order, without the primary or repeats.
+fn fallback(key: &str, names: &[String], primary: ProviderKind) -> Result<Vec<ProviderKind>> {
+    if names.len() > MAX_FALLBACKS {
+        return Err(ConfigError::invalid(
+            key,
+            format!("at most {MAX_FALLBACKS} fallback providers"),
+        ));
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let kind = provider(key, Some(name.clone()), primary)?;
+        if kind == primary {
+            return Err(ConfigError::invalid(
+                key,
+                format!("{kind} is the route's own provider: a fallback must be another one"),
+            ));
+        }
+        if out.contains(&kind) {
+            return Err(ConfigError::invalid(key, format!("{kind} is listed twice")));
+        }
+        out.push(kind);
+    }
+    Ok(out)
 }
 
 /// A daily budget: 0 (no limit) or a positive count.
@@ -480,10 +514,11 @@ fn resolve(
     fs: &FreeswitchConfig,
 ) -> Result<Route> {
     let key = |field: &str| format!("{at}.{field}");
+    let route_provider = provider(&key("provider"), r.provider.clone(), call.provider)?;
     let route = Route {
         name: name.to_string(),
         call: CallConfig {
-            provider: provider(&key("provider"), r.provider.clone(), call.provider)?,
+            provider: route_provider,
             instructions: r
                 .instructions
                 .clone()
@@ -563,6 +598,16 @@ fn resolve(
             goodbye_interruptible: r
                 .goodbye_interruptible
                 .unwrap_or(call.goodbye_interruptible),
+            fallback: match &r.fallback {
+                // Inherited, minus the route's own provider if it overrides it.
+                None => call
+                    .fallback
+                    .iter()
+                    .copied()
+                    .filter(|k| *k != route_provider)
+                    .collect(),
+                Some(names) => fallback(&key("fallback"), names, route_provider)?,
+            },
         },
         sample_rate: match r.sample_rate {
             None => fs.sample_rate,
@@ -647,7 +692,7 @@ fn check_credentials(config: &Config) -> Result<()> {
         }
         let users: Vec<&str> = config
             .routes()
-            .filter(|r| r.call.provider == kind)
+            .filter(|r| r.call.provider == kind || r.call.fallback.contains(&kind))
             .map(|r| r.name.as_str())
             .collect();
         let users = users.join(", ");

@@ -215,6 +215,7 @@ pub(crate) struct RawCall {
     pub barge_in_min_ms: Option<i64>,
     pub greeting_interruptible: Option<bool>,
     pub goodbye_interruptible: Option<bool>,
+    pub fallback: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -298,6 +299,7 @@ pub(crate) struct RawRoute {
     pub barge_in_min_ms: Option<i64>,
     pub greeting_interruptible: Option<bool>,
     pub goodbye_interruptible: Option<bool>,
+    pub fallback: Option<Vec<String>>,
     #[serde(deserialize_with = "int")]
     pub sample_rate: Option<i64>,
     pub channels: Option<String>,
