@@ -398,3 +398,33 @@ async fn a_source_outside_the_allow_list_is_refused() {
     assert!(!d.output().contains("call accepted"));
     d.stop().await;
 }
+
+/// AudioSocket has no authentication: a public listen address with no allow-list is a
+/// startup error that says what to do, and the daemon does not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_listener_without_allow_list_does_not_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("voicebridge.toml");
+    let toml = config("stream", "").replace("127.0.0.1:0", "0.0.0.0:0");
+    std::fs::write(&path, toml).expect("write config");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_voicebridge"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .env("VOICEBRIDGE__SERVER__LISTEN", "127.0.0.1:0")
+        .env("VOICEBRIDGE__ADMIN__LISTEN", "127.0.0.1:0")
+        .output();
+    let out = tokio::time::timeout(common::daemon::HANG_GUARD, out)
+        .await
+        .expect("the daemon exits")
+        .expect("run voicebridge");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("audiosocket[0].allow"), "{text}");
+    assert!(text.contains("no authentication and no TLS"), "{text}");
+}

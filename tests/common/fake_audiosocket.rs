@@ -152,20 +152,18 @@ impl Asterisk {
         self.heard.lock().unwrap().clone()
     }
 
+    /// A handle on what is heard, for a test whose sending runs in another task.
+    pub fn watch(&self) -> Watch {
+        Watch {
+            heard: Arc::clone(&self.heard),
+            frames: Arc::clone(&self.frames),
+            notify: Arc::clone(&self.notify),
+        }
+    }
+
     /// Waits until `n` audio messages have been heard.
     pub async fn wait_frames(&self, n: usize) {
-        let wait = async {
-            loop {
-                let notified = self.notify.notified();
-                if self.frames.load(Ordering::SeqCst) >= n {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        tokio::time::timeout(HANG_GUARD, wait)
-            .await
-            .unwrap_or_else(|_| panic!("{n} audio frames not heard"));
+        self.watch().wait_frames(n).await
     }
 
     /// The caller hangs up: Asterisk closes the socket (no 0x00). Returns all heard.
@@ -187,6 +185,40 @@ impl Asterisk {
         drop(self.write);
         let heard = self.heard.lock().unwrap().clone();
         heard
+    }
+}
+
+/// What the fake has heard, watched from another task.
+#[derive(Clone)]
+pub struct Watch {
+    heard: Arc<Mutex<Heard>>,
+    frames: Arc<AtomicUsize>,
+    notify: Arc<Notify>,
+}
+
+impl Watch {
+    pub fn heard(&self) -> Heard {
+        self.heard.lock().unwrap().clone()
+    }
+
+    pub fn frames(&self) -> usize {
+        self.frames.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` audio messages have been heard.
+    pub async fn wait_frames(&self, n: usize) {
+        let wait = async {
+            loop {
+                let notified = self.notify.notified();
+                if self.frames.load(Ordering::SeqCst) >= n {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(HANG_GUARD, wait)
+            .await
+            .unwrap_or_else(|_| panic!("{n} audio frames not heard"));
     }
 }
 
