@@ -26,6 +26,7 @@
 //! The keys, their defaults and their meaning are the user contract in `CONFIG.md`
 //! (and `config/default.toml`, which ships every key with its default).
 
+pub mod audiosocket;
 mod business;
 mod compile;
 pub mod env_file;
@@ -43,6 +44,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::audio::{Channels, Codec};
+pub use audiosocket::AudioSocketListener;
 pub use error::ConfigError;
 pub use kinds::{Interruption, KindInfo, Price, ProviderKind};
 pub use secret::Secret;
@@ -68,6 +70,8 @@ pub struct Config {
     /// Per-provider prices, for the records' estimated cost.
     pub prices: PricesConfig,
     pub budgets: BudgetsConfig,
+    /// `[[audiosocket]]`: Asterisk AudioSocket listeners (none by default).
+    pub audiosocket: Vec<AudioSocketListener>,
     /// The `call` route, kept apart so it exists by construction.
     default_route: Route,
     /// The other `[[routes]]`, in file order.

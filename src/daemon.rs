@@ -75,6 +75,13 @@ pub async fn serve(source: ConfigSource) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let audiosocket = match server::audiosocket::bind(&config).await {
+        Ok(b) => b,
+        Err(e) => {
+            error!(error = %e, "AudioSocket listener (is the port free?)");
+            return ExitCode::FAILURE;
+        }
+    };
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -113,6 +120,10 @@ pub async fn serve(source: ConfigSource) -> ExitCode {
         .map(|a| a.to_string())
         .unwrap_or_default();
     info!(listen = %admin_addr, "admin listening (/healthz /readyz /metrics)");
+    for b in &audiosocket {
+        let listen = b.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        info!(%listen, route = b.route(), "AudioSocket listening (plain TCP, no TLS)");
+    }
     let admin = tokio::spawn(admin::serve(
         admin_listener,
         Arc::clone(&registry),
@@ -145,6 +156,7 @@ pub async fn serve(source: ConfigSource) -> ExitCode {
         esl,
         records.is_enabled().then(|| records.clone()),
         Arc::clone(&budgets),
+        audiosocket,
     )
     .await;
     // Every call has ended and submitted its record: write them out (or spool them for

@@ -35,6 +35,9 @@ pub(crate) fn compile(raw: RawConfig, secrets: &EnvSecrets, notes: Vec<String>) 
     records.webhook_max_response = webhooks.max_response_bytes;
     let prices = business::prices(raw.prices)?;
     let budgets = business::budgets(raw.budgets);
+    let audiosocket = super::audiosocket::listeners(raw.audiosocket, |name| {
+        name == DEFAULT_ROUTE || extra_routes.iter().any(|r: &Route| r.name == name)
+    })?;
 
     let mut notes = notes;
     if !admin.listen.ip().is_loopback() {
@@ -56,6 +59,7 @@ pub(crate) fn compile(raw: RawConfig, secrets: &EnvSecrets, notes: Vec<String>) 
         records,
         prices,
         budgets,
+        audiosocket,
         default_route,
         extra_routes,
         load_notes: notes,

@@ -87,6 +87,14 @@ fn scan(env: impl IntoIterator<Item = (String, String)>) -> Result<EnvInput, Con
                         .to_string(),
                 });
             }
+            if segments.first() == Some(&"audiosocket") {
+                return Err(ConfigError::Env {
+                    var: name,
+                    message: "[[audiosocket]] cannot be set from the environment; define the \
+                              listeners in the config file"
+                        .to_string(),
+                });
+            }
             out.var_of_key.insert(segments.join("."), name.clone());
             out.overrides.insert(name, value);
             continue;

@@ -28,6 +28,7 @@ pub(crate) struct RawConfig {
     pub records: RawRecords,
     pub prices: RawPrices,
     pub budgets: RawBudgets,
+    pub audiosocket: Vec<super::audiosocket::RawAudioSocket>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -8,6 +8,7 @@
 //! log line, rate-limited per source.
 
 mod admit;
+pub mod audiosocket;
 mod rejection;
 mod upgrade;
 
@@ -79,6 +80,9 @@ const ADMISSION_SWEEP: Duration = Duration::from_secs(10);
 /// Serves until `shutdown.stop` is cancelled and every call has ended. `esl` is
 /// the daemon's Event Socket connection, handed to every call; `records` where each
 /// call's record goes; `budgets` admits calls against their route's daily limits.
+// The daemon's parts, each built at startup in its own order: a struct would only
+// rename them.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
     config: Arc<ArcSwap<Config>>,
@@ -87,6 +91,7 @@ pub async fn serve(
     esl: Option<Esl>,
     records: Option<Records>,
     budgets: Arc<Budgets>,
+    audiosocket: Vec<audiosocket::Bound>,
 ) {
     let shared = Arc::new(Shared {
         admission: Admission::new(config.load().server.per_ip_rate_limit),
@@ -98,6 +103,12 @@ pub async fn serve(
         budgets,
     });
     let tracker = TaskTracker::new();
+    // Each AudioSocket listener accepts on its own; its calls join the same tracker,
+    // so the drain and the exit wait for them too.
+    for bound in audiosocket {
+        let accept = audiosocket::accept_loop(Arc::clone(&shared), bound, tracker.clone());
+        tracker.spawn(accept);
+    }
     let mut sweep = tokio::time::interval(ADMISSION_SWEEP);
     loop {
         tokio::select! {
