@@ -35,6 +35,7 @@ pub(crate) fn compile(raw: RawConfig, secrets: &EnvSecrets, notes: Vec<String>) 
     records.webhook_max_response = webhooks.max_response_bytes;
     let prices = business::prices(raw.prices)?;
     let budgets = business::budgets(raw.budgets);
+    let twilio = super::carriers::twilio(raw.twilio, secrets)?;
 
     let mut notes = notes;
     if !admin.listen.ip().is_loopback() {
@@ -56,6 +57,7 @@ pub(crate) fn compile(raw: RawConfig, secrets: &EnvSecrets, notes: Vec<String>) 
         records,
         prices,
         budgets,
+        twilio,
         default_route,
         extra_routes,
         load_notes: notes,

@@ -8,6 +8,7 @@
 //! log line, rate-limited per source.
 
 mod admit;
+mod media_streams;
 mod rejection;
 mod upgrade;
 
@@ -240,6 +241,19 @@ async fn handle_connection(
                 shared.esl.clone(),
             );
             run_call(&shared, config, route, admitted, peer, handshake_ms, leg).await;
+        }
+        Side::MediaStreams(path) => {
+            media_streams::run(
+                &shared,
+                config,
+                route,
+                admitted,
+                peer,
+                handshake_ms,
+                ws,
+                path,
+            )
+            .await;
         }
     }
 }

@@ -32,6 +32,7 @@ use bytes::Bytes;
 use crate::audio::{AudioFormat, Channels, Codec};
 
 pub mod freeswitch;
+pub mod media_streams;
 
 /// Call metadata, protocol-neutral: whatever the telephony side knows about the call
 /// besides its audio. Every field is optional: nothing in a call depends on it.
