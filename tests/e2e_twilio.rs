@@ -6,10 +6,14 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use common::daemon::{field, message, Daemon};
-use common::fake_twilio::{FakeTwilio, TwilioOptions};
+use common::fake_twilio::{FakeTwilio, Got, TwilioOptions};
+use common::mock_openai::{MockFormat, MockOpenAi, MockOptions, Script};
+use tokio_tungstenite::tungstenite::Message;
 use voicebridge::audio::g711;
-use voicebridge::audio::signal::snr_db_within;
+use voicebridge::audio::signal::{snr_db_within, speech_like};
 
 const LEAD_MS: u64 = 60;
 
@@ -54,7 +58,7 @@ async fn call_summary(daemon: &Daemon) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twilio_echo_roundtrip() {
     let daemon = Daemon::start(&echo_config("stream", ""), &[]).await;
-    let mut fake = FakeTwilio::connect(daemon.addr, TwilioOptions::twilio("call"))
+    let fake = FakeTwilio::connect(daemon.addr, TwilioOptions::twilio("call"))
         .await
         .expect("accepted");
     let caller = common::call::test_signal(8000, 3.0, 7);
@@ -76,7 +80,7 @@ async fn twilio_echo_roundtrip() {
             .got
             .iter()
             .filter_map(|g| match g {
-                common::fake_twilio::Got::Media { payload, .. } => Some(payload.len()),
+                Got::Media { payload, .. } => Some(payload.len()),
                 _ => None,
             })
             .collect();
@@ -109,4 +113,267 @@ async fn twilio_echo_roundtrip() {
     assert_eq!(field(&summary, "end_reason"), "freeswitch_closed");
     assert_eq!(field(&summary, "frames_dropped"), 0);
     daemon.stop().await;
+}
+
+const KEY: &str = "fake-openai-test-key-0123456789abcdefXYZ";
+
+fn openai_config() -> String {
+    format!(
+        r#"
+[freeswitch]
+playback_lead_ms = {LEAD_MS}
+
+[call]
+provider = "openai"
+instructions = "You answer the phone for ACME. The caller is {{{{caller_id}}}}."
+
+[providers.openai]
+model = "gpt-realtime"
+voice = "marin"
+audio_format = "pcmu"
+"#
+    )
+}
+
+/// The caller talks over a long answer: `clear` in the same tick, nothing of the cut
+/// reply after it, and the truncate is what the fake had really played (known from
+/// the marks), within 20 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_barge_in_clears_and_truncates_what_was_played() {
+    let mock = MockOpenAi::start(MockOptions::new(MockFormat::Pcmu, KEY)).await;
+    let url = mock.url();
+    let daemon = Daemon::start(
+        &openai_config(),
+        &[
+            ("VOICEBRIDGE__PROVIDERS__OPENAI__URL", url.as_str()),
+            ("OPENAI_API_KEY", KEY),
+        ],
+    )
+    .await;
+    let fake = Arc::new(
+        FakeTwilio::connect(daemon.addr, TwilioOptions::twilio("call"))
+            .await
+            .expect("accepted"),
+    );
+    let caller = speech_like(8000, 5.0, 12);
+    let sender = {
+        let fake = Arc::clone(&fake);
+        let audio = ulaw(&caller);
+        tokio::spawn(async move { fake.send_paced(&audio).await })
+    };
+    mock.wait("session.updated", |s| s.session_updated_sent)
+        .await;
+    let update = mock.with(|s| s.session_update.clone()).unwrap();
+    let instructions = update["session"]["instructions"].as_str().unwrap_or("");
+    assert!(
+        instructions.contains("+3902123"),
+        "the caller from customParameters reached the template: {instructions}"
+    );
+    mock.script(Script::Respond { ms: 6000, seed: 33 });
+    // 600 ms played, and a mark back, before the caller barges in.
+    fake.wait("600 ms played", |s| {
+        s.played.len() >= 4800 && !s.echoed.is_empty()
+    })
+    .await;
+    mock.script(Script::BargeIn);
+    mock.wait("truncate", |s| !s.truncates.is_empty()).await;
+    fake.wait("clear", |s| s.clears() == 1).await;
+    mock.script(Script::Respond { ms: 500, seed: 44 });
+    mock.wait("second response done", |s| {
+        s.responses.len() == 2 && s.responses[1].status == "completed"
+    })
+    .await;
+    fake.wait("the second reply played", |s| {
+        let after_clear: usize = s
+            .got
+            .iter()
+            .skip_while(|g| !matches!(g, Got::Clear { .. }))
+            .map(|g| match g {
+                Got::Media { payload, .. } => payload.len(),
+                _ => 0,
+            })
+            .sum();
+        after_clear >= 4000 && s.played.len() == s.media_bytes() - dropped(s)
+    })
+    .await;
+    sender.await.unwrap();
+    fake.hang_up();
+    fake.wait_ended().await;
+
+    let problems = mock.with(|s| s.problems.clone());
+    assert!(
+        problems.is_empty(),
+        "the mock found problems: {problems:#?}"
+    );
+    let (truncates, responses, caller_bytes) = mock.with(|s| {
+        (
+            s.truncates.clone(),
+            s.responses.clone(),
+            s.caller_bytes.clone(),
+        )
+    });
+    let (got, played_at_clear, fake_problems) =
+        fake.with(|s| (s.got.clone(), s.played_at_clear.clone(), s.problems.clone()));
+    assert!(fake_problems.is_empty(), "{fake_problems:?}");
+    assert_eq!(responses[0].status, "cancelled");
+
+    // Nothing of the cut reply after the clear: no media between it and the second
+    // reply's first delta.
+    let clear_at = got
+        .iter()
+        .find_map(|g| match g {
+            Got::Clear { at, .. } => Some(*at),
+            _ => None,
+        })
+        .unwrap();
+    let second = responses[1].first_delta_at.unwrap().into_std();
+    let late = got
+        .iter()
+        .filter(|g| matches!(g, Got::Media { at, .. } if *at > clear_at && *at < second))
+        .count();
+    assert_eq!(late, 0, "media of the interrupted reply after the clear");
+
+    // The truncate is what had been played when the clear arrived.
+    assert_eq!(truncates.len(), 1);
+    let (truncate, generated_ms) = &truncates[0];
+    assert_eq!(truncate["item_id"], responses[0].item_id.as_str());
+    let end_ms = truncate["audio_end_ms"].as_u64().unwrap() as i64;
+    let played_ms = played_at_clear[0] as i64 / 8;
+    println!("truncate audio_end_ms {end_ms}, fake played {played_ms} ms at the clear");
+    assert!(end_ms as u64 <= *generated_ms);
+    assert!(
+        (end_ms - played_ms).abs() <= 20,
+        "truncate {end_ms} ms vs {played_ms} ms played"
+    );
+
+    // Fidelity: μ-law end to end is passed through, so both ways are the same signal.
+    let before: Vec<u8> = got
+        .iter()
+        .take_while(|g| !matches!(g, Got::Clear { .. }))
+        .filter_map(|g| match g {
+            Got::Media { payload, .. } => Some(payload.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let reference = speech_like(8000, 6.0, 33);
+    let snr_down = snr_db_within(&reference[..before.len()], &unulaw(&before), 80);
+    let snr_up = snr_db_within(&caller, &unulaw(&caller_bytes), 80);
+    println!("SNR OpenAI -> Twilio {snr_down:.1} dB, Twilio -> OpenAI {snr_up:.1} dB");
+    assert!(snr_down > 30.0 && snr_up > 30.0);
+
+    let summary = call_summary(&daemon).await;
+    assert_eq!(field(&summary, "barge_ins"), 1);
+    daemon.stop().await;
+}
+
+/// Bytes the clears dropped from the fake's playback queue.
+fn dropped(s: &common::fake_twilio::TwilioState) -> usize {
+    s.got
+        .iter()
+        .map(|g| match g {
+            Got::Clear { dropped, .. } => *dropped,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// `dtmf` messages are the caller's keys: logged, counted, in the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dtmf_is_counted() {
+    let daemon = Daemon::start(&echo_config("utterance", ""), &[]).await;
+    let fake = FakeTwilio::connect(daemon.addr, TwilioOptions::twilio("call"))
+        .await
+        .expect("accepted");
+    daemon.wait_log(|l| message(l) == "call started").await;
+    for digit in ['1', '2', '#'] {
+        fake.send_dtmf(digit);
+    }
+    daemon
+        .wait_log(|l| message(l) == "DTMF from the caller" && field(l, "digit") == "#")
+        .await;
+    let digits: Vec<String> = daemon
+        .logs()
+        .iter()
+        .filter(|l| message(l) == "DTMF from the caller")
+        .map(|l| field(l, "digit").as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(digits, ["1", "2", "#"]);
+    let (_, body) = common::http::get(daemon.admin, "/metrics").await;
+    let total: f64 = body
+        .lines()
+        .filter(|l| l.starts_with("voicebridge_dtmf_keys_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert_eq!(total, 3.0, "{body}");
+    let _fake = fake.finish().await;
+    let summary = call_summary(&daemon).await;
+    assert_eq!(field(&summary, "end_reason"), "freeswitch_closed");
+    daemon.stop().await;
+}
+
+/// Unknown events are ignored (the call goes on); what is not Media Streams ends the
+/// call with one clear line and a Close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_events_are_ignored() {
+    let daemon = Daemon::start(&echo_config("stream", ""), &[]).await;
+    let fake = FakeTwilio::connect(daemon.addr, TwilioOptions::twilio("call"))
+        .await
+        .expect("accepted");
+    fake.send_unknown("transcription");
+    fake.send_unknown("error");
+    fake.send_paced(&ulaw(&speech_like(8000, 0.5, 3))).await;
+    fake.wait("the echo", |s| s.played.len() >= 1600).await;
+    let fake = fake.finish().await;
+    assert!(fake.with(|s| s.problems.is_empty()));
+    let summary = call_summary(&daemon).await;
+    assert_eq!(field(&summary, "end_reason"), "freeswitch_closed");
+    daemon.stop().await;
+}
+
+async fn bad_input_ends_the_call(msg: Message, expect_reason: &str, expect_code: u16) {
+    let daemon = Daemon::start(&echo_config("stream", ""), &[]).await;
+    let fake = FakeTwilio::connect(daemon.addr, TwilioOptions::twilio("call"))
+        .await
+        .expect("accepted");
+    fake.send_paced(&ulaw(&speech_like(8000, 0.2, 3))).await;
+    daemon.wait_log(|l| message(l) == "call started").await;
+    fake.send_raw(msg);
+    fake.wait_ended().await;
+    let close = fake.with(|s| s.close.clone());
+    assert_eq!(close.map(|c| c.0), Some(expect_code), "the Close code");
+    let summary = call_summary(&daemon).await;
+    let reason = field(&summary, "end_reason")
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert_eq!(reason, expect_reason);
+    let detail = daemon
+        .logs()
+        .iter()
+        .filter(|l| common::daemon::call_id(l).is_some())
+        .map(|l| l.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!detail.contains("panicked"));
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_json_ends_the_call() {
+    bad_input_ends_the_call(Message::text("hello?"), "freeswitch_error", 1007).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_frame_ends_the_call() {
+    bad_input_ends_the_call(Message::binary(vec![0u8; 160]), "freeswitch_error", 1007).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_message_ends_the_call() {
+    let big = format!(
+        r#"{{"event":"media","media":{{"payload":"{}"}}}}"#,
+        "A".repeat(300 * 1024)
+    );
+    bad_input_ends_the_call(Message::text(big), "freeswitch_message_too_big", 1009).await;
 }

@@ -167,9 +167,9 @@ pub struct FakeTwilio {
     notify: Arc<Notify>,
     out: mpsc::UnboundedSender<Out>,
     started: Instant,
-    chunk: u64,
-    /// Telnyx reorder: a chunk held back to go after the next one.
-    held: Option<Value>,
+    /// The last chunk number, and (Telnyx reorder) a chunk held back to go after the
+    /// next one.
+    sending: Mutex<(u64, Option<Value>)>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -306,9 +306,9 @@ impl FakeTwilio {
         let st = Arc::clone(&state);
         let nt = Arc::clone(&notify);
         let out_p = out.clone();
-        let per_tick = opts.chunk_bytes() / 2; // 10 ms per tick
+        let per_tick = opts.chunk_bytes() / 4; // 5 ms per tick
         let player = tokio::spawn(async move {
-            let mut clock = tokio::time::interval(Duration::from_millis(10));
+            let mut clock = tokio::time::interval(Duration::from_millis(5));
             clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             loop {
                 clock.tick().await;
@@ -345,8 +345,7 @@ impl FakeTwilio {
             notify,
             out,
             started: Instant::now(),
-            chunk: 0,
-            held: None,
+            sending: Mutex::new((0, None)),
             tasks: vec![writer, reader, player],
         };
         fake.send_start();
@@ -392,21 +391,23 @@ impl FakeTwilio {
     }
 
     /// Sends one chunk of caller audio (already encoded).
-    pub fn send_media(&mut self, payload: &[u8]) {
-        self.chunk += 1;
+    pub fn send_media(&self, payload: &[u8]) {
+        let mut sending = self.sending.lock().unwrap();
+        sending.0 += 1;
+        let chunk = sending.0;
         let ts = self.started.elapsed().as_millis() as u64;
         let media = match self.opts.dialect {
             Dialect::Twilio => json!({"event": "media", "media": {
-                "track": "inbound", "chunk": self.chunk.to_string(),
+                "track": "inbound", "chunk": chunk.to_string(),
                 "timestamp": ts.to_string(), "payload": B64.encode(payload)}}),
             Dialect::Telnyx => json!({"event": "media", "media": {
-                "track": "inbound", "chunk": self.chunk.to_string(),
+                "track": "inbound", "chunk": chunk.to_string(),
                 "timestamp": ts.to_string(), "payload": B64.encode(payload)}}),
         };
         if self.opts.reorder {
             // Swap each pair: chunk 2 goes before chunk 1, 4 before 3, ...
-            match self.held.take() {
-                None => self.held = Some(media),
+            match sending.1.take() {
+                None => sending.1 = Some(media),
                 Some(first) => {
                     self.send_json(media);
                     self.send_json(first);
@@ -418,7 +419,7 @@ impl FakeTwilio {
     }
 
     /// Sends `audio` (encoded) paced in real time, one chunk every 20 ms.
-    pub async fn send_paced(&mut self, audio: &[u8]) {
+    pub async fn send_paced(&self, audio: &[u8]) {
         let mut clock = tokio::time::interval(Duration::from_millis(20));
         clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         for chunk in audio.chunks(self.opts.chunk_bytes()) {
@@ -428,7 +429,8 @@ impl FakeTwilio {
             }
             self.send_media(chunk);
         }
-        if let Some(last) = self.held.take() {
+        let last = self.sending.lock().unwrap().1.take();
+        if let Some(last) = last {
             self.send_json(last);
         }
     }

@@ -280,13 +280,21 @@ fn metadata(start: &Start, format: AudioFormat) -> Metadata {
             vars.entry(key.to_owned()).or_insert_with(|| v.clone());
         }
     }
+    let caller_id = start
+        .from
+        .clone()
+        .or_else(|| param(&["from", "caller_id", "caller"]));
+    let called = start.to.clone().or_else(|| param(&["to", "called"]));
+    // The template names them as for every side.
+    for (key, value) in [("caller_id", &caller_id), ("called", &called)] {
+        if let Some(v) = value {
+            vars.entry(key.to_owned()).or_insert_with(|| v.clone());
+        }
+    }
     Metadata {
         call_id: start.call_id.clone(),
-        caller_id: start
-            .from
-            .clone()
-            .or_else(|| param(&["from", "caller_id", "caller"])),
-        called: start.to.clone().or_else(|| param(&["to", "called"])),
+        caller_id,
+        called,
         codec: Some(format.codec),
         sample_rate: Some(format.rate),
         channels: Some(Channels::Mono),
