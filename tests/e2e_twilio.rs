@@ -377,3 +377,125 @@ async fn oversize_message_ends_the_call() {
     );
     bad_input_ends_the_call(Message::text(big), "freeswitch_message_too_big", 1009).await;
 }
+
+const TWILIO_TOKEN: &str = "twilio-auth-token-0123456789abcdef";
+
+/// `X-Twilio-Signature` as Twilio computes it, independently of the daemon's code:
+/// Base64(HMAC-SHA1(auth token, URL)).
+fn twilio_signature(token: &str, url: &str) -> String {
+    use base64::Engine;
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(token.as_bytes()).unwrap();
+    mac.update(url.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+fn signed(url: &str, token: &str) -> TwilioOptions {
+    let mut o = TwilioOptions::twilio("call");
+    o.headers
+        .push(("X-Twilio-Signature".into(), twilio_signature(token, url)));
+    o
+}
+
+/// With `[twilio] auth_token`, only upgrades signed for the public URL are taken;
+/// the rest are refused before the 101, and no secret reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twilio_signature_is_checked() {
+    let extra = format!(
+        "\n[twilio]\nauth_token = \"{TWILIO_TOKEN}\"\npublic_url = \"wss://vb.example.com\"\n"
+    );
+    let daemon = Daemon::start(&format!("{}{extra}", echo_config("stream", "")), &[]).await;
+    let url = "wss://vb.example.com/twilio/call";
+
+    let good = signed(url, TWILIO_TOKEN);
+    let sig = good.headers[0].1.clone();
+    let fake = FakeTwilio::connect(daemon.addr, good)
+        .await
+        .expect("a signed upgrade is accepted");
+    daemon.wait_log(|l| message(l) == "call started").await;
+    let _fake = fake.finish().await;
+    call_summary(&daemon).await;
+
+    let refused = |o| async {
+        FakeTwilio::connect(daemon.addr, o)
+            .await
+            .err()
+            .map(|r| r.status)
+    };
+    assert_eq!(
+        refused(TwilioOptions::twilio("call")).await,
+        Some(401),
+        "unsigned"
+    );
+    assert_eq!(
+        refused(signed(url, "another-accounts-token")).await,
+        Some(403)
+    );
+    assert_eq!(
+        refused(signed("wss://vb.example.com/twilio/other", TWILIO_TOKEN)).await,
+        Some(403),
+        "signed for another URL"
+    );
+    assert_eq!(
+        refused(signed("https://vb.example.com/twilio/call", TWILIO_TOKEN)).await,
+        Some(403),
+        "https is not the scheme Twilio signs a stream with"
+    );
+    daemon
+        .wait_log(|l| {
+            message(l) == "upgrade rejected"
+                && field(l, "reason")
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("does not match")
+        })
+        .await;
+    let out = daemon.output();
+    assert!(
+        !out.contains(TWILIO_TOKEN) && !out.contains(&sig),
+        "a secret in the log"
+    );
+    daemon.stop().await;
+}
+
+/// Without `public_url`, the signed URL is `wss://` + the Host header; our bearer
+/// token is accepted in place of a signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signature_from_the_host_header_or_a_bearer_token() {
+    let bearer = "our-own-bearer-token-0123456789";
+    let extra = format!(
+        "\n[server]\nauth_tokens = [\"{bearer}\"]\n\n[twilio]\nauth_token = \"{TWILIO_TOKEN}\"\n"
+    );
+    let daemon = Daemon::start(&format!("{}{extra}", echo_config("stream", "")), &[]).await;
+    let host = daemon.addr.to_string();
+    let fake = FakeTwilio::connect(
+        daemon.addr,
+        signed(&format!("wss://{host}/twilio/call"), TWILIO_TOKEN),
+    )
+    .await
+    .expect("signed for wss://<Host>");
+    let _fake = fake.finish().await;
+    call_summary(&daemon).await;
+
+    let mut with_bearer = TwilioOptions::twilio("call");
+    with_bearer
+        .headers
+        .push(("Authorization".into(), format!("Bearer {bearer}")));
+    let fake = FakeTwilio::connect(daemon.addr, with_bearer)
+        .await
+        .expect("our token instead of a signature");
+    let _fake = fake.finish().await;
+    let mut wrong = TwilioOptions::twilio("call");
+    wrong.headers.push((
+        "Authorization".into(),
+        "Bearer not-our-token-at-all-0000".into(),
+    ));
+    assert_eq!(
+        FakeTwilio::connect(daemon.addr, wrong)
+            .await
+            .err()
+            .map(|r| r.status),
+        Some(401)
+    );
+    daemon.stop().await;
+}
