@@ -6,6 +6,9 @@
 
 use std::collections::BTreeMap;
 
+/// The number of a stream's first media chunk (Twilio and Telnyx count from 1).
+const FIRST_CHUNK: u64 = 1;
+
 #[derive(Debug)]
 pub struct Reorder {
     window: usize,
@@ -32,8 +35,12 @@ impl Reorder {
 
     /// Takes chunk `chunk`; appends what is now releasable, in order, to `out`.
     pub fn push(&mut self, chunk: u64, payload: Vec<u8>, out: &mut Vec<Vec<u8>>) {
-        let next = *self.next.get_or_insert(chunk);
-        if chunk < next || self.held.contains_key(&chunk) {
+        // Chunks count from 1: a stream that starts there starts at once; one whose
+        // first arrival is a later chunk waits (within the window) for the earlier ones.
+        if self.next.is_none() && chunk == FIRST_CHUNK {
+            self.next = Some(FIRST_CHUNK);
+        }
+        if self.next.is_some_and(|next| chunk < next) || self.held.contains_key(&chunk) {
             self.late += 1;
             return;
         }
@@ -103,6 +110,20 @@ mod tests {
         let (got, r) = run(2, &[1, 3, 4, 5]);
         assert_eq!(got, [1, 3, 4, 5]);
         assert_eq!(r.skipped, 1);
+    }
+
+    #[test]
+    fn a_stream_whose_first_chunk_comes_second_starts_in_order() {
+        let (got, r) = run(3, &[2, 1, 4, 3]);
+        assert_eq!(got, [1, 2, 3, 4]);
+        assert_eq!((r.late, r.skipped), (0, 0));
+        // Chunk 1 never comes: given up on once the window is full.
+        let (got, r) = run(2, &[2, 3, 4]);
+        assert_eq!(got, [2, 3, 4]);
+        assert_eq!(
+            r.skipped, 0,
+            "nothing before the first chunk seen is counted"
+        );
     }
 
     #[test]
