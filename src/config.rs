@@ -28,6 +28,7 @@
 
 pub mod audiosocket;
 mod business;
+mod carriers;
 mod compile;
 pub mod env_file;
 mod env_secrets;
@@ -72,6 +73,8 @@ pub struct Config {
     pub budgets: BudgetsConfig,
     /// `[[audiosocket]]`: Asterisk AudioSocket listeners (none by default).
     pub audiosocket: Vec<AudioSocketListener>,
+    /// Carrier Media Streams (`/twilio/...`, `/telnyx/...`): the Twilio signature check.
+    pub twilio: TwilioConfig,
     /// The `call` route, kept apart so it exists by construction.
     default_route: Route,
     /// The other `[[routes]]`, in file order.
@@ -103,6 +106,17 @@ pub struct ServerConfig {
     pub max_handshakes_per_ip: usize,
     /// The same in total; above it a new connection gets HTTP 503 at once.
     pub max_handshakes: usize,
+}
+
+/// `[twilio]`: how `/twilio/...` upgrades are authenticated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TwilioConfig {
+    /// The account's auth token (`TWILIO_AUTH_TOKEN`); when set, every `/twilio/...`
+    /// upgrade must carry a valid `X-Twilio-Signature` (or one of `server.auth_tokens`).
+    pub auth_token: Secret,
+    /// Scheme and authority Twilio connects to (`wss://vb.example.com`), when a proxy
+    /// in front makes the URL we see differ; else `wss://` + the Host header.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -38,6 +38,7 @@ pub(crate) fn compile(raw: RawConfig, secrets: &EnvSecrets, notes: Vec<String>) 
     let audiosocket = super::audiosocket::listeners(raw.audiosocket, |name| {
         name == DEFAULT_ROUTE || extra_routes.iter().any(|r: &Route| r.name == name)
     })?;
+    let twilio = super::carriers::twilio(raw.twilio, secrets)?;
 
     let mut notes = notes;
     if !admin.listen.ip().is_loopback() {
@@ -60,6 +61,7 @@ pub(crate) fn compile(raw: RawConfig, secrets: &EnvSecrets, notes: Vec<String>) 
         prices,
         budgets,
         audiosocket,
+        twilio,
         default_route,
         extra_routes,
         load_notes: notes,

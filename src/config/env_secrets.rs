@@ -6,6 +6,8 @@ use super::kinds::ProviderKind;
 
 /// The key webhooks are signed with (kept out of the config file).
 pub(crate) const WEBHOOK_SECRET_VAR: &str = "VOICEBRIDGE_WEBHOOK_SECRET";
+/// The Twilio account's auth token (`[twilio] auth_token`).
+const TWILIO_AUTH_TOKEN_VAR: &str = "TWILIO_AUTH_TOKEN";
 /// The Event Socket password.
 const ESL_PASSWORD_VAR: &str = "FREESWITCH_ESL_PASSWORD";
 
@@ -16,6 +18,7 @@ pub(crate) struct EnvSecrets {
     api_keys: [Option<String>; ProviderKind::COUNT],
     pub esl_password: Option<String>,
     pub webhook_secret: Option<String>,
+    pub twilio_auth_token: Option<String>,
 }
 
 impl EnvSecrets {
@@ -30,6 +33,8 @@ impl EnvSecrets {
             &mut self.esl_password
         } else if name == WEBHOOK_SECRET_VAR {
             &mut self.webhook_secret
+        } else if name == TWILIO_AUTH_TOKEN_VAR {
+            &mut self.twilio_auth_token
         } else {
             return false;
         };

@@ -29,6 +29,14 @@ pub(crate) struct RawConfig {
     pub prices: RawPrices,
     pub budgets: RawBudgets,
     pub audiosocket: Vec<super::audiosocket::RawAudioSocket>,
+    pub twilio: RawTwilio,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawTwilio {
+    pub auth_token: Option<String>,
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

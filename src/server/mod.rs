@@ -9,6 +9,7 @@
 
 mod admit;
 pub mod audiosocket;
+mod media_streams;
 mod rejection;
 mod upgrade;
 
@@ -251,6 +252,19 @@ async fn handle_connection(
                 shared.esl.clone(),
             );
             run_call(&shared, config, route, admitted, peer, handshake_ms, leg).await;
+        }
+        Side::MediaStreams(path) => {
+            media_streams::run(
+                &shared,
+                config,
+                route,
+                admitted,
+                peer,
+                handshake_ms,
+                ws,
+                path,
+            )
+            .await;
         }
     }
 }

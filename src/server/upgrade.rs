@@ -15,12 +15,17 @@ use super::Shared;
 use crate::admission;
 use crate::config::{Config, Route};
 use crate::telephony::freeswitch::StreamRequest;
+use crate::telephony::media_streams::StreamPath;
 
 /// Which telephony side an upgrade is for, with what its URL says about the call.
 pub(crate) enum Side {
     /// FreeSWITCH `mod_audio_stream`: `/<route>/<call-uuid>?...` (every path whose
     /// first segment names no other side).
     Freeswitch(StreamRequest),
+    /// Carrier Media Streams: `/twilio/<route>` (Twilio `<Connect><Stream>`) and
+    /// `/telnyx/<route>` (Telnyx bidirectional `rtp` streaming); see
+    /// `crate::telephony::media_streams`.
+    MediaStreams(StreamPath),
 }
 
 /// What the upgrade callback decided for an accepted call.
@@ -37,6 +42,9 @@ pub(super) fn decide(
     req: &Request,
 ) -> Result<Accepted, Rejection> {
     let uri = req.uri();
+    if let Some(path) = StreamPath::recognise(uri.path()) {
+        return super::media_streams::decide(shared, config, req, path);
+    }
     // First, on the raw request: without valid credentials nothing else is looked at,
     // so the answer (401) says nothing about routes, call ids or the daemon's state.
     authorize(config, req)?;

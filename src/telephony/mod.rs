@@ -33,6 +33,7 @@ use crate::audio::{AudioFormat, Channels, Codec};
 
 pub mod audiosocket;
 pub mod freeswitch;
+pub mod media_streams;
 
 /// Call metadata, protocol-neutral: whatever the telephony side knows about the call
 /// besides its audio. Every field is optional: nothing in a call depends on it.

@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod fake_audiosocket;
 pub mod fake_esl;
 pub mod fake_freeswitch;
+pub mod fake_twilio;
 pub mod http;
 pub mod mock_elevenlabs;
 pub mod mock_gemini;

@@ -21,14 +21,15 @@ const MAX_CATCH_UP: u64 = 10;
 
 /// What all calls share: the base URL and the caller audio, made once.
 pub struct CallerConfig {
-    base: String,
+    pub(super) base: String,
     /// The module's `Origin` for the daemon's address; `None` if the URL does not parse.
     origin: Option<String>,
-    route: String,
-    lead_frames: u64,
+    pub(super) route: String,
+    pub(super) lead_frames: u64,
     /// L16 frames of speech-like audio whose samples are exact μ-law values (so they
     /// pass through a pcmu session byte for byte), stamp area included.
-    frames: Vec<Vec<u8>>,
+    pub(super) frames: Vec<Vec<u8>>,
+    pub(super) protocol: super::Protocol,
 }
 
 impl CallerConfig {
@@ -49,6 +50,7 @@ impl CallerConfig {
             route: args.route.clone(),
             lead_frames: args.lead_ms / 20,
             frames,
+            protocol: args.protocol,
         }
     }
 }
@@ -85,15 +87,15 @@ impl CallResult {
 /// Playback timing of the reply being received: frame `k` of a reply is due at
 /// `first + max(0, k + 1 − lead_frames) × 20 ms` (the pacer releases the lead at once,
 /// then one frame per 20 ms).
-struct Reply {
+pub(super) struct Reply {
     no: u64,
     first_ns: u64,
     k: u64,
     /// `clearAudio` came for this reply: any more of its frames leaked past the cut.
-    cleared: bool,
+    pub(super) cleared: bool,
 }
 
-fn us(ns: u64) -> u32 {
+pub(super) fn us(ns: u64) -> u32 {
     u32::try_from(ns / 1000).unwrap_or(u32::MAX)
 }
 
@@ -106,6 +108,9 @@ pub async fn call(
     run: &Arc<Run>,
     cfg: &CallerConfig,
 ) -> CallResult {
+    if cfg.protocol == super::Protocol::Twilio {
+        return super::twilio_caller::call(idx, slot, ends_at, run, cfg).await;
+    }
     let mut r = CallResult::default();
     let Some(link) = run.link(idx) else {
         return CallResult::failed("no link".into());
@@ -248,7 +253,7 @@ pub async fn call(
 /// A playback frame arrived at `now`: first frame of a new reply (the mock started one
 /// since the last frame) → provider→FreeSWITCH latency; later frames → lateness
 /// against their pacing slot.
-fn on_playback(
+pub(super) fn on_playback(
     r: &mut CallResult,
     reply: &mut Option<Reply>,
     (resp_no, first_delta_ns): (u64, u64),
@@ -285,7 +290,7 @@ fn on_playback(
 }
 
 /// A short, aggregatable description of a WebSocket error.
-fn kind_of(e: &tungstenite::Error) -> String {
+pub(super) fn kind_of(e: &tungstenite::Error) -> String {
     use tungstenite::Error;
     match e {
         Error::ConnectionClosed | Error::AlreadyClosed => "connection closed".into(),

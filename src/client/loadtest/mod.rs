@@ -30,6 +30,7 @@ pub mod mock;
 pub mod proc;
 pub mod report;
 pub mod stamp;
+pub mod twilio_caller;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -125,6 +126,19 @@ pub struct LoadtestArgs {
     /// drift after warm-up) when --call-secs is set or --hold-secs is at least 60.
     #[arg(long, default_value_t = 30.0)]
     pub rss_every_secs: f64,
+
+    /// How the calls reach the daemon: as FreeSWITCH `mod_audio_stream` (`/<route>/<id>`,
+    /// L16 binary frames) or as Twilio Media Streams (`/twilio/<route>`, μ-law in `media`
+    /// JSON every 20 ms, marks echoed once played).
+    #[arg(long, value_enum, default_value_t = Protocol::Freeswitch)]
+    pub protocol: Protocol,
+}
+
+/// The telephony side the load test plays.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Freeswitch,
+    Twilio,
 }
 
 impl LoadtestArgs {
@@ -148,6 +162,7 @@ impl LoadtestArgs {
             json_out: None,
             call_secs: None,
             rss_every_secs: 30.0,
+            protocol: Protocol::Freeswitch,
         }
     }
 }
