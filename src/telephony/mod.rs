@@ -31,6 +31,7 @@ use bytes::Bytes;
 
 use crate::audio::{AudioFormat, Channels, Codec};
 
+pub mod asterisk_ws;
 pub mod freeswitch;
 
 /// Call metadata, protocol-neutral: whatever the telephony side knows about the call

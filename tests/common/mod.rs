@@ -4,6 +4,7 @@
 
 pub mod call;
 pub mod daemon;
+pub mod fake_asterisk_ws;
 pub mod fake_esl;
 pub mod fake_freeswitch;
 pub mod http;

@@ -307,7 +307,7 @@ async fn recv_channel_event(events: &mut Option<ChannelEvents>) -> Option<Channe
 /// What we send to close: `None` when nothing can be sent (connection lost),
 /// `Some(None)` to flush the echo of their Close, else our Close frame (1000, 1001 on
 /// shutdown, 1009 for oversized messages, 1011 for errors).
-fn close_frame(hangup: &Hangup) -> Option<Option<CloseFrame>> {
+pub(crate) fn close_frame(hangup: &Hangup) -> Option<Option<CloseFrame>> {
     let (code, text) = match hangup {
         Hangup::Lost => return None,
         Hangup::FarEnd => return Some(None),
@@ -331,7 +331,7 @@ fn close_frame(hangup: &Hangup) -> Option<Option<CloseFrame>> {
 /// Our Close (`None`: the echo of theirs, which tungstenite queued), flushed at once
 /// because the module waits only 1 s, then the rest of their side until the TCP stream
 /// ends.
-async fn close_handshake(
+pub(crate) async fn close_handshake(
     sink: &mut SplitSink<Ws, Message>,
     stream: &mut SplitStream<Ws>,
     frame: Option<CloseFrame>,
@@ -355,7 +355,7 @@ async fn close_handshake(
 }
 
 /// A socket error as the event that ends the call.
-fn error_event(e: tungstenite::Error) -> TelephonyEvent {
+pub(crate) fn error_event(e: tungstenite::Error) -> TelephonyEvent {
     use tungstenite::error::{CapacityError, Error, ProtocolError};
     match e {
         Error::ConnectionClosed | Error::AlreadyClosed => TelephonyEvent::HungUp(None),
