@@ -188,3 +188,246 @@ async fn long_call_does_not_drift() {
     assert_eq!(field(&summary, "frames_dropped"), 0);
     daemon.stop().await;
 }
+
+/// Frames the fake played strictly between two instants.
+fn played_between(report: &Report, from: tokio::time::Instant, to: tokio::time::Instant) -> usize {
+    report
+        .played
+        .iter()
+        .filter(|(at, _)| *at > from && *at < to)
+        .count()
+}
+
+/// Utterance mode: the reply comes after the caller pauses; talking over it sends
+/// `FLUSH_MEDIA` at once, nothing of the cut reply is played after it, and the
+/// played position the engine reports is what the fake really played.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_flushes_and_nothing_of_the_cut_reply_is_heard() {
+    let daemon = Daemon::start(&config("utterance", ""), &[]).await;
+    let tone = voicebridge::audio::signal::sine(8000, 440.0, -12.0, 16000);
+    let mut opts = AsteriskOptions::new("/asterisk/call/barge-1", "ulaw");
+    opts.speech = encode("ulaw", &tone); // a 2 s "utterance"
+    let fake = dial(daemon.addr, opts).await.expect("accepted");
+    fake.wait_spoken().await;
+    // The 2 s reply starts after 600 ms of silence; talk over it 200 ms in.
+    fake.wait_played(10).await;
+    fake.speak(&encode("ulaw", &tone[..4000]));
+    fake.wait_spoken().await;
+    let barge_end = tokio::time::Instant::now();
+    let flushed_at = fake.played.load(std::sync::atomic::Ordering::SeqCst);
+    // The interruption itself is echoed back after its pause.
+    fake.wait_played(flushed_at + 20).await;
+    let report = fake.hangup().await;
+    assert_well_fed(&report, 160);
+
+    assert_eq!(report.flushes.len(), 1, "exactly one FLUSH_MEDIA");
+    let flush_at = report.flushes[0];
+    let t0 = report.played[0].0;
+    let before = played_between(&report, t0 - std::time::Duration::from_millis(1), flush_at);
+    assert!(
+        (10..100).contains(&before),
+        "the 2 s reply was cut after {before} frames"
+    );
+    assert_eq!(
+        played_between(&report, flush_at, barge_end),
+        0,
+        "nothing of the interrupted reply after FLUSH_MEDIA"
+    );
+    assert!(played_between(&report, barge_end, tokio::time::Instant::now()) >= 20);
+
+    let flushed = daemon
+        .wait_log(|l| message(l) == "barge-in: playback flushed")
+        .await;
+    let played_ms = field(&flushed, "played_ms").as_u64().unwrap();
+    let heard_ms = before as u64 * 20;
+    println!("barge-in: engine says {played_ms} ms played, the fake played {heard_ms} ms");
+    // Within one frame: the mark-anchored position against the frames handed out.
+    assert!(
+        played_ms.abs_diff(heard_ms) <= 20,
+        "{played_ms} vs {heard_ms}"
+    );
+    let summary = daemon.wait_call_end("barge-1").await;
+    assert_eq!(field(&summary, "barge_ins"), 1);
+    daemon.stop().await;
+}
+
+/// DTMF_END in both control formats becomes key presses: logged in order, counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dtmf_end_reaches_the_engine_in_both_formats() {
+    let daemon = Daemon::start(&config("stream", ""), &[]).await;
+    for (id, json, digits) in [
+        ("dtmf-json", true, ['1', '2', '#']),
+        ("dtmf-plain", false, ['7', '*', '#']),
+    ] {
+        let mut opts = AsteriskOptions::new(format!("/asterisk/call/{id}"), "ulaw");
+        opts.json = json;
+        let fake = dial(daemon.addr, opts).await.expect("accepted");
+        daemon
+            .wait_log(|l| message(l) == "MEDIA_START" && common::daemon::call_id(l) == Some(id))
+            .await;
+        for d in digits {
+            fake.dtmf(d, json, "1733240000.17");
+        }
+        daemon
+            .wait_log(|l| {
+                message(l) == "DTMF from the caller"
+                    && field(l, "digit") == "#"
+                    && common::daemon::call_id(l) == Some(id)
+            })
+            .await;
+        let got: String = daemon
+            .logs()
+            .iter()
+            .filter(|l| {
+                message(l) == "DTMF from the caller" && common::daemon::call_id(l) == Some(id)
+            })
+            .map(|l| field(l, "digit").as_str().unwrap_or("").to_owned())
+            .collect();
+        assert_eq!(got, digits.iter().collect::<String>(), "{id}");
+        fake.hangup().await;
+        daemon.wait_call_end(id).await;
+    }
+    let (status, metrics) = common::http::get(daemon.admin, "/metrics").await;
+    assert_eq!(status, 200);
+    let keys: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("voicebridge_dtmf_keys_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(keys, 6.0, "{metrics}");
+    daemon.stop().await;
+}
+
+const TOKEN: &str = "s3cret-pbx-password-0123";
+
+/// `websocket_client.conf` `username`/`password` arrive as HTTP Basic: the password is
+/// checked as an auth token; a wrong or missing one is refused with 401 before
+/// anything else, and it never reaches the logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_is_accepted_and_refused() {
+    let toml = format!(
+        "[server]\nauth_tokens = [\"{TOKEN}\"]\n{}",
+        config("stream", "")
+    );
+    let daemon = Daemon::start(&toml, &[]).await;
+    let mut opts = AsteriskOptions::new("/asterisk/call/auth-ok", "ulaw");
+    opts.basic = Some(("pbx1".to_owned(), TOKEN.to_owned()));
+    opts.speech = encode("ulaw", &speech_like(8000, 0.5, 4));
+    let fake = dial(daemon.addr, opts)
+        .await
+        .expect("right password accepted");
+    fake.wait_spoken().await;
+    fake.wait_played(10).await;
+    let report = fake.hangup().await;
+    assert!(report.error.is_none(), "{:?}", report.error);
+    daemon.wait_call_end("auth-ok").await;
+
+    for (id, basic) in [
+        ("auth-wrong", Some(("pbx1", "not-the-password"))),
+        ("auth-none", None),
+        ("auth-user-only", Some((TOKEN, ""))),
+    ] {
+        let mut opts = AsteriskOptions::new(format!("/asterisk/call/{id}"), "ulaw");
+        opts.basic = basic.map(|(u, p)| (u.to_owned(), p.to_owned()));
+        match dial(daemon.addr, opts).await {
+            Err(common::fake_asterisk_ws::DialError::Refused { status, response }) => {
+                assert_eq!(status, 401, "{id}: {response}");
+                assert!(!response.contains(TOKEN));
+            }
+            Err(e) => panic!("{id}: {e:?}"),
+            Ok(_) => panic!("{id}: accepted"),
+        }
+    }
+    daemon
+        .wait_log(|l| message(l) == "upgrade rejected" && field(l, "status") == 401)
+        .await;
+    let output = daemon.output();
+    assert!(!output.contains(TOKEN), "the password reached the logs");
+    daemon.stop().await;
+}
+
+/// Garbage control, an oversized message and a binary flood: each ends only its call,
+/// with one log line giving the reason and the close code Asterisk logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_ends_the_call_cleanly() {
+    let daemon = Daemon::start(&config("stream", ""), &[]).await;
+
+    let fake = dial(
+        daemon.addr,
+        AsteriskOptions::new("/asterisk/call/bad-json", "ulaw"),
+    )
+    .await
+    .expect("accepted");
+    fake.send_text("{\"event\": MEDIA_XOFF");
+    let report = fake.finished().await;
+    assert_eq!(report.close.as_ref().map(|c| c.0), Some(1011), "{report:?}");
+    let summary = daemon.wait_call_end("bad-json").await;
+    assert_eq!(field(&summary, "end_reason"), "freeswitch_error");
+    let line = daemon
+        .wait_log(|l| {
+            common::daemon::call_id(l) == Some("bad-json")
+                && l.to_string().contains("bad control message")
+        })
+        .await;
+    println!("garbage control: {line}");
+
+    let fake = dial(
+        daemon.addr,
+        AsteriskOptions::new("/asterisk/call/too-big", "ulaw"),
+    )
+    .await
+    .expect("accepted");
+    fake.send_binary(vec![0xFF; 66_000]);
+    let report = fake.finished().await;
+    assert_eq!(report.close.as_ref().map(|c| c.0), Some(1009), "{report:?}");
+    let summary = daemon.wait_call_end("too-big").await;
+    assert_eq!(field(&summary, "end_reason"), "freeswitch_message_too_big");
+
+    let mut opts = AsteriskOptions::new("/asterisk/call/flood", "ulaw");
+    opts.media_start_override = Some("opus".to_owned());
+    let fake = dial(daemon.addr, opts).await.expect("accepted");
+    let report = fake.finished().await;
+    assert_eq!(report.close.as_ref().map(|c| c.0), Some(1011), "{report:?}");
+    let summary = daemon.wait_call_end("flood").await;
+    assert_eq!(field(&summary, "end_reason"), "freeswitch_error");
+    assert!(
+        daemon
+            .logs()
+            .iter()
+            .any(|l| common::daemon::call_id(l) == Some("flood")
+                && l.to_string().contains("set c() in the dial string")),
+        "an unsupported format names the fix"
+    );
+
+    // 2 s of audio ten times a second: 100x real time.
+    let fake = dial(
+        daemon.addr,
+        AsteriskOptions::new("/asterisk/call/flood-2", "ulaw"),
+    )
+    .await
+    .expect("accepted");
+    let mut clock = tokio::time::interval(std::time::Duration::from_millis(100));
+    while !fake.is_finished() {
+        clock.tick().await;
+        fake.send_binary(vec![0xFF; 16_000]);
+    }
+    let report = fake.finished().await;
+    assert_eq!(report.close.as_ref().map(|c| c.0), Some(1011), "{report:?}");
+    let summary = daemon.wait_call_end("flood-2").await;
+    assert_eq!(field(&summary, "end_reason"), "freeswitch_error");
+    assert!(daemon
+        .logs()
+        .iter()
+        .any(|l| common::daemon::call_id(l) == Some("flood-2")
+            && l.to_string().contains("caller audio floods")));
+
+    // The daemon is still fine.
+    let mut opts = AsteriskOptions::new("/asterisk/call/after-bad", "ulaw");
+    opts.speech = encode("ulaw", &speech_like(8000, 0.5, 4));
+    let fake = dial(daemon.addr, opts).await.expect("accepted");
+    fake.wait_played(10).await;
+    fake.hangup().await;
+    let summary = daemon.wait_call_end("after-bad").await;
+    assert_eq!(field(&summary, "end_reason"), "freeswitch_closed");
+    daemon.stop().await;
+}

@@ -367,6 +367,11 @@ impl FakeAsterisk {
         }
     }
 
+    /// The call has ended (the daemon closed, or the connection went).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// The caller hangs up: Close 1000, then the daemon's echo.
     pub async fn hangup(self) -> Report {
         let _ = self.control.send(Control::Hangup);

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 
+use crate::audio::flood::{self, FloodGuard};
 use crate::audio::{AudioFormat, Channels};
 use crate::config::Route;
 use crate::telephony::freeswitch::leg::{close_frame, close_handshake, error_event, Ws};
@@ -59,6 +60,14 @@ pub struct AsteriskLeg {
     /// Commands Asterisk answered with `ERROR` (e.g. a passthrough channel) or that the
     /// XOFF hold dropped: the call went on without them.
     dropped: u64,
+    /// The caller's audio format (the route's until `MEDIA_START`), for the flood guard.
+    format: AudioFormat,
+    /// Asterisk sends one frame per 20 ms: far more, second after second, is a broken
+    /// or hostile peer, and the call ends.
+    flood: FloodGuard,
+    /// We ended the call for bad input on a working socket (the engine's `Error` event
+    /// means a lost connection, after which nothing is sent): `close` still hangs up.
+    bad_input: Option<&'static str>,
     /// Messages decided outside `perform` (`ANSWER`, what `MEDIA_XON` releases), sent
     /// with the next flush (the call task flushes after every event).
     pending_out: VecDeque<Message>,
@@ -82,6 +91,9 @@ impl AsteriskLeg {
             playout: Playout::new(format.bytes_per_frame(), format.codec),
             lead: route.playback_lead,
             dropped: 0,
+            format,
+            flood: FloodGuard::new(),
+            bad_input: None,
             pending_out: VecDeque::new(),
         }
     }
@@ -103,11 +115,25 @@ impl AsteriskLeg {
                     data.len()
                 )))
             }
-            Message::Binary(data) if self.start.is_none() => {
-                self.hold_early(data);
-                None
+            Message::Binary(data) => {
+                let audio = Duration::from_micros(
+                    data.len() as u64 * 1_000_000 / self.format.bytes_per_sec().max(1) as u64,
+                );
+                if self.flood.on_audio(std::time::Instant::now(), audio) {
+                    self.bad_input = Some("caller audio flood");
+                    return Some(TelephonyEvent::Error(format!(
+                        "caller audio floods: {} ms in {} s, over {}x real time",
+                        self.flood.flood_audio().as_millis(),
+                        (flood::WINDOW * flood::HOT_WINDOWS).as_secs(),
+                        flood::RATIO
+                    )));
+                }
+                if self.start.is_none() {
+                    self.hold_early(data);
+                    return None;
+                }
+                Some(TelephonyEvent::Audio(data))
             }
-            Message::Binary(data) => Some(TelephonyEvent::Audio(data)),
             Message::Text(text) if text.len() > MAX_TEXT_BYTES => {
                 Some(TelephonyEvent::TooBig(format!(
                     "control message of {} bytes (limit {MAX_TEXT_BYTES})",
@@ -163,6 +189,7 @@ impl AsteriskLeg {
         let (event, format) = match control::parse(text) {
             Ok(parsed) => parsed,
             Err(e) => {
+                self.bad_input = Some("bad control message");
                 return Some(TelephonyEvent::Error(format!("bad control message: {e}")));
             }
         };
@@ -203,6 +230,7 @@ impl AsteriskLeg {
             return None;
         }
         let Some(audio) = control::audio_format(&start.format) else {
+            self.bad_input = Some("unsupported format");
             return Some(TelephonyEvent::Error(format!(
                 "MEDIA_START format {:?} is not one voicebridge carries ({}): set c() in the dial string",
                 control::preview(&start.format),
@@ -210,6 +238,7 @@ impl AsteriskLeg {
             )));
         };
         self.control = format;
+        self.format = audio;
         self.playout
             .set_format(start.optimal_frame_size, audio.codec);
         info!(
@@ -384,6 +413,18 @@ impl TelephonyLeg for AsteriskLeg {
     /// `HANGUP` first when we end the call (Asterisk hangs the channel up on our Close
     /// as well, but the command says it was a normal end), then the close handshake.
     async fn close(&mut self, hangup: &Hangup) {
+        let ours;
+        let hangup = match (hangup, self.bad_input) {
+            (Hangup::Lost, Some(why)) => {
+                ours = Hangup::Ours {
+                    cause: crate::telephony::HangupCause::Error,
+                    text: why.to_owned(),
+                    hang_up_channel: true,
+                };
+                &ours
+            }
+            _ => hangup,
+        };
         if let Hangup::Ours {
             hang_up_channel: true,
             ..

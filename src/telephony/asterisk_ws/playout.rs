@@ -63,7 +63,8 @@ impl Playout {
 
     /// Our audio: the message to send now, if it completes at least one frame.
     pub fn audio(&mut self, data: &[u8]) -> Option<Out> {
-        if self.partial.is_empty() && data.len().is_multiple_of(self.frame_size) && !data.is_empty() {
+        if self.partial.is_empty() && data.len().is_multiple_of(self.frame_size) && !data.is_empty()
+        {
             return self.send(Out::Audio(Bytes::copy_from_slice(data)));
         }
         self.partial.extend_from_slice(data);
