@@ -431,3 +431,88 @@ async fn bad_input_ends_the_call_cleanly() {
     assert_eq!(field(&summary, "end_reason"), "freeswitch_closed");
     daemon.stop().await;
 }
+
+const OPENAI_KEY: &str = "fake-openai-test-key-0123456789abcdefXYZ";
+
+/// OpenAI Realtime (PCM16 24 kHz) on an slin16 channel: the caller talks over a long
+/// answer; `FLUSH_MEDIA` goes out, nothing more of it is played, and the truncate's
+/// `audio_end_ms` is what the fake Asterisk really played (marks, not our clock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_truncate_matches_what_asterisk_played() {
+    use common::mock_openai::{MockFormat, MockOpenAi, MockOptions, Script};
+    let mock = MockOpenAi::start(MockOptions::new(MockFormat::Pcm24, OPENAI_KEY)).await;
+    let toml = format!(
+        r#"
+[freeswitch]
+playback_lead_ms = {LEAD_MS}
+
+[call]
+provider = "openai"
+instructions = "You answer the phone for ACME."
+
+[providers.openai]
+model = "gpt-realtime"
+voice = "marin"
+audio_format = "pcm24"
+"#
+    );
+    let url = mock.url();
+    let env = [
+        ("VOICEBRIDGE__PROVIDERS__OPENAI__URL", url.as_str()),
+        ("OPENAI_API_KEY", OPENAI_KEY),
+    ];
+    let daemon = Daemon::start(&toml, &env).await;
+    let mut opts = AsteriskOptions::new("/asterisk/call/oai-truncate", "slin16");
+    opts.speech = encode("slin16", &speech_like(16000, 4.0, 12));
+    let fake = dial(daemon.addr, opts).await.expect("accepted");
+    mock.wait("session.updated", |s| s.session_updated_sent)
+        .await;
+    mock.script(Script::Respond { ms: 6000, seed: 33 });
+    fake.wait_played(15).await;
+    mock.script(Script::BargeIn);
+    mock.wait("truncate", |s| !s.truncates.is_empty()).await;
+    fake.wait_flushed().await;
+    fake.wait_spoken().await;
+    let report = fake.hangup().await;
+    assert_well_fed(&report, 640);
+    let problems = mock.with(|s| s.problems.clone());
+    assert!(
+        problems.is_empty(),
+        "the mock found problems: {problems:#?}"
+    );
+
+    assert_eq!(report.flushes.len(), 1, "one FLUSH_MEDIA");
+    let flush_at = report.flushes[0];
+    // What had been handed to the core when the mock said the caller spoke: the
+    // engine decides then, and a tick may hand out one more frame before FLUSH_MEDIA
+    // arrives (that one is cut mid-way, so not counted as heard).
+    let barge_at = mock.with(|s| s.barge_in_at).expect("the mock barged in");
+    let heard = report
+        .played
+        .iter()
+        .filter(|(at, _)| *at < barge_at)
+        .count();
+    let after = report
+        .played
+        .iter()
+        .filter(|(at, _)| *at > flush_at)
+        .count();
+    assert_eq!(
+        after, 0,
+        "audio of the interrupted response played after FLUSH_MEDIA"
+    );
+    let (truncates, responses) = mock.with(|s| (s.truncates.clone(), s.responses.clone()));
+    assert_eq!(truncates.len(), 1);
+    let (truncate, generated_ms) = &truncates[0];
+    assert_eq!(truncate["item_id"], responses[0].item_id.as_str());
+    let end_ms = truncate["audio_end_ms"].as_u64().unwrap();
+    let heard_ms = heard as u64 * 20;
+    println!("truncate audio_end_ms {end_ms}, the fake Asterisk played {heard_ms} ms (generated {generated_ms} ms)");
+    assert!(end_ms <= *generated_ms);
+    assert!(
+        end_ms.abs_diff(heard_ms) <= 20,
+        "audio_end_ms {end_ms} vs {heard_ms} ms played by Asterisk"
+    );
+    daemon.wait_call_end("oai-truncate").await;
+    daemon.stop().await;
+}

@@ -343,6 +343,12 @@ impl FakeAsterisk {
             .await;
     }
 
+    /// Waits until a `FLUSH_MEDIA` has come.
+    pub async fn wait_flushed(&self) {
+        self.wait(|| self.flushed.load(Ordering::SeqCst), "FLUSH_MEDIA")
+            .await;
+    }
+
     /// Waits until all queued caller audio has gone out.
     pub async fn wait_spoken(&self) {
         self.wait(
