@@ -68,7 +68,7 @@ fn expand(text: &str) -> String {
 }
 
 /// The text inside `name(...)` in a dial-option string, parentheses balanced.
-fn option<'a>(opts: &'a str, name: char) -> Option<&'a str> {
+fn option(opts: &str, name: char) -> Option<&str> {
     let start = opts.find(&format!("{name}("))? + 2;
     let mut depth = 1;
     for (i, c) in opts[start..].char_indices() {
