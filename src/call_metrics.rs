@@ -227,27 +227,34 @@ pub struct Traffic {
 
 impl Traffic {
     /// Adds `now - before` to the counters (both are running totals of one call).
+    /// Saturating: a frame the provider's full queue refused is taken back from
+    /// `to_provider` after it may have been flushed, so a total can shrink (an
+    /// inbound flood panicked here in debug builds).
     pub fn flush_delta(now: &Traffic, before: &Traffic) {
         let pairs = [
             (
                 "fs_in",
-                now.fs_in_frames - before.fs_in_frames,
-                now.fs_in_bytes - before.fs_in_bytes,
+                now.fs_in_frames.saturating_sub(before.fs_in_frames),
+                now.fs_in_bytes.saturating_sub(before.fs_in_bytes),
             ),
             (
                 "fs_out",
-                now.fs_out_frames - before.fs_out_frames,
-                now.fs_out_bytes - before.fs_out_bytes,
+                now.fs_out_frames.saturating_sub(before.fs_out_frames),
+                now.fs_out_bytes.saturating_sub(before.fs_out_bytes),
             ),
             (
                 "to_provider",
-                now.to_provider_frames - before.to_provider_frames,
-                now.to_provider_bytes - before.to_provider_bytes,
+                now.to_provider_frames
+                    .saturating_sub(before.to_provider_frames),
+                now.to_provider_bytes
+                    .saturating_sub(before.to_provider_bytes),
             ),
             (
                 "from_provider",
-                now.from_provider_frames - before.from_provider_frames,
-                now.from_provider_bytes - before.from_provider_bytes,
+                now.from_provider_frames
+                    .saturating_sub(before.from_provider_frames),
+                now.from_provider_bytes
+                    .saturating_sub(before.from_provider_bytes),
             ),
         ];
         for (direction, frames, bytes) in pairs {
@@ -256,15 +263,19 @@ impl Traffic {
                 counter!(BYTES, "direction" => direction).increment(bytes);
             }
         }
-        let dropped = now.dropped_to_provider - before.dropped_to_provider;
+        let dropped = now
+            .dropped_to_provider
+            .saturating_sub(before.dropped_to_provider);
         if dropped > 0 {
             counter!(DROPPED, "kind" => "to_provider").increment(dropped);
         }
-        let late = now.late_audio - before.late_audio;
+        let late = now.late_audio.saturating_sub(before.late_audio);
         if late > 0 {
             counter!(DROPPED, "kind" => "late_audio").increment(late);
         }
-        let overflow = now.playback_overflow - before.playback_overflow;
+        let overflow = now
+            .playback_overflow
+            .saturating_sub(before.playback_overflow);
         if overflow > 0 {
             counter!(DROPPED, "kind" => "playback_overflow").increment(overflow);
         }

@@ -15,6 +15,23 @@ pub fn bearer(value: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// The password of an `Authorization: Basic` value (Asterisk's `websocket_client.conf`
+/// `username`/`password`): checked like a token, the user name is not. `None` when the
+/// scheme is not Basic or the credentials do not decode to `user:password`.
+pub fn basic_password(value: &str) -> Option<String> {
+    use base64::Engine as _;
+    let (scheme, rest) = value.trim_start().split_once([' ', '\t'])?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (_, password) = text.split_once(':')?;
+    (!password.is_empty()).then(|| password.to_owned())
+}
+
 /// The value of `token=` in a query string, percent-decoded.
 pub fn query_token(query: Option<&str>) -> Option<String> {
     query?
@@ -35,6 +52,28 @@ mod tests {
         }
         for v in ["Basic abc", "Bearer", "Bearer   ", "Bearerabc", "abc", ""] {
             assert_eq!(bearer(v), None, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn basic_password_is_the_token() {
+        // "pbx1:s3cret" and "pbx1:a:b" (a password may hold colons).
+        assert_eq!(
+            basic_password("Basic cGJ4MTpzM2NyZXQ=").as_deref(),
+            Some("s3cret")
+        );
+        assert_eq!(
+            basic_password("basic  cGJ4MTphOmI= ").as_deref(),
+            Some("a:b")
+        );
+        for v in [
+            "Bearer cGJ4MTpzM2NyZXQ=",
+            "Basic !!!",
+            "Basic cGJ4MQ==",
+            "Basic cGJ4MTo=",
+            "Basic",
+        ] {
+            assert_eq!(basic_password(v), None, "{v:?}");
         }
     }
 

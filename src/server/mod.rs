@@ -33,6 +33,7 @@ use crate::call_task::{self, CallSetup};
 use crate::config::{Config, Route};
 use crate::records::Records;
 use crate::registry::Registry;
+use crate::telephony::asterisk_ws::AsteriskLeg;
 use crate::telephony::freeswitch::{Esl, FreeswitchLeg};
 use crate::telephony::TelephonyLeg;
 use admit::Admitted;
@@ -265,6 +266,10 @@ async fn handle_connection(
                 path,
             )
             .await;
+        }
+        Side::Asterisk(request) => {
+            let leg = AsteriskLeg::new(ws, &route, request);
+            run_call(&shared, config, route, admitted, peer, handshake_ms, leg).await;
         }
     }
 }

@@ -14,6 +14,7 @@ use super::rejection::Rejection;
 use super::Shared;
 use crate::admission;
 use crate::config::{Config, Route};
+use crate::telephony::asterisk_ws::AsteriskRequest;
 use crate::telephony::freeswitch::StreamRequest;
 use crate::telephony::media_streams::StreamPath;
 
@@ -26,6 +27,8 @@ pub(crate) enum Side {
     /// `/telnyx/<route>` (Telnyx bidirectional `rtp` streaming); see
     /// `crate::telephony::media_streams`.
     MediaStreams(StreamPath),
+    /// Asterisk chan_websocket: `/asterisk/<route>[/<call-id>]?<v() parameters>`.
+    Asterisk(AsteriskRequest),
 }
 
 /// What the upgrade callback decided for an accepted call.
@@ -49,6 +52,18 @@ pub(super) fn decide(
     // so the answer (401) says nothing about routes, call ids or the daemon's state.
     authorize(config, req)?;
     admit::check_draining(shared)?;
+    if AsteriskRequest::is_for(uri.path()) {
+        let request = AsteriskRequest::parse(uri.path(), uri.query()).map_err(|e| {
+            Rejection::failed(StatusCode::BAD_REQUEST, "bad request", e.to_string())
+        })?;
+        let route = find_route(config, &request.route, uri.path())?;
+        let admitted = admit::admit(shared, config, route, request.call_id.clone())?;
+        return Ok(Accepted {
+            side: Side::Asterisk(request),
+            route: route.clone(),
+            admitted,
+        });
+    }
     let request = StreamRequest::parse(uri.path(), uri.query())
         .map_err(|e| Rejection::failed(StatusCode::BAD_REQUEST, "bad request", e.to_string()))?;
     let route = find_route(config, &request.route, uri.path())?;
@@ -75,19 +90,21 @@ pub(crate) fn find_route<'c>(
     })
 }
 
-/// With `auth_tokens` set, the request must carry one: `Authorization: Bearer` or
-/// `?token=`. Compared in constant time (`Secret::matches`).
+/// With `auth_tokens` set, the request must carry one: `Authorization: Bearer`,
+/// `?token=`, or as the password of `Authorization: Basic` (Asterisk's
+/// `websocket_client.conf` credentials). Compared in constant time (`Secret::matches`).
 fn authorize(config: &Config, req: &Request) -> Result<(), Rejection> {
     if config.server.auth_tokens.is_empty() {
         return Ok(());
     }
-    let bearer = req
+    let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(admission::auth::bearer);
+        .and_then(|v| v.to_str().ok());
+    let bearer = authorization.and_then(admission::auth::bearer);
+    let basic = authorization.and_then(admission::auth::basic_password);
     let query = admission::auth::query_token(req.uri().query());
-    let presented = bearer.or(query.as_deref());
+    let presented = bearer.or(basic.as_deref()).or(query.as_deref());
     let ok = presented.is_some_and(|p| config.server.auth_tokens.iter().any(|t| t.matches(p)));
     if ok {
         return Ok(());
@@ -95,7 +112,7 @@ fn authorize(config: &Config, req: &Request) -> Result<(), Rejection> {
     let why = if presented.is_some() {
         "wrong token"
     } else {
-        "no token (Authorization: Bearer or ?token=)"
+        "no token (Authorization: Bearer or Basic, or ?token=)"
     };
     Err(Rejection::failed(
         StatusCode::UNAUTHORIZED,

@@ -32,6 +32,7 @@ use bytes::Bytes;
 use crate::audio::{AudioFormat, Channels, Codec};
 
 pub mod audiosocket;
+pub mod asterisk_ws;
 pub mod freeswitch;
 pub mod media_streams;
 
