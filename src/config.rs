@@ -231,6 +231,9 @@ pub struct CallConfig {
     /// Providers tried in order when the one serving the call fails before the caller
     /// has heard it (connect, setup, early close): never the primary, no repeats.
     pub fallback: Vec<ProviderKind>,
+    /// OpenAI `turn_detection.idle_timeout_ms`: the model speaks again (re-prompts) when
+    /// the caller has said nothing this long after its reply; zero: off.
+    pub silence_reprompt: Duration,
 }
 
 impl CallConfig {
@@ -660,6 +663,7 @@ impl Default for CallConfig {
             greeting_interruptible: true,
             goodbye_interruptible: true,
             fallback: Vec::new(),
+            silence_reprompt: Duration::ZERO,
         }
     }
 }
@@ -678,7 +682,7 @@ impl Default for OpenAiConfig {
     fn default() -> Self {
         OpenAiConfig {
             url: "wss://api.openai.com/v1/realtime".to_string(),
-            model: "gpt-realtime".to_string(),
+            model: "gpt-realtime-2.1".to_string(),
             api_key: Secret::default(),
             voice: "marin".to_string(),
             audio_format: OpenAiAudioFormat::Pcmu,
@@ -690,7 +694,7 @@ impl Default for GeminiConfig {
     fn default() -> Self {
         GeminiConfig {
             url: "wss://generativelanguage.googleapis.com/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent".to_string(),
-            model: "models/gemini-2.5-flash-native-audio-preview-12-2025".to_string(),
+            model: "models/gemini-3.8-live".to_string(),
             api_key: Secret::default(),
             voice: "Kore".to_string(),
         }

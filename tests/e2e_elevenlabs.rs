@@ -181,9 +181,24 @@ async fn ulaw_passthrough_signed_url_greeting_turn_and_pings() {
 
     // Upstream: the μ-law FreeSWITCH sent is what the agent got, byte for byte.
     let (raw, caller) = mock.recorded(|s| (s.caller_raw.clone(), s.caller.clone()));
-    assert_eq!(raw.len(), frames * 160);
-    assert!(raw == sent[..raw.len()], "caller μ-law was altered");
-    let up = snr_db(&speech[..caller.len()], &caller);
+    // Around the caller's audio, only the silence voicebridge streams while the caller
+    // sends nothing (20 ms chunks of 0xFF).
+    let lead = raw
+        .chunks(160)
+        .take_while(|c| c.iter().all(|b| *b == 0xFF))
+        .count()
+        * 160;
+    assert!(raw.len() >= lead + frames * 160, "{} bytes", raw.len());
+    assert!(
+        raw[lead..lead + frames * 160] == sent[..frames * 160],
+        "caller μ-law was altered"
+    );
+    assert!(
+        raw[lead + frames * 160..].iter().all(|b| *b == 0xFF),
+        "only silence after the caller's audio"
+    );
+    let caller = &caller[lead..lead + frames * 160];
+    let up = snr_db(&speech[..caller.len()], caller);
     println!("upstream SNR (μ-law passthrough, decoded vs source): {up:.1} dB");
     assert!(up > 30.0, "upstream SNR {up:.1} dB");
 
@@ -601,4 +616,30 @@ async fn check_probes_the_agent() {
     );
     assert!(!err.contains("xi-wrong-key-123456"), "{err}");
     assert_mock_clean(&mock);
+}
+
+/// The agent's server closes a conversation after 60 s without user input (1002), even
+/// while the caller listens: when the PBX sends no audio, voicebridge streams 20 ms
+/// chunks of silence in the agent's format, and stops as soon as the caller talks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silence_is_streamed_while_the_pbx_sends_nothing() {
+    let mut opts = MockOptions::new(AGENT);
+    opts.input_format = "ulaw_8000";
+    let mock = MockEleven::start(opts).await;
+    let daemon = daemon(&mock, "", "").await;
+    let id = "el-silence";
+    let call = Call::connect(&daemon, "call", id, "codec=pcmu&rate=8000&channels=mono").await;
+    call.writer
+        .send_text(&format!(r#"{{"uuid":"{id}","caller_id":"+3902123"}}"#))
+        .await
+        .unwrap();
+    // Not one caller frame is sent, and still the agent hears 20 ms chunks (validated
+    // by the mock: 160 bytes of μ-law each) of silence.
+    mock.wait("silence chunks", |s| s.chunks_in >= 15).await;
+    let (raw, errors) = mock.recorded(|s| (s.caller_raw.clone(), s.errors.clone()));
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert!(raw.iter().all(|b| *b == 0xFF), "μ-law silence only");
+    call.close().await;
+    daemon.wait_call_end(id).await;
+    daemon.stop().await;
 }

@@ -77,7 +77,7 @@ fn default_values_match_the_contract() {
     assert_eq!(c.providers.echo.delay, Duration::from_millis(200));
     assert_eq!(c.providers.echo.sample_rate, 24000);
     assert_eq!(c.providers.openai.url, "wss://api.openai.com/v1/realtime");
-    assert_eq!(c.providers.openai.model, "gpt-realtime");
+    assert_eq!(c.providers.openai.model, "gpt-realtime-2.1");
     assert!(c.providers.openai.api_key.is_empty());
     assert_eq!(c.providers.openai.voice, "marin");
     assert_eq!(c.providers.openai.audio_format, OpenAiAudioFormat::Pcmu);
@@ -86,10 +86,7 @@ fn default_values_match_the_contract() {
         .gemini
         .url
         .starts_with("wss://generativelanguage.googleapis.com/"));
-    assert_eq!(
-        c.providers.gemini.model,
-        "models/gemini-2.5-flash-native-audio-preview-12-2025"
-    );
+    assert_eq!(c.providers.gemini.model, "models/gemini-3.8-live");
     assert_eq!(c.providers.gemini.voice, "Kore");
     assert_eq!(
         c.providers.elevenlabs.url,
@@ -191,6 +188,7 @@ fn default_toml_ships_every_key() {
         "call.greeting_interruptible",
         "call.goodbye_interruptible",
         "call.fallback",
+        "call.silence_reprompt_ms",
         "webhooks.secret",
         "webhooks.max_response_kb",
         "webhooks.max_tool_calls_in_flight",

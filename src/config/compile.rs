@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::business;
 use super::env_secrets::EnvSecrets;
-use super::parse::{has_scheme, int_in, ms_or, named_or, non_empty, secret};
+use super::parse::{has_scheme, int_in, ms_off_or, ms_or, named_or, non_empty, secret};
 use super::raw::{RawCall, RawConfig, RawEsl, RawFreeswitch, RawProviders, RawRoute, RawServer};
 use super::*;
 
@@ -343,6 +343,13 @@ fn call(raw: RawCall) -> Result<CallConfig> {
             None => d.fallback,
             Some(names) => fallback("call.fallback", &names, primary)?,
         },
+        silence_reprompt: ms_off_or(
+            "call.silence_reprompt_ms",
+            raw.silence_reprompt_ms,
+            5000,
+            30_000,
+            d.silence_reprompt,
+        )?,
     })
 }
 
@@ -614,6 +621,13 @@ fn resolve(
                     .collect(),
                 Some(names) => fallback(&key("fallback"), names, route_provider)?,
             },
+            silence_reprompt: ms_off_or(
+                &key("silence_reprompt_ms"),
+                r.silence_reprompt_ms,
+                5000,
+                30_000,
+                call.silence_reprompt,
+            )?,
         },
         sample_rate: match r.sample_rate {
             None => fs.sample_rate,

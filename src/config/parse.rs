@@ -35,6 +35,20 @@ pub(super) fn int_in(key: &str, v: i64, lo: i64, hi: i64, unit: &str) -> Result<
     u64::try_from(v).map_err(|_| ConfigError::invalid(key, format!("{v} must not be negative")))
 }
 
+/// Like [`ms_or`], where 0 means off and any other value must be in `lo..=hi`.
+pub(super) fn ms_off_or(
+    key: &str,
+    raw: Option<i64>,
+    lo: i64,
+    hi: i64,
+    default: Duration,
+) -> Result<Duration> {
+    match raw {
+        Some(0) => Ok(Duration::ZERO),
+        other => ms_or(key, other, lo, hi, default),
+    }
+}
+
 pub(super) fn ms_or(
     key: &str,
     raw: Option<i64>,

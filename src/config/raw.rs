@@ -225,6 +225,8 @@ pub(crate) struct RawCall {
     pub greeting_interruptible: Option<bool>,
     pub goodbye_interruptible: Option<bool>,
     pub fallback: Option<Vec<String>>,
+    #[serde(deserialize_with = "int")]
+    pub silence_reprompt_ms: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -309,6 +311,8 @@ pub(crate) struct RawRoute {
     pub greeting_interruptible: Option<bool>,
     pub goodbye_interruptible: Option<bool>,
     pub fallback: Option<Vec<String>>,
+    #[serde(deserialize_with = "int")]
+    pub silence_reprompt_ms: Option<i64>,
     #[serde(deserialize_with = "int")]
     pub sample_rate: Option<i64>,
     pub channels: Option<String>,

@@ -31,8 +31,8 @@ use bytes::Bytes;
 
 use crate::audio::{AudioFormat, Channels, Codec};
 
-pub mod audiosocket;
 pub mod asterisk_ws;
+pub mod audiosocket;
 pub mod freeswitch;
 pub mod media_streams;
 

@@ -4,8 +4,8 @@
 
 pub mod call;
 pub mod daemon;
-pub mod fake_audiosocket;
 pub mod fake_asterisk_ws;
+pub mod fake_audiosocket;
 pub mod fake_esl;
 pub mod fake_freeswitch;
 pub mod fake_twilio;

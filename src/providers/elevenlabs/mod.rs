@@ -49,6 +49,12 @@ const MAX_BODY: usize = 500;
 /// Events parsed but not yet taken by the session; above this we stop reading the socket
 /// (back-pressure) instead of buffering without limit.
 const MAX_OUTBOX: usize = 512;
+/// The server ends a conversation with no user input for 60 s (close 1002), even mid-call
+/// while the caller just listens: when no caller audio went out for this long (a PBX
+/// that sends nothing during silence, a held or DTX caller), silence is streamed instead,
+/// one 20 ms chunk per 20 ms, until caller audio flows again.
+const SILENCE_AFTER: Duration = Duration::from_millis(200);
+const FRAME: Duration = Duration::from_millis(20);
 
 /// A failure before the conversation started, as the one event the session gets.
 struct SetupError {
@@ -265,6 +271,13 @@ struct Live {
     late_dropped: u64,
     /// Client tool calls waiting for their result.
     calls: HashSet<String>,
+    /// One 20 ms chunk of silence in the agent's input format (set at ready).
+    silence: Option<String>,
+    /// When caller audio (or our silence) last went out.
+    last_audio: Instant,
+    silence_chunks: u64,
+    /// Silence is being streamed (caller audio stopped): the next chunk is due 20 ms on.
+    in_silence: bool,
 }
 
 /// How the live loop ended.
@@ -288,6 +301,10 @@ impl Live {
             pings: 0,
             late_dropped: 0,
             calls: HashSet::new(),
+            silence: None,
+            last_audio: Instant::now(),
+            silence_chunks: 0,
+            in_silence: false,
         }
     }
 
@@ -296,6 +313,7 @@ impl Live {
         debug!(
             pings = self.pings,
             late_audio_dropped = self.late_dropped,
+            silence_chunks = self.silence_chunks,
             max_event_id = self.turns.max_event_id,
             "elevenlabs: conversation over"
         );
@@ -324,6 +342,14 @@ impl Live {
             // The turn state keeps std time (it is pure); the timers want tokio's.
             let done_at = self.turns.done_deadline().map(Instant::from_std);
             let watchdog_at = self.turns.watchdog_deadline().map(Instant::from_std);
+            let silence_at = self.silence.as_ref().map(|_| {
+                self.last_audio
+                    + if self.in_silence {
+                        FRAME
+                    } else {
+                        SILENCE_AFTER
+                    }
+            });
             tokio::select! {
                 biased;
                 command = ends.commands.recv() => {
@@ -348,6 +374,11 @@ impl Live {
                         self.outbox.push_back(ProviderEvent::ResponseDone);
                     }
                 }
+                _ = sleep_until(silence_at.unwrap_or(far)), if silence_at.is_some() => {
+                    if let Some(end) = self.send_silence().await {
+                        return end;
+                    }
+                }
                 _ = sleep_until(watchdog_at.unwrap_or(far)), if watchdog_at.is_some() => {
                     if let Some(w) = self.turns.on_watchdog_due(std::time::Instant::now()) {
                         self.outbox.push_back(ProviderEvent::Warning(w));
@@ -355,6 +386,21 @@ impl Live {
                 }
             }
         }
+    }
+
+    /// No caller audio for a while: one chunk of silence, paced like the caller's.
+    async fn send_silence(&mut self) -> Option<End> {
+        let chunk = self.silence.clone()?;
+        if self.silence_chunks == 0 {
+            debug!("elevenlabs: no caller audio: streaming silence so the agent does not time out");
+        }
+        self.silence_chunks += 1;
+        self.in_silence = true;
+        self.last_audio = Instant::now();
+        if let Err(e) = ws::send(&mut self.sink, Message::text(chunk)).await {
+            return Some(self.lost(e));
+        }
+        None
     }
 
     async fn on_command(&mut self, command: ProviderCommand) -> Option<End> {
@@ -368,6 +414,8 @@ impl Live {
                 {
                     return Some(self.lost(e));
                 }
+                self.last_audio = Instant::now();
+                self.in_silence = false;
             }
             ProviderCommand::Truncate { item, played_ms } => {
                 // No truncate in this protocol: the server cuts its own history and says
@@ -589,6 +637,10 @@ impl Live {
                 );
                 self.ready = true;
                 self.output = Some(output_format);
+                let bytes = input_format.bytes_per_sec() * FRAME.as_millis() as usize / 1000;
+                let chunk = vec![input_format.codec.silence_byte(); bytes];
+                self.silence = Some(wire::audio_chunk(&chunk));
+                self.last_audio = Instant::now();
                 self.outbox.push_back(ProviderEvent::Ready {
                     input: input_format,
                     output: output_format,

@@ -690,7 +690,7 @@ impl Gemini {
         };
         let active = self.active.as_ref().map(|c| c.number);
         if active == Some(call.conn) {
-            let msg = wire::tool_response(&call.wire_id, &r);
+            let msg = wire::tool_response(&self.s.model, &call.wire_id, &r);
             debug!(tool = %r.name, tool_call_id = %r.id, is_error = r.is_error, "gemini: toolResponse");
             if self.send_active(Message::Text(msg.into())).await && r.reply {
                 self.arm_watchdog();

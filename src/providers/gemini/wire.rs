@@ -341,10 +341,20 @@ pub fn function_response(r: &ToolResult) -> Value {
 
 /// `{"toolResponse":{"functionResponses":[{"id","name","response"}]}}`; `id` is left
 /// out when the call came without one.
-pub fn tool_response(id: &str, r: &ToolResult) -> String {
+///
+/// 3.x models call functions NON_BLOCKING by default: the model goes on talking ("let
+/// me check") while the webhook runs, and the response says when to use the answer.
+/// voicebridge asks for `WHEN_IDLE`: the answer is spoken as soon as the model has
+/// finished its sentence and the caller is not talking, never cutting either of them;
+/// a result that wants no answer (`reply: false`) is `SILENT`. 2.x models wait for the
+/// result (blocking), so no scheduling is sent.
+pub fn tool_response(model: &str, id: &str, r: &ToolResult) -> String {
     let mut f = json!({"name": r.name, "response": function_response(r)});
     if !id.is_empty() {
         f["id"] = json!(id);
+    }
+    if greets_with_realtime_text(model) {
+        f["scheduling"] = json!(if r.reply { "WHEN_IDLE" } else { "SILENT" });
     }
     json!({"toolResponse": {"functionResponses": [f]}}).to_string()
 }
@@ -833,14 +843,16 @@ mod tests {
     #[test]
     fn tool_responses_carry_output_or_error() {
         let ok = result(false, json!({"booked": true, "at": "10:00"}));
-        let v: Value = serde_json::from_str(&tool_response("fc_1", &ok)).unwrap();
+        let v: Value =
+            serde_json::from_str(&tool_response("models/gemini-2.5-flash", "fc_1", &ok)).unwrap();
         assert_eq!(
             v,
             json!({"toolResponse": {"functionResponses": [{"id": "fc_1",
                 "name": "book_appointment", "response": {"output": {"booked": true, "at": "10:00"}}}]}})
         );
         let err = result(true, json!({"error": "the calendar is down"}));
-        let v: Value = serde_json::from_str(&tool_response("", &err)).unwrap();
+        let v: Value =
+            serde_json::from_str(&tool_response("models/gemini-2.5-flash", "", &err)).unwrap();
         assert_eq!(
             v,
             json!({"toolResponse": {"functionResponses": [{
@@ -851,6 +863,25 @@ mod tests {
         assert_eq!(function_response(&odd), json!({"error": "boom"}));
         assert!(orphan_result_text(&err).contains("failed: the calendar is down"));
         assert!(orphan_result_text(&ok).contains(r#"returned: {"at":"10:00","booked":true}"#));
+    }
+
+    #[test]
+    fn non_blocking_models_get_the_answer_when_idle() {
+        let ok = result(false, json!({"booked": true}));
+        let v: Value =
+            serde_json::from_str(&tool_response("models/gemini-3.8-live", "fc_1", &ok)).unwrap();
+        assert_eq!(
+            v["toolResponse"]["functionResponses"][0]["scheduling"],
+            "WHEN_IDLE"
+        );
+        let mut quiet = ok.clone();
+        quiet.reply = false;
+        let v: Value =
+            serde_json::from_str(&tool_response("models/gemini-3.8-live", "fc_1", &quiet)).unwrap();
+        assert_eq!(
+            v["toolResponse"]["functionResponses"][0]["scheduling"],
+            "SILENT"
+        );
     }
 
     #[test]

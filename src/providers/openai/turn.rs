@@ -261,6 +261,11 @@ impl Turns {
                 out.push(ProviderEvent::ResponseDone);
             }
             "error" => return self.on_error(ev.error.unwrap_or_default(), out),
+            // idle_timeout_ms: the caller said nothing; the server re-prompts on its own
+            // (a response.created follows).
+            "input_audio_buffer.timeout_triggered" => {
+                debug!("OpenAI: the caller was silent: the model re-prompts")
+            }
             other => debug!(event = other, "OpenAI event ignored"),
         }
         Step::Continue

@@ -84,6 +84,8 @@ pub struct Setup {
     /// (the barge-in guard, protected greeting/goodbye), so a cough cannot make the
     /// server cancel the reply; we cancel and truncate once the barge-in is confirmed.
     pub interrupt_response: bool,
+    /// `turn_detection.idle_timeout_ms` (the route's `silence_reprompt_ms`; 0: not sent).
+    pub idle_timeout_ms: u64,
 }
 
 impl Setup {
@@ -106,6 +108,7 @@ impl Setup {
                 .to_owned(),
             tools: crate::tools::declarations(&route.call),
             interrupt_response: !route.call.manages_interruption(),
+            idle_timeout_ms: route.call.silence_reprompt.as_millis() as u64,
         }
     }
 
@@ -145,6 +148,10 @@ impl Setup {
                 }
             }
         });
+        if self.idle_timeout_ms > 0 {
+            update["session"]["audio"]["input"]["turn_detection"]["idle_timeout_ms"] =
+                json!(self.idle_timeout_ms);
+        }
         // Without tools both keys are left out, so a route without tools sends the
         // same session as before tools existed.
         if !self.tools.is_empty() {

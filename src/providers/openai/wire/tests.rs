@@ -18,7 +18,7 @@ fn endpoint_appends_the_model() {
     let config = Config::from_toml_str("", Vec::<(String, String)>::new()).unwrap();
     assert_eq!(
         endpoint(&config.providers.openai),
-        "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+        "wss://api.openai.com/v1/realtime?model=gpt-realtime-2.1"
     );
 }
 
@@ -48,7 +48,7 @@ audio_format = "pcm24"
     assert_eq!(v["type"], "session.update");
     let session = &v["session"];
     assert_eq!(session["type"], "realtime");
-    assert_eq!(session["model"], "gpt-realtime");
+    assert_eq!(session["model"], "gpt-realtime-2.1");
     assert_eq!(session["output_modalities"], json!(["audio"]));
     assert_eq!(session["instructions"], "Help +39 02.");
     assert!(session.get("temperature").is_none());
@@ -127,5 +127,17 @@ fn a_guarded_route_keeps_the_server_from_cutting_its_reply() {
     assert_eq!(
         v["session"]["audio"]["input"]["turn_detection"]["interrupt_response"],
         false
+    );
+}
+
+#[test]
+fn silence_reprompt_is_the_idle_timeout() {
+    let v = setup_for("").session_update();
+    let td = &v["session"]["audio"]["input"]["turn_detection"];
+    assert!(td.get("idle_timeout_ms").is_none(), "off by default");
+    let v = setup_for("[call]\nsilence_reprompt_ms = 8000\n").session_update();
+    assert_eq!(
+        v["session"]["audio"]["input"]["turn_detection"]["idle_timeout_ms"],
+        8000
     );
 }
