@@ -45,6 +45,23 @@ async fn audiosocket_addr(d: &Daemon) -> SocketAddr {
         .expect("AudioSocket address in the log")
 }
 
+/// The most the received audio fell behind real time, measured from the first audio
+/// message: how far our clock drifted.
+fn max_lag_ms(frames: &[(tokio::time::Instant, usize)], rate: u32) -> f64 {
+    let Some((t0, _)) = frames.first() else {
+        return 0.0;
+    };
+    let mut before = 0usize;
+    let mut max = 0.0f64;
+    for (at, n) in frames {
+        let audio_ms = before as f64 * 1000.0 / rate as f64;
+        let elapsed_ms = at.duration_since(*t0).as_secs_f64() * 1000.0;
+        max = max.max(elapsed_ms - audio_ms);
+        before += n;
+    }
+    max
+}
+
 /// Stream mode: every frame comes back 200 ms later through 8k/16k → 24k → back, in
 /// messages of Asterisk's own kind, one 20 ms frame each, never ahead of real time.
 async fn roundtrip(rate: u32, uuid: &str) {
@@ -82,9 +99,9 @@ async fn roundtrip(rate: u32, uuid: &str) {
     assert!(snr > 65.0, "SNR {snr:.1} dB");
     let lead = max_lead_ms(&heard.audio_frames(), rate);
     println!("AudioSocket max lead {lead:.1} ms");
-    // One frame in flight (Asterisk plays what it gets at once), plus at most one
-    // frame of jitter in the arrival of the first frame the measure starts from.
-    assert!(lead <= 40.0, "playback ran {lead:.1} ms ahead of real time");
+    // One frame ahead of the one playing (Asterisk plays what it gets at once), plus at
+    // most one frame of jitter in the arrival of the first frame the measure starts from.
+    assert!(lead <= 60.0, "playback ran {lead:.1} ms ahead of real time");
 
     let summary = d.wait_call_end(uuid).await;
     assert_eq!(field(&summary, "end_reason"), "freeswitch_closed");
@@ -139,9 +156,14 @@ async fn long_call_keeps_real_time() {
         caller.len()
     );
     assert!(diff.abs() <= 320, "sample count drifted by {diff}");
-    let lead = max_lead_ms(&heard.audio_frames(), rate);
-    println!("max lead over 21 s: {lead:.1} ms");
-    assert!(lead <= 40.0, "playback ran {lead:.1} ms ahead of real time");
+    let frames = heard.audio_frames();
+    let lead = max_lead_ms(&frames, rate);
+    let lag = max_lag_ms(&frames, rate);
+    println!("over 21 s: max lead {lead:.1} ms, max lag {lag:.1} ms");
+    assert!(lead <= 60.0, "playback ran {lead:.1} ms ahead of real time");
+    // Drift: a one-frame lead slipped on every late wake-up and ended 140 ms behind
+    // here (0.7 %); a stall of the test machine is a one-time slip.
+    assert!(lag <= 200.0, "playback fell {lag:.1} ms behind real time");
     let summary = d.wait_call_end(uuid).await;
     assert_eq!(field(&summary, "frames_dropped"), 0);
     d.stop().await;
@@ -200,7 +222,7 @@ async fn barge_in_stops_sending_with_a_fade() {
     );
     // What the engine says was heard matches what the fake played (±20 ms).
     let played_ms = field(&flushed, "played_ms").as_u64().unwrap();
-    let fake_ms = played_frames as u64 * 20;
+    let fake_ms = heard.played_ms_at(fade, heard.frames[fade].0, rate).round() as u64;
     println!("barge-in: engine played_ms {played_ms}, fake heard {fake_ms} ms");
     assert!(
         played_ms.abs_diff(fake_ms) <= 20,

@@ -128,7 +128,7 @@ async fn openai_barge_in_truncates_what_asterisk_played() {
         .iter()
         .flat_map(|(_, _, s)| s.iter().copied())
         .collect();
-    let played_ms = before.len() as u64 * 1000 / u64::from(RATE);
+    let played_ms = heard.played_ms_at(fade, fade_at, RATE).round() as u64;
     assert_eq!(truncates.len(), 1);
     let (truncate, generated_ms) = &truncates[0];
     assert_eq!(truncate["item_id"], responses[0].item_id.as_str());

@@ -75,6 +75,22 @@ impl Heard {
             .collect()
     }
 
+    /// Ms of the first `n` messages the caller had heard by `at`. Asterisk writes each
+    /// message to the channel the moment it arrives; the phone plays them one after
+    /// another (a message that arrives while another plays waits for it).
+    pub fn played_ms_at(&self, n: usize, at: Instant, rate: u32) -> f64 {
+        let mut end: Option<Instant> = None;
+        let mut played = 0.0;
+        for (arrival, _, samples) in &self.frames[..n] {
+            let start = end.map_or(*arrival, |e| e.max(*arrival));
+            let len = Duration::from_secs_f64(samples.len() as f64 / f64::from(rate));
+            let heard = at.saturating_duration_since(start).min(len);
+            played += heard.as_secs_f64() * 1000.0;
+            end = Some(start + len);
+        }
+        played
+    }
+
     /// (arrival, samples) per message, for `max_lead_ms`.
     pub fn audio_frames(&self) -> Vec<(Instant, usize)> {
         self.frames.iter().map(|(t, _, s)| (*t, s.len())).collect()
