@@ -450,3 +450,40 @@ async fn a_public_listener_without_allow_list_does_not_start() {
     assert!(text.contains("audiosocket[0].allow"), "{text}");
     assert!(text.contains("no authentication and no TLS"), "{text}");
 }
+
+/// SIGTERM: new AudioSocket connections are refused at once (hang-up, counted as
+/// `draining`), the live call goes on until the drain timeout ends it with our hang-up
+/// (the dialplan decides what follows), and the daemon exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_refuses_new_calls_and_hangs_up_the_rest() {
+    let toml = format!("[server]\ndrain_timeout_secs = 1\n{}", config("stream", ""));
+    let d = Daemon::start(&toml, &[]).await;
+    let addr = audiosocket_addr(&d).await;
+    let uuid = "0f6c1f2a-bbbb-4e8b-9a41-5d6e7f80910b";
+    let mut ast = Asterisk::call(addr, uuid).await;
+    let watch = ast.watch();
+    let talker = tokio::spawn(async move {
+        ast.send_paced(&vec![1000i16; 8000 * 20], 8000).await;
+        ast
+    });
+    watch.wait_frames(5).await;
+    d.sigterm();
+    d.wait_log(|l| message(l) == "SIGTERM: draining").await;
+    let late = Asterisk::call(addr, "0f6c1f2a-cccc-4e8b-9a41-5d6e7f80910c").await;
+    let refused = late.wait_end().await;
+    assert!(
+        refused.hangup && refused.frames.is_empty(),
+        "refused with a hang-up"
+    );
+    let line = d.wait_log(|l| message(l) == "upgrade rejected").await;
+    assert_eq!(field(&line, "reason"), "daemon is draining for shutdown");
+    // The live call keeps playing until the drain timeout hangs it up.
+    let before = watch.frames();
+    watch.wait_frames(before + 10).await;
+    let summary = d.wait_call_end(uuid).await;
+    assert_eq!(field(&summary, "end_reason"), "shutdown");
+    let ast = talker.await.unwrap();
+    let heard = ast.wait_end().await;
+    assert!(heard.hangup, "the drain's hang-up reaches Asterisk");
+    assert_eq!(d.wait_exit().await, Some(0));
+}
