@@ -183,7 +183,7 @@ async fn barge_in_stops_sending_with_a_fade() {
     // Silence until 10 frames (200 ms) of the 2 s reply have been heard...
     let silence = vec![0i16; 160];
     let mut clock = tokio::time::interval(Duration::from_millis(20));
-    while ast.heard().frames.len() < 10 {
+    while ast.heard().sound_frames() < 10 {
         clock.tick().await;
         ast.send(kind_of(rate), &le(&silence)).await;
     }
@@ -215,14 +215,17 @@ async fn barge_in_stops_sending_with_a_fade() {
         tail[0]
     );
     assert!(peak(&tail[30..]) < peak(&tail[..10]), "the fade decays");
-    let played_frames = fade;
+    let start = heard.first_sound().expect("the reply was heard");
+    let played_frames = fade - start;
     assert!(
         (10..100).contains(&played_frames),
         "{played_frames} frames played"
     );
     // What the engine says was heard matches what the fake played (±20 ms).
     let played_ms = field(&flushed, "played_ms").as_u64().unwrap();
-    let fake_ms = heard.played_ms_at(fade, heard.frames[fade].0, rate).round() as u64;
+    let fake_ms = heard
+        .played_ms_at(start..fade, heard.frames[fade].0, rate)
+        .round() as u64;
     println!("barge-in: engine played_ms {played_ms}, fake heard {fake_ms} ms");
     assert!(
         played_ms.abs_diff(fake_ms) <= 20,
@@ -486,4 +489,35 @@ async fn drain_refuses_new_calls_and_hangs_up_the_rest() {
     let heard = ast.wait_end().await;
     assert!(heard.hangup, "the drain's hang-up reaches Asterisk");
     assert_eq!(d.wait_exit().await, Some(0));
+}
+
+/// A caller whose phone sends nothing while quiet, and an assistant with nothing to say:
+/// voicebridge still sends a 20 ms silence frame every second, so the AudioSocket()
+/// application's 2 s inactivity check never drops the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silence_keeps_a_quiet_call_alive() {
+    let d = Daemon::start(&config("utterance", ""), &[]).await;
+    let addr = audiosocket_addr(&d).await;
+    let uuid = "0f6c1f2a-dddd-4e8b-9a41-5d6e7f80910d";
+    let mut ast = Asterisk::call(addr, uuid).await;
+    // One frame (the rate), then nothing at all from the caller.
+    ast.send(kind_of(8000), &le(&[0i16; 160])).await;
+    ast.wait_frames(3).await;
+    let heard = ast.hang_up().await;
+    for (_, kind, samples) in &heard.frames[..3] {
+        assert_eq!(*kind, 0x10);
+        assert_eq!(samples.len(), 160);
+        assert!(samples.iter().all(|v| *v == 0), "silence");
+    }
+    // Well inside the application's 2 s, and not a stream: about one a second.
+    for pair in heard.frames[..3].windows(2) {
+        let gap = pair[1].0.duration_since(pair[0].0);
+        assert!(
+            gap >= Duration::from_millis(500),
+            "keep-alive every {gap:?}"
+        );
+    }
+    let summary = d.wait_call_end(uuid).await;
+    assert_eq!(field(&summary, "end_reason"), "freeswitch_closed");
+    d.stop().await;
 }
