@@ -521,3 +521,37 @@ async fn silence_keeps_a_quiet_call_alive() {
     assert_eq!(field(&summary, "end_reason"), "freeswitch_closed");
     d.stop().await;
 }
+
+/// One live call per UUID, as for FreeSWITCH call ids: a second connection with the
+/// UUID of a live call gets the hang-up and is counted; the first call goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_with_a_live_uuid_is_refused() {
+    let d = Daemon::start(&config("stream", ""), &[]).await;
+    let addr = audiosocket_addr(&d).await;
+    let uuid = "0f6c1f2a-eeee-4e8b-9a41-5d6e7f80910e";
+    let mut first = Asterisk::call(addr, uuid).await;
+    first.send_paced(&vec![1000i16; 1600], 8000).await;
+    d.wait_log(|l| message(l) == "call started" && call_id(l) == Some(uuid))
+        .await;
+    let second = Asterisk::call(addr, uuid).await;
+    let refused = second.wait_end().await;
+    assert!(refused.hangup && refused.frames.is_empty());
+    let line = d.wait_log(|l| message(l) == "upgrade rejected").await;
+    let reason = field(&line, "reason").as_str().unwrap_or("");
+    assert!(reason.contains("already live"), "{reason}");
+    // The first call is untouched: its echo keeps coming.
+    let before = first.heard().frames.len();
+    first.send_paced(&vec![1000i16; 1600], 8000).await;
+    first.wait_frames(before + 5).await;
+    let _ = first.hang_up().await;
+    let (_, body) = http::get(d.admin, "/metrics").await;
+    assert_eq!(
+        http::metric(
+            &body,
+            r#"voicebridge_upgrades_rejected_total{reason="call_id_in_use"}"#
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    d.stop().await;
+}
