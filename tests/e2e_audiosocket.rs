@@ -45,6 +45,23 @@ async fn audiosocket_addr(d: &Daemon) -> SocketAddr {
         .expect("AudioSocket address in the log")
 }
 
+/// The most the received audio fell behind real time, measured from the first audio
+/// message: how far our clock drifted.
+fn max_lag_ms(frames: &[(tokio::time::Instant, usize)], rate: u32) -> f64 {
+    let Some((t0, _)) = frames.first() else {
+        return 0.0;
+    };
+    let mut before = 0usize;
+    let mut max = 0.0f64;
+    for (at, n) in frames {
+        let audio_ms = before as f64 * 1000.0 / rate as f64;
+        let elapsed_ms = at.duration_since(*t0).as_secs_f64() * 1000.0;
+        max = max.max(elapsed_ms - audio_ms);
+        before += n;
+    }
+    max
+}
+
 /// Stream mode: every frame comes back 200 ms later through 8k/16k → 24k → back, in
 /// messages of Asterisk's own kind, one 20 ms frame each, never ahead of real time.
 async fn roundtrip(rate: u32, uuid: &str) {
@@ -82,9 +99,9 @@ async fn roundtrip(rate: u32, uuid: &str) {
     assert!(snr > 65.0, "SNR {snr:.1} dB");
     let lead = max_lead_ms(&heard.audio_frames(), rate);
     println!("AudioSocket max lead {lead:.1} ms");
-    // One frame in flight (Asterisk plays what it gets at once), plus at most one
-    // frame of jitter in the arrival of the first frame the measure starts from.
-    assert!(lead <= 40.0, "playback ran {lead:.1} ms ahead of real time");
+    // One frame ahead of the one playing (Asterisk plays what it gets at once), plus at
+    // most one frame of jitter in the arrival of the first frame the measure starts from.
+    assert!(lead <= 60.0, "playback ran {lead:.1} ms ahead of real time");
 
     let summary = d.wait_call_end(uuid).await;
     assert_eq!(field(&summary, "end_reason"), "freeswitch_closed");
@@ -139,9 +156,14 @@ async fn long_call_keeps_real_time() {
         caller.len()
     );
     assert!(diff.abs() <= 320, "sample count drifted by {diff}");
-    let lead = max_lead_ms(&heard.audio_frames(), rate);
-    println!("max lead over 21 s: {lead:.1} ms");
-    assert!(lead <= 40.0, "playback ran {lead:.1} ms ahead of real time");
+    let frames = heard.audio_frames();
+    let lead = max_lead_ms(&frames, rate);
+    let lag = max_lag_ms(&frames, rate);
+    println!("over 21 s: max lead {lead:.1} ms, max lag {lag:.1} ms");
+    assert!(lead <= 60.0, "playback ran {lead:.1} ms ahead of real time");
+    // Drift: a one-frame lead slipped on every late wake-up and ended 140 ms behind
+    // here (0.7 %); a stall of the test machine is a one-time slip.
+    assert!(lag <= 200.0, "playback fell {lag:.1} ms behind real time");
     let summary = d.wait_call_end(uuid).await;
     assert_eq!(field(&summary, "frames_dropped"), 0);
     d.stop().await;
@@ -161,7 +183,7 @@ async fn barge_in_stops_sending_with_a_fade() {
     // Silence until 10 frames (200 ms) of the 2 s reply have been heard...
     let silence = vec![0i16; 160];
     let mut clock = tokio::time::interval(Duration::from_millis(20));
-    while ast.heard().frames.len() < 10 {
+    while ast.heard().sound_frames() < 10 {
         clock.tick().await;
         ast.send(kind_of(rate), &le(&silence)).await;
     }
@@ -193,14 +215,17 @@ async fn barge_in_stops_sending_with_a_fade() {
         tail[0]
     );
     assert!(peak(&tail[30..]) < peak(&tail[..10]), "the fade decays");
-    let played_frames = fade;
+    let start = heard.first_sound().expect("the reply was heard");
+    let played_frames = fade - start;
     assert!(
         (10..100).contains(&played_frames),
         "{played_frames} frames played"
     );
     // What the engine says was heard matches what the fake played (±20 ms).
     let played_ms = field(&flushed, "played_ms").as_u64().unwrap();
-    let fake_ms = played_frames as u64 * 20;
+    let fake_ms = heard
+        .played_ms_at(start..fade, heard.frames[fade].0, rate)
+        .round() as u64;
     println!("barge-in: engine played_ms {played_ms}, fake heard {fake_ms} ms");
     assert!(
         played_ms.abs_diff(fake_ms) <= 20,
@@ -427,4 +452,106 @@ async fn a_public_listener_without_allow_list_does_not_start() {
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("audiosocket[0].allow"), "{text}");
     assert!(text.contains("no authentication and no TLS"), "{text}");
+}
+
+/// SIGTERM: new AudioSocket connections are refused at once (hang-up, counted as
+/// `draining`), the live call goes on until the drain timeout ends it with our hang-up
+/// (the dialplan decides what follows), and the daemon exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_refuses_new_calls_and_hangs_up_the_rest() {
+    let toml = format!("[server]\ndrain_timeout_secs = 1\n{}", config("stream", ""));
+    let d = Daemon::start(&toml, &[]).await;
+    let addr = audiosocket_addr(&d).await;
+    let uuid = "0f6c1f2a-bbbb-4e8b-9a41-5d6e7f80910b";
+    let mut ast = Asterisk::call(addr, uuid).await;
+    let watch = ast.watch();
+    let talker = tokio::spawn(async move {
+        ast.send_paced(&vec![1000i16; 8000 * 20], 8000).await;
+        ast
+    });
+    watch.wait_frames(5).await;
+    d.sigterm();
+    d.wait_log(|l| message(l) == "SIGTERM: draining").await;
+    let late = Asterisk::call(addr, "0f6c1f2a-cccc-4e8b-9a41-5d6e7f80910c").await;
+    let refused = late.wait_end().await;
+    assert!(
+        refused.hangup && refused.frames.is_empty(),
+        "refused with a hang-up"
+    );
+    let line = d.wait_log(|l| message(l) == "upgrade rejected").await;
+    assert_eq!(field(&line, "reason"), "daemon is draining for shutdown");
+    // The live call keeps playing until the drain timeout hangs it up.
+    let before = watch.frames();
+    watch.wait_frames(before + 10).await;
+    let summary = d.wait_call_end(uuid).await;
+    assert_eq!(field(&summary, "end_reason"), "shutdown");
+    let ast = talker.await.unwrap();
+    let heard = ast.wait_end().await;
+    assert!(heard.hangup, "the drain's hang-up reaches Asterisk");
+    assert_eq!(d.wait_exit().await, Some(0));
+}
+
+/// A caller whose phone sends nothing while quiet, and an assistant with nothing to say:
+/// voicebridge still sends a 20 ms silence frame every second, so the AudioSocket()
+/// application's 2 s inactivity check never drops the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silence_keeps_a_quiet_call_alive() {
+    let d = Daemon::start(&config("utterance", ""), &[]).await;
+    let addr = audiosocket_addr(&d).await;
+    let uuid = "0f6c1f2a-dddd-4e8b-9a41-5d6e7f80910d";
+    let mut ast = Asterisk::call(addr, uuid).await;
+    // One frame (the rate), then nothing at all from the caller.
+    ast.send(kind_of(8000), &le(&[0i16; 160])).await;
+    ast.wait_frames(3).await;
+    let heard = ast.hang_up().await;
+    for (_, kind, samples) in &heard.frames[..3] {
+        assert_eq!(*kind, 0x10);
+        assert_eq!(samples.len(), 160);
+        assert!(samples.iter().all(|v| *v == 0), "silence");
+    }
+    // Well inside the application's 2 s, and not a stream: about one a second.
+    for pair in heard.frames[..3].windows(2) {
+        let gap = pair[1].0.duration_since(pair[0].0);
+        assert!(
+            gap >= Duration::from_millis(500),
+            "keep-alive every {gap:?}"
+        );
+    }
+    let summary = d.wait_call_end(uuid).await;
+    assert_eq!(field(&summary, "end_reason"), "freeswitch_closed");
+    d.stop().await;
+}
+
+/// One live call per UUID, as for FreeSWITCH call ids: a second connection with the
+/// UUID of a live call gets the hang-up and is counted; the first call goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_with_a_live_uuid_is_refused() {
+    let d = Daemon::start(&config("stream", ""), &[]).await;
+    let addr = audiosocket_addr(&d).await;
+    let uuid = "0f6c1f2a-eeee-4e8b-9a41-5d6e7f80910e";
+    let mut first = Asterisk::call(addr, uuid).await;
+    first.send_paced(&vec![1000i16; 1600], 8000).await;
+    d.wait_log(|l| message(l) == "call started" && call_id(l) == Some(uuid))
+        .await;
+    let second = Asterisk::call(addr, uuid).await;
+    let refused = second.wait_end().await;
+    assert!(refused.hangup && refused.frames.is_empty());
+    let line = d.wait_log(|l| message(l) == "upgrade rejected").await;
+    let reason = field(&line, "reason").as_str().unwrap_or("");
+    assert!(reason.contains("already live"), "{reason}");
+    // The first call is untouched: its echo keeps coming.
+    let before = first.heard().frames.len();
+    first.send_paced(&vec![1000i16; 1600], 8000).await;
+    first.wait_frames(before + 5).await;
+    let _ = first.hang_up().await;
+    let (_, body) = http::get(d.admin, "/metrics").await;
+    assert_eq!(
+        http::metric(
+            &body,
+            r#"voicebridge_upgrades_rejected_total{reason="call_id_in_use"}"#
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    d.stop().await;
 }

@@ -74,8 +74,10 @@ async fn openai_barge_in_truncates_what_asterisk_played() {
 
     mock.wait("session.updated", |s| s.session_updated_sent)
         .await;
+    // Frames before the reply are voicebridge's keep-alive silence.
+    let base = watch.frames();
     mock.script(Script::Respond { ms: 6000, seed: 33 });
-    watch.wait_frames(15).await;
+    watch.wait_frames(base + 15).await;
     mock.script(Script::BargeIn);
     mock.wait("truncate", |s| !s.truncates.is_empty()).await;
     let at_truncate = watch.frames();
@@ -120,15 +122,22 @@ async fn openai_barge_in_truncates_what_asterisk_played() {
     let late = heard
         .frames
         .iter()
-        .filter(|(at, _, _)| *at > fade_at && *at < second_first_delta)
+        .filter(|(at, _, s)| *at > fade_at && *at < second_first_delta && s.iter().any(|v| *v != 0))
         .count();
     assert_eq!(late, 0, "audio of the cut reply after the cut");
     // Asterisk played every frame the moment it came: the truncate is what it heard.
-    let before: Vec<i16> = heard.frames[..fade]
+    // Silence frames before the reply are voicebridge's keep-alive.
+    let first_delta = responses[0].first_delta_at.unwrap();
+    let start = heard
+        .frames
+        .iter()
+        .position(|(at, _, _)| *at >= first_delta)
+        .expect("the reply was heard");
+    let before: Vec<i16> = heard.frames[start..fade]
         .iter()
         .flat_map(|(_, _, s)| s.iter().copied())
         .collect();
-    let played_ms = before.len() as u64 * 1000 / u64::from(RATE);
+    let played_ms = heard.played_ms_at(start..fade, fade_at, RATE).round() as u64;
     assert_eq!(truncates.len(), 1);
     let (truncate, generated_ms) = &truncates[0];
     assert_eq!(truncate["item_id"], responses[0].item_id.as_str());
@@ -145,6 +154,7 @@ async fn openai_barge_in_truncates_what_asterisk_played() {
     let snr1 = snr_db_within(&ref1[..before.len()], &before, 160);
     let after: Vec<i16> = heard.frames[fade + 1..]
         .iter()
+        .filter(|(at, _, _)| *at >= second_first_delta)
         .flat_map(|(_, _, s)| s.iter().copied())
         .collect();
     let ref2 = speech_like(RATE, 0.5, 44);

@@ -75,6 +75,38 @@ impl Heard {
             .collect()
     }
 
+    /// Ms of the messages in `range` the caller had heard by `at`. Asterisk writes each
+    /// message to the channel the moment it arrives; the phone plays them one after
+    /// another (a message that arrives while another plays waits for it).
+    pub fn played_ms_at(&self, range: std::ops::Range<usize>, at: Instant, rate: u32) -> f64 {
+        let mut end: Option<Instant> = None;
+        let mut played = 0.0;
+        for (arrival, _, samples) in &self.frames[range] {
+            let start = end.map_or(*arrival, |e| e.max(*arrival));
+            let len = Duration::from_secs_f64(samples.len() as f64 / f64::from(rate));
+            let heard = at.saturating_duration_since(start).min(len);
+            played += heard.as_secs_f64() * 1000.0;
+            end = Some(start + len);
+        }
+        played
+    }
+
+    /// The first message with sound in it (voicebridge sends silence frames as a
+    /// keep-alive while it has nothing to say).
+    pub fn first_sound(&self) -> Option<usize> {
+        self.frames
+            .iter()
+            .position(|(_, _, s)| s.iter().any(|v| *v != 0))
+    }
+
+    /// Messages with sound in them.
+    pub fn sound_frames(&self) -> usize {
+        self.frames
+            .iter()
+            .filter(|(_, _, s)| s.iter().any(|v| *v != 0))
+            .count()
+    }
+
     /// (arrival, samples) per message, for `max_lead_ms`.
     pub fn audio_frames(&self) -> Vec<(Instant, usize)> {
         self.frames.iter().map(|(t, _, s)| (*t, s.len())).collect()

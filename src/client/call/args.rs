@@ -50,6 +50,16 @@ fn parse_codec(s: &str) -> Result<Codec, String> {
     Codec::parse(s).ok_or_else(|| format!("unknown codec {s:?}: use L16, PCMU or PCMA"))
 }
 
+/// Which telephony side `call` plays.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// FreeSWITCH mod_audio_stream over WebSocket (URL ws://HOST:PORT/<route>/<call-id>).
+    #[default]
+    Freeswitch,
+    /// Asterisk AudioSocket over TCP (URL HOST:PORT[/UUID], an `[[audiosocket]]` listener).
+    Audiosocket,
+}
+
 /// Place a test call to a running voicebridge, the way FreeSWITCH's mod_audio_stream would.
 #[derive(clap::Args, Debug, Clone)]
 pub struct CallArgs {
@@ -125,6 +135,14 @@ pub struct CallArgs {
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+
+    /// The telephony side to play: freeswitch (mod_audio_stream) or audiosocket (Asterisk).
+    #[arg(long, value_enum, default_value_t = Protocol::Freeswitch)]
+    pub protocol: Protocol,
+
+    /// AudioSocket only: DTMF digits (0-9 * # A-D) sent right after the WAV.
+    #[arg(long, value_name = "DIGITS")]
+    pub dtmf: Option<String>,
 }
 
 impl CallArgs {
@@ -147,6 +165,8 @@ impl CallArgs {
             token: None,
             heartbeat_secs: None,
             json: false,
+            protocol: Protocol::Freeswitch,
+            dtmf: None,
         }
     }
 }

@@ -19,6 +19,7 @@
 //! small modules with unit tests; [`run`] only wires them to the socket and the clock.
 
 pub mod args;
+pub mod audiosocket;
 pub mod endpoint;
 pub mod playback;
 mod receiver;
@@ -50,6 +51,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// `voicebridge call`: places the call, prints the summary; exit 1 if it could not be placed.
 pub async fn main(args: CallArgs) -> ExitCode {
+    if args.protocol == args::Protocol::Audiosocket {
+        return audiosocket::main(&args).await;
+    }
     match run(&args).await {
         Ok(summary) => {
             print_summary(&summary, args.json);
