@@ -559,3 +559,54 @@ async fn telnyx_l16_16k_roundtrip() {
     call_summary(&daemon).await;
     daemon.stop().await;
 }
+
+/// `/twilio` without a route: the `route` custom parameter picks it (Twilio URLs carry
+/// no query string); a route in the path wins; an unknown one is refused with a Close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_from_the_path_or_a_custom_parameter() {
+    let routes = "\n[[routes]]\nname = \"sales\"\n";
+    let daemon = Daemon::start(&format!("{}{routes}", echo_config("stream", "")), &[]).await;
+    let route_of = |l: &serde_json::Value| l["span"]["route"].as_str().unwrap_or("").to_owned();
+
+    let mut by_param = TwilioOptions::twilio("call");
+    by_param.path = "/twilio".into();
+    by_param.params = serde_json::json!({"route": "sales"});
+    let fake = FakeTwilio::connect(daemon.addr, by_param)
+        .await
+        .expect("accepted");
+    let started = daemon.wait_log(|l| message(l) == "call started").await;
+    assert_eq!(route_of(&started), "sales");
+    let _fake = fake.finish().await;
+    daemon
+        .wait_log(|l| message(l) == "call ended" && route_of(l) == "sales")
+        .await;
+
+    let mut path_wins = TwilioOptions::twilio("call");
+    path_wins.params = serde_json::json!({"route": "sales"});
+    let fake = FakeTwilio::connect(daemon.addr, path_wins)
+        .await
+        .expect("accepted");
+    daemon
+        .wait_log(|l| message(l) == "call started" && route_of(l) == "call")
+        .await;
+    let _fake = fake.finish().await;
+
+    let mut unknown = TwilioOptions::twilio("call");
+    unknown.path = "/twilio".into();
+    unknown.params = serde_json::json!({"route": "nope"});
+    let fake = FakeTwilio::connect(daemon.addr, unknown)
+        .await
+        .expect("upgraded");
+    fake.wait_ended().await;
+    assert_eq!(fake.with(|s| s.close.clone().map(|c| c.0)), Some(1008));
+    daemon
+        .wait_log(|l| {
+            message(l) == "upgrade rejected"
+                && field(l, "reason")
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("unknown route")
+        })
+        .await;
+    daemon.stop().await;
+}
