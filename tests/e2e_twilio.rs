@@ -610,3 +610,34 @@ async fn route_from_the_path_or_a_custom_parameter() {
         .await;
     daemon.stop().await;
 }
+
+/// A stream whose first message after `connected` is not a `start` never becomes a
+/// call: one line, a Close 1008, no call started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_start_is_refused() {
+    let daemon = Daemon::start(&echo_config("stream", ""), &[]).await;
+    let mut opts = TwilioOptions::twilio("call");
+    opts.no_start = true;
+    let fake = FakeTwilio::connect(daemon.addr, opts)
+        .await
+        .expect("upgraded");
+    fake.send_raw(Message::text("{not json"));
+    fake.wait_ended().await;
+    assert_eq!(fake.with(|s| s.close.clone().map(|c| c.0)), Some(1008));
+    let refused = daemon
+        .wait_log(|l| message(l) == "media stream refused: no valid start")
+        .await;
+    assert!(
+        field(&refused, "reason")
+            .as_str()
+            .unwrap_or("")
+            .contains("not JSON"),
+        "{refused}"
+    );
+    assert!(
+        common::daemon::call_id(&refused).is_some(),
+        "the line names the call"
+    );
+    assert!(!daemon.logs().iter().any(|l| message(l) == "call started"));
+    daemon.stop().await;
+}
