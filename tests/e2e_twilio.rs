@@ -239,7 +239,16 @@ async fn openai_barge_in_clears_and_truncates_what_was_played() {
     assert_eq!(truncate["item_id"], responses[0].item_id.as_str());
     let end_ms = truncate["audio_end_ms"].as_u64().unwrap() as i64;
     let played_ms = played_at_clear[0] as i64 / 8;
-    println!("truncate audio_end_ms {end_ms}, fake played {played_ms} ms at the clear");
+    let received_ms = got
+        .iter()
+        .take_while(|g| !matches!(g, Got::Clear { .. }))
+        .map(|g| match g {
+            Got::Media { payload, .. } => payload.len() as i64,
+            _ => 0,
+        })
+        .sum::<i64>()
+        / 8;
+    println!("truncate audio_end_ms {end_ms}, fake played {played_ms} ms at the clear (received {received_ms} ms)");
     assert!(end_ms as u64 <= *generated_ms);
     assert!(
         (end_ms - played_ms).abs() <= 20,
