@@ -239,7 +239,16 @@ async fn openai_barge_in_clears_and_truncates_what_was_played() {
     assert_eq!(truncate["item_id"], responses[0].item_id.as_str());
     let end_ms = truncate["audio_end_ms"].as_u64().unwrap() as i64;
     let played_ms = played_at_clear[0] as i64 / 8;
-    println!("truncate audio_end_ms {end_ms}, fake played {played_ms} ms at the clear");
+    let received_ms = got
+        .iter()
+        .take_while(|g| !matches!(g, Got::Clear { .. }))
+        .map(|g| match g {
+            Got::Media { payload, .. } => payload.len() as i64,
+            _ => 0,
+        })
+        .sum::<i64>()
+        / 8;
+    println!("truncate audio_end_ms {end_ms}, fake played {played_ms} ms at the clear (received {received_ms} ms)");
     assert!(end_ms as u64 <= *generated_ms);
     assert!(
         (end_ms - played_ms).abs() <= 20,
@@ -557,5 +566,87 @@ async fn telnyx_l16_16k_roundtrip() {
     println!("SNR telnyx L16 16 kHz: {snr:.1} dB");
     assert!(snr > 60.0, "SNR {snr:.1} dB");
     call_summary(&daemon).await;
+    daemon.stop().await;
+}
+
+/// `/twilio` without a route: the `route` custom parameter picks it (Twilio URLs carry
+/// no query string); a route in the path wins; an unknown one is refused with a Close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_from_the_path_or_a_custom_parameter() {
+    let routes = "\n[[routes]]\nname = \"sales\"\n";
+    let daemon = Daemon::start(&format!("{}{routes}", echo_config("stream", "")), &[]).await;
+    let route_of = |l: &serde_json::Value| l["span"]["route"].as_str().unwrap_or("").to_owned();
+
+    let mut by_param = TwilioOptions::twilio("call");
+    by_param.path = "/twilio".into();
+    by_param.params = serde_json::json!({"route": "sales"});
+    let fake = FakeTwilio::connect(daemon.addr, by_param)
+        .await
+        .expect("accepted");
+    let started = daemon.wait_log(|l| message(l) == "call started").await;
+    assert_eq!(route_of(&started), "sales");
+    let _fake = fake.finish().await;
+    daemon
+        .wait_log(|l| message(l) == "call ended" && route_of(l) == "sales")
+        .await;
+
+    let mut path_wins = TwilioOptions::twilio("call");
+    path_wins.params = serde_json::json!({"route": "sales"});
+    let fake = FakeTwilio::connect(daemon.addr, path_wins)
+        .await
+        .expect("accepted");
+    daemon
+        .wait_log(|l| message(l) == "call started" && route_of(l) == "call")
+        .await;
+    let _fake = fake.finish().await;
+
+    let mut unknown = TwilioOptions::twilio("call");
+    unknown.path = "/twilio".into();
+    unknown.params = serde_json::json!({"route": "nope"});
+    let fake = FakeTwilio::connect(daemon.addr, unknown)
+        .await
+        .expect("upgraded");
+    fake.wait_ended().await;
+    assert_eq!(fake.with(|s| s.close.clone().map(|c| c.0)), Some(1008));
+    daemon
+        .wait_log(|l| {
+            message(l) == "upgrade rejected"
+                && field(l, "reason")
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("unknown route")
+        })
+        .await;
+    daemon.stop().await;
+}
+
+/// A stream whose first message after `connected` is not a `start` never becomes a
+/// call: one line, a Close 1008, no call started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_start_is_refused() {
+    let daemon = Daemon::start(&echo_config("stream", ""), &[]).await;
+    let mut opts = TwilioOptions::twilio("call");
+    opts.no_start = true;
+    let fake = FakeTwilio::connect(daemon.addr, opts)
+        .await
+        .expect("upgraded");
+    fake.send_raw(Message::text("{not json"));
+    fake.wait_ended().await;
+    assert_eq!(fake.with(|s| s.close.clone().map(|c| c.0)), Some(1008));
+    let refused = daemon
+        .wait_log(|l| message(l) == "media stream refused: no valid start")
+        .await;
+    assert!(
+        field(&refused, "reason")
+            .as_str()
+            .unwrap_or("")
+            .contains("not JSON"),
+        "{refused}"
+    );
+    assert!(
+        common::daemon::call_id(&refused).is_some(),
+        "the line names the call"
+    );
+    assert!(!daemon.logs().iter().any(|l| message(l) == "call started"));
     daemon.stop().await;
 }

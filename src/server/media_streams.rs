@@ -126,8 +126,42 @@ pub(super) async fn run(
         span.in_scope(|| {
             warn!(%peer, carrier = path.carrier.name(), reason = %e, "media stream refused: no valid start");
         });
-        leg::refuse(&mut leg, &e).instrument(span).await;
+        // A stream that never started is no call: it uses no budget.
+        admitted.budget.cancel();
+        leg::refuse(&mut leg, &e.to_string()).instrument(span).await;
         return;
     }
+    let named = leg.custom_param("route").map(str::to_owned);
+    let (route, admitted) = match named {
+        Some(name) if !path.route_in_path && name != route.name => {
+            match readmit(shared, &config, &name, admitted) {
+                Ok(readmitted) => readmitted,
+                Err(rejection) => {
+                    // Counted and logged like a refused upgrade (the 101 was already sent).
+                    span.in_scope(|| rejection.report(shared, peer));
+                    leg::refuse(&mut leg, rejection.body).instrument(span).await;
+                    return;
+                }
+            }
+        }
+        _ => (route, admitted),
+    };
     run_call(shared, config, route, admitted, peer, handshake_ms, leg).await;
+}
+
+/// The stream's `route` parameter names another route than the upgrade was admitted
+/// on: admission again on that one (its limits and budget), and the first admission
+/// undone (it never was a call). Refused: the first admission is undone all the same.
+fn readmit(
+    shared: &Shared,
+    config: &Config,
+    name: &str,
+    first: Admitted,
+) -> Result<(Route, Admitted), Rejection> {
+    let Admitted { guard, budget, .. } = first;
+    budget.cancel();
+    drop(guard);
+    let route = find_route(config, name, "start.customParameters.route")?;
+    let admitted = admit::admit(shared, config, route, None)?;
+    Ok((route.clone(), admitted))
 }

@@ -54,6 +54,8 @@ pub struct TwilioOptions {
     pub rate: u32,
     /// Telnyx: swap every pair of media chunks on the wire (out-of-order delivery).
     pub reorder: bool,
+    /// Send only `connected`, no `start` (bad-input tests).
+    pub no_start: bool,
 }
 
 impl TwilioOptions {
@@ -66,6 +68,7 @@ impl TwilioOptions {
             encoding: "audio/x-mulaw".to_owned(),
             rate: 8000,
             reorder: false,
+            no_start: false,
         }
     }
 
@@ -78,6 +81,7 @@ impl TwilioOptions {
             encoding: encoding.to_owned(),
             rate,
             reorder: true,
+            no_start: false,
         }
     }
 
@@ -359,6 +363,9 @@ impl FakeTwilio {
                 self.send_json(
                     json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}),
                 );
+                if o.no_start {
+                    return;
+                }
                 let account = sid("AC");
                 self.send_json(json!({"event": "start", "start": {
                     "accountSid": account,

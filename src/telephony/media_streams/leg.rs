@@ -154,6 +154,11 @@ impl MediaStreamsLeg {
         Ok(())
     }
 
+    /// A `start.customParameters` value.
+    pub fn custom_param(&self, key: &str) -> Option<&str> {
+        self.start.params.get(key).map(String::as_str)
+    }
+
     /// The carrier's stream id for the messages we send (Twilio requires it; Telnyx
     /// takes none).
     fn stream_id(&self) -> Option<&str> {
@@ -408,15 +413,16 @@ impl TelephonyLeg for MediaStreamsLeg {
     }
 }
 
-/// Refuses a stream that never started properly: a Close with the reason.
-pub async fn refuse(leg: &mut MediaStreamsLeg, reason: &StartError) {
-    let code = match reason {
-        StartError::Bad(_) => CloseCode::Invalid,
-        StartError::Timeout | StartError::Closed => CloseCode::Policy,
-    };
+/// Refuses a stream before its call starts (no valid `start`, its route refused): a
+/// policy Close with `why` (short, never secret), bounded like every close.
+pub async fn refuse(leg: &mut MediaStreamsLeg, why: &str) {
+    let mut reason: String = why.chars().take(100).collect();
+    while reason.len() > 120 {
+        reason.pop();
+    }
     let frame = CloseFrame {
-        code,
-        reason: "no valid start message".into(),
+        code: CloseCode::Policy,
+        reason: reason.into(),
     };
     close_handshake(&mut leg.sink, &mut leg.stream, Some(frame)).await;
 }

@@ -8,9 +8,9 @@
 //! - [`signature`]: `X-Twilio-Signature` of the upgrade (pure).
 //! - [`leg`]: one call's stream as a `TelephonyLeg`.
 //!
-//! The upgrade path picks the carrier: `/twilio/<route>` or `/telnyx/<route>` (the
-//! route may be left out: `call`). Twilio stream URLs take no query string, so the
-//! route is in the path.
+//! The upgrade path picks the carrier: `/twilio/<route>` or `/telnyx/<route>`. Twilio
+//! stream URLs take no query string, so the route is in the path; left out, a `route`
+//! custom parameter (`<Parameter name="route">`) names it, else it is `call`.
 
 pub mod leg;
 mod reorder;
@@ -40,6 +40,8 @@ impl Carrier {
 pub struct StreamPath {
     pub carrier: Carrier,
     pub route: String,
+    /// The path named the route; otherwise a `route` custom parameter of `start` may.
+    pub route_in_path: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -58,13 +60,19 @@ impl StreamPath {
         };
         let rest: Vec<&str> = segments.filter(|s| !s.is_empty()).collect();
         let route = match rest.as_slice() {
-            [] => crate::config::DEFAULT_ROUTE.to_owned(),
-            [route] => percent_encoding::percent_decode_str(route)
-                .decode_utf8_lossy()
-                .into_owned(),
+            [] => None,
+            [route] => Some(
+                percent_encoding::percent_decode_str(route)
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            ),
             _ => return Some(Err(PathError(path.chars().take(200).collect()))),
         };
-        Some(Ok(StreamPath { carrier, route }))
+        Some(Ok(StreamPath {
+            carrier,
+            route_in_path: route.is_some(),
+            route: route.unwrap_or_else(|| crate::config::DEFAULT_ROUTE.to_owned()),
+        }))
     }
 }
 
@@ -79,14 +87,16 @@ mod tests {
             p("/twilio/sales"),
             Some(Ok(StreamPath {
                 carrier: Carrier::Twilio,
-                route: "sales".into()
+                route: "sales".into(),
+                route_in_path: true,
             }))
         );
         assert_eq!(
             p("/telnyx"),
             Some(Ok(StreamPath {
                 carrier: Carrier::Telnyx,
-                route: "call".into()
+                route: "call".into(),
+                route_in_path: false,
             }))
         );
         assert_eq!(p("/twilio/"), p("/twilio"));
