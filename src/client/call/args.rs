@@ -24,7 +24,7 @@ impl BearerToken {
         BearerToken(token.into())
     }
 
-    pub(super) fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -50,9 +50,24 @@ fn parse_codec(s: &str) -> Result<Codec, String> {
     Codec::parse(s).ok_or_else(|| format!("unknown codec {s:?}: use L16, PCMU or PCMA"))
 }
 
+/// Which telephony side `voicebridge call` plays.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// FreeSWITCH mod_audio_stream (URL ws://HOST:PORT/<route>/<call-uuid>).
+    #[default]
+    Freeswitch,
+    /// Asterisk chan_websocket (URL ws://HOST:PORT/asterisk/<route>?call=<id>); the
+    /// token goes as the HTTP Basic password; uses --wav, --out, --codec, --tail-*, --json.
+    AsteriskWs,
+}
+
 /// Place a test call to a running voicebridge, the way FreeSWITCH's mod_audio_stream would.
 #[derive(clap::Args, Debug, Clone)]
 pub struct CallArgs {
+    /// The telephony side to play.
+    #[arg(long, value_enum, default_value_t = Protocol::Freeswitch)]
+    pub protocol: Protocol,
+
     /// WebSocket URL as given to `uuid_audio_stream ... start`, e.g.
     /// ws://127.0.0.1:9090/call/<call-uuid>. `rate`/`channels` query keys are added when
     /// missing (as the shipped dialplan does); the last path segment is the call id.
@@ -132,6 +147,7 @@ impl CallArgs {
     #[cfg(test)]
     pub fn new(url: impl Into<String>, wav: impl Into<PathBuf>) -> Self {
         CallArgs {
+            protocol: Protocol::Freeswitch,
             url: url.into(),
             wav: wav.into(),
             out: None,

@@ -50,6 +50,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// `voicebridge call`: places the call, prints the summary; exit 1 if it could not be placed.
 pub async fn main(args: CallArgs) -> ExitCode {
+    if args.protocol == args::Protocol::AsteriskWs {
+        return crate::client::asterisk_ws::main(args).await;
+    }
     match run(&args).await {
         Ok(summary) => {
             print_summary(&summary, args.json);
