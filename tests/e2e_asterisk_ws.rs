@@ -554,3 +554,38 @@ async fn answer_on_request_and_hangup_when_a_limit_ends_the_call() {
     assert!(report.hangup_command);
     daemon.stop().await;
 }
+
+/// `MEDIA_XOFF` pauses our sending until `MEDIA_XON`; what was held then goes, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xoff_pauses_sending_until_xon() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let daemon = Daemon::start(&config("stream", ""), &[]).await;
+    let mut opts = AsteriskOptions::new("/asterisk/call/xoff-1", "ulaw");
+    opts.speech = encode("ulaw", &speech_like(8000, 4.0, 9));
+    let fake = dial(daemon.addr, opts).await.expect("accepted");
+    fake.wait_played(20).await;
+    fake.send_text(r#"{"event":"MEDIA_XOFF","channel_id":"1733240000.17"}"#);
+    daemon
+        .wait_log(|l| {
+            message(l).starts_with("MEDIA_XOFF") && common::daemon::call_id(l) == Some("xoff-1")
+        })
+        .await;
+    // One tick lets what was already on the wire arrive; from then on nothing may.
+    fake.wait_ticks(1).await;
+    let at_xoff = fake.binaries.load(SeqCst);
+    fake.wait_ticks(15).await;
+    assert_eq!(
+        fake.binaries.load(SeqCst),
+        at_xoff,
+        "audio sent during XOFF"
+    );
+    fake.send_text(r#"{"event":"MEDIA_XON","channel_id":"1733240000.17"}"#);
+    fake.wait_binaries(at_xoff + 5).await;
+    fake.wait_spoken().await;
+    let report = fake.hangup().await;
+    assert!(report.error.is_none(), "{:?}", report.error);
+    assert_eq!(report.remainder_bytes_dropped, 0);
+    let summary = daemon.wait_call_end("xoff-1").await;
+    assert_eq!(field(&summary, "end_reason"), "freeswitch_closed");
+    daemon.stop().await;
+}
