@@ -241,9 +241,12 @@ async fn barge_in_flushes_and_nothing_of_the_cut_reply_is_heard() {
     let played_ms = field(&flushed, "played_ms").as_u64().unwrap();
     let heard_ms = before as u64 * 20;
     println!("barge-in: engine says {played_ms} ms played, the fake played {heard_ms} ms");
-    // Within one frame: the mark-anchored position against the frames handed out.
+    // The mark-anchored position against the frames handed out before FLUSH_MEDIA
+    // arrived: never more, and at most two frames less (the frame still being heard at
+    // the decision, and one a tick may hand out while FLUSH_MEDIA is on its way; the
+    // OpenAI test, which knows the decision's instant, checks within one frame).
     assert!(
-        played_ms.abs_diff(heard_ms) <= 20,
+        played_ms <= heard_ms && heard_ms - played_ms <= 40,
         "{played_ms} vs {heard_ms}"
     );
     let summary = daemon.wait_call_end("barge-1").await;
@@ -514,5 +517,75 @@ audio_format = "pcm24"
         "audio_end_ms {end_ms} vs {heard_ms} ms played by Asterisk"
     );
     daemon.wait_call_end("oai-truncate").await;
+    daemon.stop().await;
+}
+
+/// `v(answer=yes)` (a dial string with `n`): ANSWER once `MEDIA_START` came; when a
+/// limit ends the call, `HANGUP` goes out before the Close, so the channel is hung up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answer_on_request_and_hangup_when_a_limit_ends_the_call() {
+    let daemon = Daemon::start(&config("stream", "max_duration_secs = 1"), &[]).await;
+    let fake = dial(
+        daemon.addr,
+        AsteriskOptions::new("/asterisk/call/limit-1?answer=yes", "ulaw"),
+    )
+    .await
+    .expect("accepted");
+    let report = fake.finished().await;
+    assert!(report.answered, "ANSWER sent: {:?}", report.commands);
+    assert!(report.hangup_command, "HANGUP sent: {:?}", report.commands);
+    let texts: Vec<&str> = report.commands.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(texts.first(), Some(&r#"{"command":"ANSWER"}"#));
+    assert_eq!(texts.last(), Some(&r#"{"command":"HANGUP"}"#));
+    assert!(texts.iter().all(|t| t.len() <= 128), "{texts:?}");
+    assert_eq!(report.ignored_too_long, 0);
+    let summary = daemon.wait_call_end("limit-1").await;
+    assert_eq!(field(&summary, "end_reason"), "max_duration");
+
+    // Without answer=yes (auto-answer): no ANSWER.
+    let fake = dial(
+        daemon.addr,
+        AsteriskOptions::new("/asterisk/call/limit-2", "ulaw"),
+    )
+    .await
+    .expect("accepted");
+    let report = fake.finished().await;
+    assert!(!report.answered);
+    assert!(report.hangup_command);
+    daemon.stop().await;
+}
+
+/// `MEDIA_XOFF` pauses our sending until `MEDIA_XON`; what was held then goes, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xoff_pauses_sending_until_xon() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let daemon = Daemon::start(&config("stream", ""), &[]).await;
+    let mut opts = AsteriskOptions::new("/asterisk/call/xoff-1", "ulaw");
+    opts.speech = encode("ulaw", &speech_like(8000, 4.0, 9));
+    let fake = dial(daemon.addr, opts).await.expect("accepted");
+    fake.wait_played(20).await;
+    fake.send_text(r#"{"event":"MEDIA_XOFF","channel_id":"1733240000.17"}"#);
+    daemon
+        .wait_log(|l| {
+            message(l).starts_with("MEDIA_XOFF") && common::daemon::call_id(l) == Some("xoff-1")
+        })
+        .await;
+    // One tick lets what was already on the wire arrive; from then on nothing may.
+    fake.wait_ticks(1).await;
+    let at_xoff = fake.binaries.load(SeqCst);
+    fake.wait_ticks(15).await;
+    assert_eq!(
+        fake.binaries.load(SeqCst),
+        at_xoff,
+        "audio sent during XOFF"
+    );
+    fake.send_text(r#"{"event":"MEDIA_XON","channel_id":"1733240000.17"}"#);
+    fake.wait_binaries(at_xoff + 5).await;
+    fake.wait_spoken().await;
+    let report = fake.hangup().await;
+    assert!(report.error.is_none(), "{:?}", report.error);
+    assert_eq!(report.remainder_bytes_dropped, 0);
+    let summary = daemon.wait_call_end("xoff-1").await;
+    assert_eq!(field(&summary, "end_reason"), "freeswitch_closed");
     daemon.stop().await;
 }

@@ -8,6 +8,7 @@
 //! to keep faithful, checked against the tests' independent reference
 //! (`tests/common/fake_freeswitch.rs`).
 
+pub mod asterisk_ws;
 pub mod call;
 pub mod core;
 pub mod loadtest;

@@ -170,6 +170,9 @@ pub struct FakeAsterisk {
     pub speaking: Arc<AtomicUsize>,
     /// Set once `FLUSH_MEDIA` came.
     pub flushed: Arc<AtomicBool>,
+    /// Ticks so far, and binary messages received from the daemon so far.
+    pub ticks: Arc<AtomicUsize>,
+    pub binaries: Arc<AtomicUsize>,
     notify: Arc<Notify>,
     pub frame_size: usize,
 }
@@ -239,6 +242,8 @@ pub async fn dial(addr: SocketAddr, opts: AsteriskOptions) -> Result<FakeAsteris
     let speaking = Arc::new(AtomicUsize::new(opts.speech.len()));
     let caller: VecDeque<u8> = opts.speech.iter().copied().collect();
     let flushed = Arc::new(AtomicBool::new(false));
+    let ticks = Arc::new(AtomicUsize::new(0));
+    let binaries = Arc::new(AtomicUsize::new(0));
     let notify = Arc::new(Notify::new());
     let (tx, rx) = mpsc::unbounded_channel();
     let frame_size = optimal_frame_size(opts.format);
@@ -248,6 +253,8 @@ pub async fn dial(addr: SocketAddr, opts: AsteriskOptions) -> Result<FakeAsteris
         played: Arc::clone(&played),
         speaking: Arc::clone(&speaking),
         flushed: Arc::clone(&flushed),
+        ticks: Arc::clone(&ticks),
+        binaries: Arc::clone(&binaries),
         notify: Arc::clone(&notify),
         queue: VecDeque::new(),
         queue_len: 0,
@@ -263,6 +270,8 @@ pub async fn dial(addr: SocketAddr, opts: AsteriskOptions) -> Result<FakeAsteris
         played,
         speaking,
         flushed,
+        ticks,
+        binaries,
         notify,
         frame_size,
     })
@@ -349,6 +358,22 @@ impl FakeAsterisk {
             .await;
     }
 
+    /// Waits until `n` more ticks have passed (the fake's own clock).
+    pub async fn wait_ticks(&self, n: usize) {
+        let until = self.ticks.load(Ordering::SeqCst) + n;
+        self.wait(|| self.ticks.load(Ordering::SeqCst) >= until, "ticks")
+            .await;
+    }
+
+    /// Waits until the daemon has sent more than `n` binary messages in all.
+    pub async fn wait_binaries(&self, n: usize) {
+        self.wait(
+            || self.binaries.load(Ordering::SeqCst) > n,
+            "binary messages",
+        )
+        .await;
+    }
+
     /// Waits until all queued caller audio has gone out.
     pub async fn wait_spoken(&self) {
         self.wait(
@@ -406,6 +431,8 @@ struct Channel {
     played: Arc<AtomicUsize>,
     speaking: Arc<AtomicUsize>,
     flushed: Arc<AtomicBool>,
+    ticks: Arc<AtomicUsize>,
+    binaries: Arc<AtomicUsize>,
     notify: Arc<Notify>,
     queue: VecDeque<Queued>,
     /// Audio frames in the queue (controls are not counted, as in the driver).
@@ -550,6 +577,7 @@ impl Channel {
         ws.send(Message::Binary(frame.into()))
             .await
             .map_err(|e| e.to_string())?;
+        self.ticks.fetch_add(1, Ordering::SeqCst);
         self.notify.notify_waiters();
         Ok(())
     }
@@ -568,6 +596,8 @@ impl Channel {
 
     async fn on_binary(&mut self, ws: &mut Ws, data: &[u8]) {
         self.report.binary_sizes.push(data.len());
+        self.binaries.fetch_add(1, Ordering::SeqCst);
+        self.notify.notify_waiters();
         if self.queue_len >= QUEUE_MAX {
             self.report.ignored_queue_full += 1;
             return;

@@ -24,7 +24,7 @@ impl BearerToken {
         BearerToken(token.into())
     }
 
-    pub(super) fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -50,12 +50,15 @@ fn parse_codec(s: &str) -> Result<Codec, String> {
     Codec::parse(s).ok_or_else(|| format!("unknown codec {s:?}: use L16, PCMU or PCMA"))
 }
 
-/// Which telephony side `call` plays.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which telephony side `voicebridge call` plays.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Protocol {
-    /// FreeSWITCH mod_audio_stream over WebSocket (URL ws://HOST:PORT/<route>/<call-id>).
+    /// FreeSWITCH mod_audio_stream (URL ws://HOST:PORT/<route>/<call-uuid>).
     #[default]
     Freeswitch,
+    /// Asterisk chan_websocket (URL ws://HOST:PORT/asterisk/<route>?call=<id>); the
+    /// token goes as the HTTP Basic password; uses --wav, --out, --codec, --tail-*, --json.
+    AsteriskWs,
     /// Asterisk AudioSocket over TCP (URL HOST:PORT[/UUID], an `[[audiosocket]]` listener).
     Audiosocket,
 }
@@ -63,6 +66,11 @@ pub enum Protocol {
 /// Place a test call to a running voicebridge, the way FreeSWITCH's mod_audio_stream would.
 #[derive(clap::Args, Debug, Clone)]
 pub struct CallArgs {
+    /// The telephony side to play: freeswitch (mod_audio_stream), asterisk-ws (Asterisk
+    /// chan_websocket) or audiosocket (Asterisk AudioSocket).
+    #[arg(long, value_enum, default_value_t = Protocol::Freeswitch)]
+    pub protocol: Protocol,
+
     /// WebSocket URL as given to `uuid_audio_stream ... start`, e.g.
     /// ws://127.0.0.1:9090/call/<call-uuid>. `rate`/`channels` query keys are added when
     /// missing (as the shipped dialplan does); the last path segment is the call id.
@@ -136,10 +144,6 @@ pub struct CallArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// The telephony side to play: freeswitch (mod_audio_stream) or audiosocket (Asterisk).
-    #[arg(long, value_enum, default_value_t = Protocol::Freeswitch)]
-    pub protocol: Protocol,
-
     /// AudioSocket only: DTMF digits (0-9 * # A-D) sent right after the WAV.
     #[arg(long, value_name = "DIGITS")]
     pub dtmf: Option<String>,
@@ -150,6 +154,7 @@ impl CallArgs {
     #[cfg(test)]
     pub fn new(url: impl Into<String>, wav: impl Into<PathBuf>) -> Self {
         CallArgs {
+            protocol: Protocol::Freeswitch,
             url: url.into(),
             wav: wav.into(),
             out: None,
@@ -165,7 +170,6 @@ impl CallArgs {
             token: None,
             heartbeat_secs: None,
             json: false,
-            protocol: Protocol::Freeswitch,
             dtmf: None,
         }
     }

@@ -54,6 +54,9 @@ pub async fn main(args: CallArgs) -> ExitCode {
     if args.protocol == args::Protocol::Audiosocket {
         return audiosocket::main(&args).await;
     }
+    if args.protocol == args::Protocol::AsteriskWs {
+        return crate::client::asterisk_ws::main(args).await;
+    }
     match run(&args).await {
         Ok(summary) => {
             print_summary(&summary, args.json);
