@@ -53,6 +53,8 @@ mod tools;
 mod upstream;
 
 #[cfg(test)]
+mod guard_tests;
+#[cfg(test)]
 mod tests;
 
 pub use end_reason::EndReason;
