@@ -176,3 +176,15 @@ fn the_ari_example_dials_the_same_client_with_a_carried_format() {
     assert!(audio_format(format).is_some(), "format={format}");
     assert!(text.contains(r#"TRANSPORT_DATA="f%28json%29v%28call%3D${CALL_ID}%29""#));
 }
+
+#[test]
+fn chan_websocket_conf_selects_the_json_control_format() {
+    let conf = sections(&read("chan_websocket.conf"));
+    let general = conf.get("general").expect("a [general] section");
+    // The only key chan_websocket reads here; "json" or "plain-text" (Asterisk's sample).
+    assert_eq!(general.len(), 1, "{general:?}");
+    assert_eq!(
+        general.get("control_message_format").map(String::as_str),
+        Some("json")
+    );
+}
