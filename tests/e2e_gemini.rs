@@ -725,3 +725,61 @@ async fn guarded_barge_in_is_detected_locally() {
     assert_next_turn_heard_alone(&mock, &got, clears[0], &summary);
     d.stop().await;
 }
+
+/// `greeting_interruptible = false` with Gemini: the setup asks for `NO_INTERRUPTION`
+/// (voicebridge decides barge-ins), the caller talks all through the 2 s greeting, and
+/// the greeting is heard whole; the same speech then cuts the next reply (the detection
+/// was on all along, only the greeting was protected).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_greeting_is_heard_whole() {
+    let mut opts = options();
+    opts.greeting_reply = Some(signal(24000, 2.0, 11));
+    let mock = MockGemini::start(opts).await;
+    let toml = config("Welcome to ACME.", "", 0).replace(
+        "response_timeout_secs = 0",
+        "response_timeout_secs = 0\ngreeting_interruptible = false",
+    );
+    let d = daemon(&mock, &toml).await;
+    let id = "gem-greeting";
+    let call = Call::connect(&d, "call", id, "rate=8000&channels=mono").await;
+    // The caller talks over the greeting from the first moment, and on.
+    let talker = talk(&call, speech_like(8000, 6.0, 9));
+    mock.wait("the greeting", |l| {
+        l.conns.first().is_some_and(|c| !c.greetings.is_empty())
+    })
+    .await;
+    let setup = mock.log(|l| l.conns[0].setup.clone()).expect("a setup");
+    assert_eq!(
+        setup["realtimeInputConfig"]["activityHandling"],
+        "NO_INTERRUPTION"
+    );
+    // 2 s of greeting at 20 ms a frame, all of it, while the caller talks.
+    call.wait_received(100).await;
+    d.wait_log(|l| message(l) == "greeting played out: the caller may interrupt from now on")
+        .await;
+    let greeting_frames = call.received.load(Ordering::SeqCst);
+    let mut long = TurnSpec::new(signal(24000, 4.0, 31));
+    long.speed = 1.5;
+    let playing = mock.play(long);
+    d.wait_log(|l| {
+        message(l) == "barge-in confirmed by the caller's speech" && call_id(l) == Some(id)
+    })
+    .await;
+    playing.finish().await;
+    talker.await.unwrap();
+    let (_, got) = call.close().await;
+    d.wait_call_end(id).await;
+    assert_eq!(mock.violations(), Vec::<String>::new());
+    let clears = got.clears();
+    assert_eq!(clears.len(), 1, "one cut: the reply after the greeting");
+    let before_clear = got
+        .audio_frames()
+        .iter()
+        .filter(|(at, _)| *at < clears[0])
+        .count();
+    assert!(
+        before_clear >= greeting_frames && greeting_frames >= 100,
+        "the greeting ({greeting_frames} frames) was played before the only clearAudio"
+    );
+    d.stop().await;
+}

@@ -719,3 +719,43 @@ async fn hang_up_closes_the_freeswitch_socket_without_waiting_for_the_provider()
     );
     d.stop().await;
 }
+
+/// `silence_reprompt_ms` is the session's `turn_detection.idle_timeout_ms`; when the
+/// server says the caller stayed silent (`input_audio_buffer.timeout_triggered`) and
+/// re-prompts, the re-prompt is played like any reply, with no warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silence_reprompt_sets_the_idle_timeout_and_the_reprompt_plays() {
+    let mock = MockOpenAi::start(MockOptions::new(MockFormat::Pcmu, KEY)).await;
+    let daemon = start_daemon(
+        &config("pcmu", "silence_reprompt_ms = 8000"),
+        &env(&mock.url()),
+    )
+    .await;
+    let id = "oai-reprompt";
+    let call = connect(&daemon, id).await;
+    mock.wait("session.updated", |s| s.session_updated_sent)
+        .await;
+    let update = mock.with(|s| s.session_update.clone()).unwrap();
+    assert_eq!(
+        update["session"]["audio"]["input"]["turn_detection"]["idle_timeout_ms"],
+        8000
+    );
+    mock.script(Script::Raw(
+        json!({"type": "input_audio_buffer.timeout_triggered", "event_id": "ev_idle",
+               "audio_start_ms": 9000, "audio_end_ms": 17000, "item_id": "item_idle"})
+        .to_string(),
+    ));
+    mock.script(Script::Respond { ms: 600, seed: 5 });
+    call.wait_received(30).await;
+    let (_, got) = call.close().await;
+    assert!(got.error.is_none(), "{:?}", got.error);
+    daemon.wait_call_end(id).await;
+    assert_no_problems(&mock);
+    let warned = daemon
+        .logs()
+        .iter()
+        .filter(|l| l["level"] == "WARN")
+        .count();
+    assert_eq!(warned, 0, "no warning for the re-prompt");
+    daemon.stop().await;
+}

@@ -149,6 +149,10 @@ async fn a_tool_call_runs_the_webhook_and_the_answer_is_heard() {
     assert_eq!(responses.len(), 1);
     assert_eq!(responses[0].name, "book_appointment");
     assert_eq!(responses[0].response, json!({"output": booked}));
+    assert_eq!(
+        responses[0].scheduling, None,
+        "2.x: blocking, no scheduling"
+    );
 
     // Before and after the call, in order and intact (8 kHz after 24 kHz).
     let mut reference = speech_like(8000, 0.5, 7);
@@ -287,5 +291,43 @@ async fn a_resumed_session_declares_the_tools_again() {
     assert_eq!(responses.len(), 1);
     assert_eq!(responses[0].conn, 1);
     assert_eq!(responses[0].response, json!({"output": {"booked": true}}));
+    d.stop().await;
+}
+
+/// Gemini 3.8 calls functions NON_BLOCKING: the answer goes back with
+/// `scheduling: WHEN_IDLE` (spoken once the model and the caller are done talking), and
+/// it is heard. 2.x models get no scheduling (they wait for the result).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_3x_model_gets_the_answer_when_idle() {
+    let mut opts = MockOptions::new(KEY);
+    opts.voice = "Puck".to_owned();
+    let mock = MockGemini::start(opts).await;
+    let hooks = WebhookServer::start().await;
+    let booked = json!({"booked": true});
+    hooks.respond(HOOK, Reply::Json(booked.clone()));
+    let url = mock.url();
+    let toml = config(&hooks, 2000).replace(
+        "models/gemini-2.5-flash-native-audio-preview-12-2025",
+        "models/gemini-3.8-live",
+    );
+    let d = Daemon::start(
+        &toml,
+        &[
+            ("VOICEBRIDGE__PROVIDERS__GEMINI__URL", url.as_str()),
+            ("GEMINI_API_KEY", KEY),
+        ],
+    )
+    .await;
+    let id = "gem38-tool";
+    let call = connect(&d, id).await;
+    mock.wait_ready(1).await;
+    let responses = mock.play_tool_turn(book_turn()).await.unwrap();
+    call.wait_received(74).await;
+    let (_, _) = call.close().await;
+    d.wait_call_end(id).await;
+    assert_eq!(mock.violations(), Vec::<String>::new());
+    assert_eq!(responses.len(), 1);
+    assert_eq!(responses[0].response, json!({"output": booked}));
+    assert_eq!(responses[0].scheduling.as_deref(), Some("WHEN_IDLE"));
     d.stop().await;
 }

@@ -112,6 +112,8 @@ pub struct ToolResponseRecord {
     pub name: String,
     /// `response` (`{"output": ...}` or `{"error": ...}`).
     pub response: Value,
+    /// `scheduling` (NON_BLOCKING calls of 3.x models), when sent.
+    pub scheduling: Option<String>,
     pub at: Instant,
 }
 
@@ -949,6 +951,16 @@ impl MockGemini {
             if !response.is_object() {
                 problems.push(format!("response is not an object: {response}"));
             }
+            let scheduling = fr
+                .get("scheduling")
+                .map(|v| v.as_str().unwrap_or("").to_owned());
+            if let Some(sc) = &scheduling {
+                if !["SILENT", "WHEN_IDLE", "INTERRUPT"].contains(&sc.as_str()) {
+                    problems.push(format!(
+                        "scheduling {sc:?} is not SILENT, WHEN_IDLE or INTERRUPT"
+                    ));
+                }
+            }
             {
                 let log = self.shared.log.lock().unwrap();
                 match log
@@ -983,6 +995,7 @@ impl MockGemini {
                     id,
                     name,
                     response,
+                    scheduling,
                     at: Instant::now(),
                 });
         }

@@ -1326,6 +1326,13 @@ pub fn validate_session_update(v: &Value, format: MockFormat) -> Vec<String> {
         td["interrupt_response"].is_boolean(),
         "turn_detection.interrupt_response boolean",
     );
+    if let Some(idle) = td.get("idle_timeout_ms") {
+        check(
+            idle.as_u64()
+                .is_some_and(|ms| (5000..=30_000).contains(&ms)),
+            "turn_detection.idle_timeout_ms integer in 5000..30000",
+        );
+    }
     p.extend(validate_tools(s));
     p
 }
