@@ -205,6 +205,25 @@ impl FakeTwilio {
         opts: TwilioOptions,
     ) -> Result<FakeTwilio, Refused> {
         let url = format!("ws://{addr}{}", opts.path);
+        FakeTwilio::open(url, opts, None).await
+    }
+
+    /// [`FakeTwilio::connect`] over `wss://` (a TLS front end): `base` is
+    /// `wss://host:port`, `tls` a client config trusting the front end's certificate.
+    pub async fn connect_tls(
+        base: &str,
+        opts: TwilioOptions,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<FakeTwilio, Refused> {
+        let url = format!("{base}{}", opts.path);
+        FakeTwilio::open(url, opts, Some(tokio_tungstenite::Connector::Rustls(tls))).await
+    }
+
+    async fn open(
+        url: String,
+        opts: TwilioOptions,
+        connector: Option<tokio_tungstenite::Connector>,
+    ) -> Result<FakeTwilio, Refused> {
         let mut request = url.into_client_request().expect("request");
         for (k, v) in &opts.headers {
             let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
@@ -213,7 +232,9 @@ impl FakeTwilio {
                 .headers_mut()
                 .insert(name, HeaderValue::from_str(v).expect("header value"));
         }
-        let ws = match tokio_tungstenite::connect_async(request).await {
+        let connecting =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector);
+        let ws = match connecting.await {
             Ok((ws, _)) => ws,
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 return Err(Refused {
