@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::daemon::{call_id, message, Daemon};
+use common::daemon::{call_id, field, message, Daemon};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
@@ -159,5 +159,30 @@ async fn loadtest_20_asterisk_ws_calls() {
     let ids = started(&d);
     assert_eq!(ids.len(), CALLS, "{ids:?}");
     assert!(ids.iter().all(|id| id.starts_with("vbload-")), "{ids:?}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadtest_20_audiosocket_calls() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mock = mock_addr().await;
+    let toml = daemon_toml(
+        mock,
+        "[[audiosocket]]\nlisten = \"127.0.0.1:0\"\nroute = \"call\"\n",
+    );
+    let d = Daemon::start(&toml, &[]).await;
+    let line = d
+        .wait_log(|l| message(l).starts_with("AudioSocket listening"))
+        .await;
+    let addr = field(&line, "listen").as_str().expect("listen").to_owned();
+    let (report, text) = loadtest("audiosocket", &addr, mock, &d).await;
+    assert_clean(&report, &text);
+    // Every call came over AudioSocket: its id is the UUID message the caller sent.
+    let ids = started(&d);
+    assert_eq!(ids.len(), CALLS, "{ids:?}");
+    assert!(
+        ids.iter().all(|id| id.starts_with("76626c6f-6164-")),
+        "{ids:?}"
+    );
     d.stop().await;
 }
