@@ -8,7 +8,8 @@
 #
 # The daemon binary defaults to target/release/voicebridge; the load test always runs
 # from target/release/voicebridge, so two daemon builds can be compared with the same
-# load generator. HOLD_SECS (default 10) sets the hold. Run it on an otherwise idle machine (CPU figures are per core).
+# load generator. HOLD_SECS (default 10) sets the hold, URL the load test's --url
+# (URL=127.0.0.1:19692 with --protocol audiosocket). Run it on an otherwise idle machine (CPU figures are per core).
 set -euo pipefail
 format=${1:?format: pcmu or pcm24}
 calls=${2:?number of calls}
@@ -16,7 +17,10 @@ daemon=${3:-target/release/voicebridge}
 shift $(( $# >= 3 ? 3 : $# ))
 client=target/release/voicebridge
 out=${OUT:-lt-$format-$calls.json}
-config=$(mktemp --suffix .toml)   # empty: the built-in defaults, overridden below
+config=$(mktemp --suffix .toml)   # the built-in defaults, overridden below
+# An AudioSocket listener on 19692 for `--protocol audiosocket` (with URL=127.0.0.1:19692);
+# idle otherwise. [[audiosocket]] cannot be set from the environment.
+printf '[[audiosocket]]\nlisten = "127.0.0.1:19692"\nroute = "call"\n' > "$config"
 
 OPENAI_API_KEY=sk-fake VOICEBRIDGE__CALL__PROVIDER=openai \
 VOICEBRIDGE__PROVIDERS__OPENAI__URL=ws://127.0.0.1:4690/v1/realtime \
@@ -33,6 +37,6 @@ for _ in $(seq 100); do
   if curl -fs http://127.0.0.1:19691/healthz >/dev/null 2>&1; then break; fi
   sleep 0.1
 done
-taskset -c 1 "$client" loadtest --url ws://127.0.0.1:19690 --mock-listen 127.0.0.1:4690 \
+taskset -c 1 "$client" loadtest --url "${URL:-ws://127.0.0.1:19690}" --mock-listen 127.0.0.1:4690 \
   -n "$calls" --ramp-per-sec 200 --hold-secs "${HOLD_SECS:-10}" --settle-secs 3 \
   --pid "$pid" --json-out "$out" "$@"

@@ -63,8 +63,64 @@ enum Queued {
     Mark(String),
 }
 
+/// chan_websocket's playout queue, pure (also the load test's, `--protocol
+/// asterisk-ws`): binary messages are cut into frames and queued, `MARK_MEDIA` waits in
+/// line behind the audio before it, and each 20 ms tick processes the marks at the head
+/// then plays one frame; `FLUSH_MEDIA` empties it all.
+#[derive(Default)]
+pub(crate) struct DriverQueue {
+    queue: VecDeque<Queued>,
+    frames: usize,
+}
+
+impl DriverQueue {
+    /// A binary message of whole `frame_bytes` frames (a trailing partial frame is
+    /// dropped); ignored when the queue already holds [`QUEUE_MAX`] frames, as Asterisk does.
+    pub(crate) fn audio(&mut self, data: &[u8], frame_bytes: usize) {
+        if self.frames >= QUEUE_MAX || frame_bytes == 0 {
+            return;
+        }
+        for f in data.chunks_exact(frame_bytes) {
+            self.queue.push_back(Queued::Frame(f.to_vec()));
+            self.frames += 1;
+        }
+    }
+
+    /// `MARK_MEDIA`: processed once the audio queued before it has played.
+    pub(crate) fn mark(&mut self, id: String) {
+        // Bounded like the audio: a peer marking without end cannot grow it.
+        if self.queue.len() < 2 * QUEUE_MAX {
+            self.queue.push_back(Queued::Mark(id));
+        }
+    }
+
+    /// `FLUSH_MEDIA`: nothing queued plays, its marks are dropped with it.
+    pub(crate) fn flush(&mut self) {
+        self.queue.clear();
+        self.frames = 0;
+    }
+
+    /// One tick: the marks at the head go into `marks` (processed now), then the
+    /// frame played, if any.
+    pub(crate) fn tick(&mut self, marks: &mut Vec<String>) -> Option<Vec<u8>> {
+        while let Some(item) = self.queue.pop_front() {
+            match item {
+                Queued::Mark(id) => marks.push(id),
+                Queued::Frame(f) => {
+                    self.frames -= 1;
+                    return Some(f);
+                }
+            }
+        }
+        None
+    }
+}
+
 /// The Asterisk format name, frame size and codec for a WAV rate and `--codec`.
-fn format_for(rate: u32, codec: Option<Codec>) -> Result<(&'static str, Codec), CallError> {
+pub(crate) fn format_for(
+    rate: u32,
+    codec: Option<Codec>,
+) -> Result<(&'static str, Codec), CallError> {
     let bad = |why: String| Err(CallError::InvalidOption(why));
     match (rate, codec) {
         (8000, Some(Codec::Pcmu)) => Ok(("ulaw", Codec::Pcmu)),
@@ -81,7 +137,7 @@ fn format_for(rate: u32, codec: Option<Codec>) -> Result<(&'static str, Codec), 
     }
 }
 
-fn encode(codec: Codec, samples: &[i16]) -> Vec<u8> {
+pub(crate) fn encode(codec: Codec, samples: &[i16]) -> Vec<u8> {
     let mut out = Vec::with_capacity(samples.len() * 2);
     match codec {
         Codec::Pcmu => g711::ulaw_encode(samples, &mut out),
@@ -91,7 +147,7 @@ fn encode(codec: Codec, samples: &[i16]) -> Vec<u8> {
     out
 }
 
-fn decode(codec: Codec, bytes: &[u8]) -> Vec<i16> {
+pub(crate) fn decode(codec: Codec, bytes: &[u8]) -> Vec<i16> {
     let mut out = Vec::with_capacity(bytes.len());
     match codec {
         Codec::Pcmu => g711::ulaw_decode(bytes, &mut out),
@@ -105,13 +161,23 @@ fn decode(codec: Codec, bytes: &[u8]) -> Vec<i16> {
     out
 }
 
+/// The `MEDIA_MARK_PROCESSED` event for mark `id`, in JSON.
+pub(crate) fn mark_processed(channel_id: &str, id: &str) -> String {
+    serde_json::json!({
+        "event": "MEDIA_MARK_PROCESSED",
+        "channel_id": channel_id,
+        "correlation_id": id,
+    })
+    .to_string()
+}
+
 /// The URL without its query (which may carry `token=`), for printing.
 fn display_url(url: &str) -> String {
     url.split('?').next().unwrap_or("").to_owned()
 }
 
 /// A command from the daemon (JSON: we announce `f(json)` in `MEDIA_START`).
-fn command_of(text: &str) -> (String, String) {
+pub(crate) fn command_of(text: &str) -> (String, String) {
     let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
     let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
     (field("command"), field("correlation_id"))
@@ -218,8 +284,8 @@ pub async fn run(args: &CallArgs) -> Result<AsteriskSummary, CallError> {
         .unwrap_or(DEFAULT_TAIL);
     let total_frames =
         caller.samples.len().div_ceil(frame_samples) as u64 + (tail.as_millis() / 20) as u64;
-    let mut queue: VecDeque<Queued> = VecDeque::new();
-    let mut queued_frames = 0usize;
+    let mut queue = DriverQueue::default();
+    let mut marks = Vec::new();
     let mut heard: Vec<i16> = Vec::new();
     let started = Instant::now();
     let mut ticker = tokio::time::interval(TICK);
@@ -230,28 +296,15 @@ pub async fn run(args: &CallArgs) -> Result<AsteriskSummary, CallError> {
         tokio::select! {
             _ = ticker.tick() => {
                 // The driver's read: marks at the head, then one frame.
-                let mut played = false;
-                while let Some(item) = queue.pop_front() {
-                    match item {
-                        Queued::Mark(id) => {
-                            let event = serde_json::json!({
-                                "event": "MEDIA_MARK_PROCESSED",
-                                "channel_id": "voicebridge-call",
-                                "correlation_id": id,
-                            });
-                            ws.send(Message::text(event.to_string())).await.map_err(lost)?;
-                            s.marks_processed += 1;
-                        }
-                        Queued::Frame(f) => {
-                            queued_frames -= 1;
-                            heard.extend(decode(codec, &f));
-                            s.frames_played += 1;
-                            played = true;
-                            break;
-                        }
-                    }
+                let played = queue.tick(&mut marks);
+                for id in marks.drain(..) {
+                    ws.send(Message::text(mark_processed("voicebridge-call", &id))).await.map_err(lost)?;
+                    s.marks_processed += 1;
                 }
-                if !played {
+                if let Some(f) = &played {
+                    heard.extend(decode(codec, f));
+                    s.frames_played += 1;
+                } else {
                     s.empty_ticks += 1;
                     heard.extend(std::iter::repeat_n(0i16, frame_samples));
                 }
@@ -264,20 +317,14 @@ pub async fn run(args: &CallArgs) -> Result<AsteriskSummary, CallError> {
             msg = ws.next() => match msg {
                 Some(Ok(Message::Binary(data))) => {
                     s.frames_received += 1;
-                    if queued_frames < QUEUE_MAX {
-                        for f in data.chunks_exact(frame_bytes) {
-                            queue.push_back(Queued::Frame(f.to_vec()));
-                            queued_frames += 1;
-                        }
-                    }
+                    queue.audio(&data, frame_bytes);
                 }
                 Some(Ok(Message::Text(text))) => {
                     let (command, id) = command_of(text.as_str());
                     match command.as_str() {
-                        "MARK_MEDIA" => queue.push_back(Queued::Mark(id)),
+                        "MARK_MEDIA" => queue.mark(id),
                         "FLUSH_MEDIA" => {
-                            queue.clear();
-                            queued_frames = 0;
+                            queue.flush();
                             s.flushes += 1;
                         }
                         "ANSWER" => s.answered = true,
@@ -350,6 +397,30 @@ mod tests {
         );
         assert!(format_for(16000, Some(Codec::Pcmu)).is_err());
         assert!(format_for(11025, None).is_err());
+    }
+
+    #[test]
+    fn the_queue_plays_a_frame_per_tick_with_marks_in_line() {
+        let mut q = DriverQueue::default();
+        let mut marks = Vec::new();
+        q.audio(&[1, 2, 3, 4, 5], 2);
+        q.mark("a".into());
+        q.audio(&[6, 7], 2);
+        assert_eq!(q.tick(&mut marks), Some(vec![1, 2]));
+        assert!(marks.is_empty());
+        assert_eq!(
+            q.tick(&mut marks),
+            Some(vec![3, 4]),
+            "the odd byte is dropped"
+        );
+        assert_eq!(q.tick(&mut marks), Some(vec![6, 7]));
+        assert_eq!(marks, ["a"], "the mark went when its audio had played");
+        q.audio(&[8, 9], 2);
+        q.mark("b".into());
+        q.flush();
+        marks.clear();
+        assert_eq!(q.tick(&mut marks), None);
+        assert!(marks.is_empty(), "a flush drops the marks with the audio");
     }
 
     #[test]

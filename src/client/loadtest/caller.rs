@@ -30,6 +30,10 @@ pub struct CallerConfig {
     /// pass through a pcmu session byte for byte), stamp area included.
     pub(super) frames: Vec<Vec<u8>>,
     pub(super) protocol: super::Protocol,
+    /// `--token`, for `asterisk-ws` (HTTP Basic).
+    pub(super) token: Option<crate::client::call::args::BearerToken>,
+    /// The `[[audiosocket]]` listener, for `audiosocket` (`--url HOST:PORT`).
+    pub(super) audiosocket: Option<std::net::SocketAddr>,
 }
 
 impl CallerConfig {
@@ -51,6 +55,10 @@ impl CallerConfig {
             lead_frames: args.lead_ms / 20,
             frames,
             protocol: args.protocol,
+            token: args.token.clone(),
+            audiosocket: crate::client::call::audiosocket::parse_target(&args.url)
+                .ok()
+                .map(|t| t.addr),
         }
     }
 }
@@ -88,7 +96,7 @@ impl CallResult {
 /// `first + max(0, k + 1 − lead_frames) × 20 ms` (the pacer releases the lead at once,
 /// then one frame per 20 ms).
 pub(super) struct Reply {
-    no: u64,
+    pub(super) no: u64,
     first_ns: u64,
     k: u64,
     /// `clearAudio` came for this reply: any more of its frames leaked past the cut.
@@ -108,8 +116,17 @@ pub async fn call(
     run: &Arc<Run>,
     cfg: &CallerConfig,
 ) -> CallResult {
-    if cfg.protocol == super::Protocol::Twilio {
-        return super::twilio_caller::call(idx, slot, ends_at, run, cfg).await;
+    match cfg.protocol {
+        super::Protocol::Twilio => {
+            return super::twilio_caller::call(idx, slot, ends_at, run, cfg).await
+        }
+        super::Protocol::AsteriskWs => {
+            return super::asterisk_caller::call(idx, slot, ends_at, run, cfg).await
+        }
+        super::Protocol::Audiosocket => {
+            return super::audiosocket_caller::call(idx, slot, ends_at, run, cfg).await
+        }
+        super::Protocol::Freeswitch => {}
     }
     let mut r = CallResult::default();
     let Some(link) = run.link(idx) else {

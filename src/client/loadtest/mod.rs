@@ -24,6 +24,8 @@
 //!   a new call at once (staggered, [`churn`]), and the daemon's RSS is sampled over the
 //!   hold to see whether it stays flat once warmed up.
 
+pub mod asterisk_caller;
+pub mod audiosocket_caller;
 pub mod caller;
 pub mod churn;
 pub mod mock;
@@ -128,10 +130,23 @@ pub struct LoadtestArgs {
     pub rss_every_secs: f64,
 
     /// How the calls reach the daemon: as FreeSWITCH `mod_audio_stream` (`/<route>/<id>`,
-    /// L16 binary frames) or as Twilio Media Streams (`/twilio/<route>`, μ-law in `media`
-    /// JSON every 20 ms, marks echoed once played).
+    /// L16 binary frames), as Twilio Media Streams (`/twilio/<route>`, μ-law in `media`
+    /// JSON every 20 ms, marks echoed once played), as Asterisk chan_websocket
+    /// (`/asterisk/<route>?call=<id>`, slin binary frames, marks answered once played) or
+    /// as Asterisk AudioSocket (TCP to an `[[audiosocket]]` listener: `--url HOST:PORT`).
     #[arg(long, value_enum, default_value_t = Protocol::Freeswitch)]
     pub protocol: Protocol,
+
+    /// With `--protocol asterisk-ws`, sent as the HTTP Basic password (as Asterisk sends
+    /// its client section's `password`). Prefer the environment variable: a
+    /// command-line token is visible in `ps`.
+    #[arg(
+        long,
+        value_name = "T",
+        env = "VOICEBRIDGE_LOADTEST_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<crate::client::call::args::BearerToken>,
 }
 
 /// The telephony side the load test plays.
@@ -139,6 +154,13 @@ pub struct LoadtestArgs {
 pub enum Protocol {
     Freeswitch,
     Twilio,
+    /// Asterisk chan_websocket: `/asterisk/<route>?call=<id>`, `MEDIA_START`, slin
+    /// binary frames, marks answered once played, `FLUSH_MEDIA` on barge-in.
+    AsteriskWs,
+    /// Asterisk AudioSocket over TCP to an `[[audiosocket]]` listener (`--url
+    /// HOST:PORT`): the UUID, then 8 kHz slin messages; the barge-in is the daemon
+    /// stopping its audio.
+    Audiosocket,
 }
 
 impl LoadtestArgs {
@@ -163,6 +185,7 @@ impl LoadtestArgs {
             call_secs: None,
             rss_every_secs: 30.0,
             protocol: Protocol::Freeswitch,
+            token: None,
         }
     }
 }
@@ -497,7 +520,13 @@ fn validate(args: &LoadtestArgs) -> Result<(), LoadtestError> {
     if !(args.rss_every_secs >= 1.0 && args.rss_every_secs <= 3600.0) {
         return bad("--rss-every-secs must be 1..3600");
     }
-    if !(args.url.starts_with("ws://") || args.url.starts_with("wss://")) {
+    if args.protocol == Protocol::Audiosocket {
+        if crate::client::call::audiosocket::parse_target(&args.url).is_err() {
+            return bad(
+                "--url must be HOST:PORT (an [[audiosocket]] listener) with --protocol audiosocket",
+            );
+        }
+    } else if !(args.url.starts_with("ws://") || args.url.starts_with("wss://")) {
         return bad("--url must be ws://HOST:PORT");
     }
     Ok(())

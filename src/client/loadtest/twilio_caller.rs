@@ -256,10 +256,24 @@ pub async fn call(
     // Twilio's hang-up: `stop`, then the Close; up to 1 s for the echo.
     let stop =
         msg(json!({"event": "stop", "stop": {"accountSid": sid("AC", 0), "callSid": call_sid}}));
-    let sent = sink.send(stop).await.is_ok() && sink.send(Message::Close(None)).await.is_ok();
-    if !sent {
+    if sink.send(stop).await.is_err() {
         r.error = Some("close: send failed".into());
         return r;
+    }
+    if let Err(e) = close_and_await_echo(&mut sink, &mut stream).await {
+        r.error = Some(e);
+    }
+    r
+}
+
+/// Sends a Close and waits up to 1 s for its echo (what arrives meanwhile is dropped).
+pub(super) async fn close_and_await_echo<S, R>(sink: &mut S, stream: &mut R) -> Result<(), String>
+where
+    S: futures_util::Sink<Message> + Unpin,
+    R: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    if sink.send(Message::Close(None)).await.is_err() {
+        return Err("close: send failed".into());
     }
     let echo = tokio::time::timeout(Duration::from_secs(1), async {
         while let Some(m) = stream.next().await {
@@ -272,10 +286,11 @@ pub async fn call(
         false
     })
     .await;
-    if !matches!(echo, Ok(true)) {
-        r.error = Some("close: no Close echo within 1 s".into());
+    if matches!(echo, Ok(true)) {
+        Ok(())
+    } else {
+        Err("close: no Close echo within 1 s".into())
     }
-    r
 }
 
 #[cfg(test)]
