@@ -100,6 +100,10 @@ pub enum ProviderEvent {
     SpeechStopped,
     /// The provider finished generating the current response.
     ResponseDone,
+    /// A name placed in the assistant audio stream (a Twilio-protocol backend's `mark`):
+    /// the engine answers [`ProviderCommand::MarkPlayed`] once the audio sent before it
+    /// has been played to the caller (or dropped by a barge-in).
+    Mark(String),
     /// The model calls a function; the call runs it and answers with
     /// [`ProviderCommand::ToolResult`] carrying the same `id`.
     ToolCall(ToolCall),
@@ -144,6 +148,8 @@ pub enum ProviderCommand {
     /// The caller pressed these keys (one group: `0-9 * # A-D`): tell the model, in its
     /// own protocol, so "press 1 for sales" and "type your account number" work.
     Dtmf(String),
+    /// The audio before this [`ProviderEvent::Mark`] has been played (or flushed).
+    MarkPlayed(String),
     /// Close the provider connection politely.
     Close,
 }
