@@ -31,6 +31,7 @@ pub mod echo;
 pub mod elevenlabs;
 pub mod error_codes;
 pub mod gemini;
+pub mod media_streams;
 pub mod openai;
 pub mod template;
 pub mod ws;
@@ -223,6 +224,9 @@ pub fn spawn(config: &Config, route: &Route, call_format: AudioFormat) -> Provid
         ProviderKind::ElevenLabs => {
             tokio::spawn(elevenlabs::run(config, route, ends).in_current_span())
         }
+        ProviderKind::MediaStreams => {
+            tokio::spawn(media_streams::run(config, route, ends).in_current_span())
+        }
     };
     ProviderHandle {
         name: kind.name(),
@@ -240,6 +244,7 @@ pub async fn check(config: &Config, route: &Route) -> Result<String, String> {
         ProviderKind::OpenAi => openai::check(config, route).await,
         ProviderKind::ElevenLabs => elevenlabs::check(config, route).await,
         ProviderKind::Gemini => gemini::check(config, route).await,
+        ProviderKind::MediaStreams => media_streams::check(config, route).await,
     }
 }
 
