@@ -12,7 +12,9 @@ mod common;
 use std::time::Duration;
 
 use common::call::Call;
+use common::call::Playback;
 use common::daemon::{field, Daemon};
+use common::fake_esl::FakeEsl;
 use common::mock_media_streams::{Cmd, MockBackend};
 use tokio::time::Instant;
 use voicebridge::audio::g711;
@@ -197,5 +199,85 @@ async fn audio_both_ways_metadata_marks_after_playback_and_stop() {
     assert_eq!(field(&summary, "end_reason"), "freeswitch_closed");
     let out = d.output();
     assert!(!out.contains(TOKEN), "the token leaked");
+    d.stop().await;
+}
+
+/// The bot's `clear` flushes playback at once (FreeSWITCH gets `clearAudio` and none of
+/// the cleared audio after it), the mark before the clear is returned with it, the next
+/// reply plays; the caller's keys reach the bot as `dtmf`, one message per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_flushes_playback_and_keys_arrive_as_dtmf() {
+    let mock = MockBackend::start().await;
+    let esl = FakeEsl::start(PASSWORD).await;
+    let d = daemon(&mock, Some(esl.addr)).await;
+    esl.wait_lines(1, |l| l.starts_with("event ")).await;
+    let id = "ms-clear-1";
+    let call = Call::connect(&d, "call", id, "codec=pcmu&rate=8000&channels=mono").await;
+    call.writer
+        .send_text(&format!(r#"{{"uuid":"{id}","caller_id":"+3902123"}}"#))
+        .await
+        .unwrap();
+    let talker = common::call::spawn_talker(call.writer.clone(), 0xFF, 500);
+    mock.wait("start", |s| s.start.is_some()).await;
+
+    for digit in ['4', '2', '#'] {
+        esl.emit_dtmf(id, digit);
+    }
+    mock.wait("three keys", |s| s.dtmf.len() == 3).await;
+
+    // 3 s of one byte value, a mark; cut after 20 frames played.
+    const CUT: u8 = 0x2A;
+    const NEXT: u8 = 0x55;
+    mock.send(Cmd::Play(vec![CUT; 24_000]));
+    mock.send(Cmd::Mark("cut".into()));
+    call.wait_received(20).await;
+    mock.send(Cmd::Clear);
+    mock.wait("the cut mark returned", |s| s.mark_echoes.len() == 1)
+        .await;
+    mock.send(Cmd::Play(vec![NEXT; 4000]));
+    mock.send(Cmd::Mark("next".into()));
+    mock.wait("the next mark echoed", |s| s.mark_echoes.len() == 2)
+        .await;
+    call.wait_received(20 + 25).await;
+    talker.abort();
+    let (_, got) = call.close().await;
+    let summary = d.wait_call_end(id).await;
+    mock.wait("stop", |s| s.stop).await;
+
+    let errors = mock.recorded(|s| s.errors.clone());
+    assert!(errors.is_empty(), "backend validation: {errors:#?}");
+    assert_eq!(mock.recorded(|s| s.dtmf.clone()), ["4", "2", "#"]);
+
+    let clear = got
+        .events
+        .iter()
+        .position(|e| matches!(e, Playback::Clear { .. }))
+        .expect("clearAudio at FreeSWITCH");
+    let frames_of = |events: &[Playback], byte: u8| {
+        events
+            .iter()
+            .filter(
+                |e| matches!(e, Playback::Audio { bytes, .. } if bytes.iter().all(|b| *b == byte)),
+            )
+            .count()
+    };
+    let after = &got.events[clear..];
+    assert_eq!(
+        frames_of(after, CUT),
+        0,
+        "cleared audio played after the clear"
+    );
+    let before = frames_of(&got.events[..clear], CUT);
+    assert!(
+        (20..150).contains(&before),
+        "{before} frames of the cut reply"
+    );
+    assert_eq!(frames_of(after, NEXT), 25, "the next reply plays in full");
+    println!("cut reply: {before} of 150 frames played before the clear");
+    // The cut mark came back with the clear, before the next reply's.
+    let echoes = mock.recorded(|s| s.mark_echoes.clone());
+    assert_eq!(echoes[0].0, "cut");
+    assert_eq!(echoes[1].0, "next");
+    assert_eq!(field(&summary, "barge_ins"), 1);
     d.stop().await;
 }
