@@ -289,3 +289,38 @@ pub async fn check(config: &Config, _route: &crate::config::Route) -> Result<Str
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn load(toml: &str) -> Result<Config, String> {
+        Config::from_toml_str(toml, Vec::<(String, String)>::new()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_section_is_checked_at_startup() {
+        let used = "[call]\nprovider = \"media_streams\"\n";
+        let err = load(used).unwrap_err();
+        assert!(err.contains("providers.media_streams.url"), "{err}");
+        let ok = load(&format!(
+            "{used}[providers.media_streams]\nurl = \"ws://127.0.0.1:9/ws\"\ntoken = \"t0k3n-abc\"\nheaders = {{ \"X-Tenant\" = \"acme\" }}\n"
+        ))
+        .unwrap();
+        let ms = &ok.providers.media_streams;
+        assert_eq!(ms.token.expose(), "t0k3n-abc");
+        assert_eq!(ms.headers, [("X-Tenant".to_owned(), "acme".to_owned())]);
+        let err = load(&format!(
+            "{used}[providers.media_streams]\nurl = \"http://bot/ws\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("not a WebSocket URL"), "{err}");
+        let err = load(&format!(
+            "{used}[providers.media_streams]\nurl = \"ws://bot/ws\"\nheaders = {{ \"Bad Name\" = \"x\" }}\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("header name"), "{err}");
+        // Unused and unset: fine.
+        assert!(load("").is_ok());
+    }
+}
