@@ -345,6 +345,7 @@ pub struct ProvidersConfig {
     pub openai: OpenAiConfig,
     pub gemini: GeminiConfig,
     pub elevenlabs: ElevenLabsConfig,
+    pub media_streams: MediaStreamsConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -399,6 +400,17 @@ pub struct ElevenLabsConfig {
     /// When set, a signed URL is fetched from `signed_url_endpoint` per call.
     pub api_key: Secret,
     pub signed_url_endpoint: String,
+}
+
+/// `[providers.media_streams]`: a Twilio-protocol backend voicebridge dials per call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MediaStreamsConfig {
+    /// `ws://` or `wss://`; empty when not configured (a route using it is refused).
+    pub url: String,
+    /// Sent as `Authorization: Bearer <token>` when set.
+    pub token: Secret,
+    /// Extra upgrade headers (names and values checked at startup).
+    pub headers: Vec<(String, String)>,
 }
 
 /// A fully resolved route: `[call]` + `[freeswitch]` defaults with the route's
@@ -757,6 +769,7 @@ impl ProvidersConfig {
             ProviderKind::OpenAi => self.openai.api_key.expose(),
             ProviderKind::Gemini => self.gemini.api_key.expose(),
             ProviderKind::ElevenLabs => &self.elevenlabs.agent_id,
+            ProviderKind::MediaStreams => &self.media_streams.url,
         }
     }
 }

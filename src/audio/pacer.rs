@@ -175,6 +175,24 @@ impl Pacer {
         self.released_total
     }
 
+    /// Bytes released or queued so far: the position at which audio pushed now ends
+    /// (a provider's `mark` placed in the audio stream stands for it).
+    pub fn pushed_total(&self) -> u64 {
+        self.released_total + self.queued_bytes() as u64
+    }
+
+    /// When position `position` (a value of [`pushed_total`](Self::pushed_total)) has
+    /// been played out at the latest: `None` while audio before it is still queued (its
+    /// release schedule is not known yet), `now` or earlier once it has played.
+    pub fn played_at(&self, now: Instant, position: u64) -> Option<Instant> {
+        if position > self.released_total {
+            return None;
+        }
+        let rest = usize::try_from(self.released_total - position).unwrap_or(usize::MAX);
+        let head = self.effective_playhead(now);
+        Some(head.checked_sub(self.duration_of(rest)).unwrap_or(now))
+    }
+
     /// The far end has played everything released up to `position` (a value of
     /// [`released_total`](Self::released_total)) at `now`: the rest is still to play, so
     /// the playhead is `now` plus that. A position from before the last flush means
@@ -700,6 +718,32 @@ mod tests {
 
     /// Releases every frame due at each 20 ms tick from `from` for `ticks` ticks;
     /// returns the frames released and the last tick's instant.
+    #[test]
+    fn a_pushed_position_is_played_when_the_playhead_passes_it() {
+        let t0 = Instant::now();
+        let mut p = pacer(40);
+        let id: ItemId = Arc::from("a");
+        p.push(&id, &[0xff; 480]);
+        let end = p.pushed_total();
+        assert_eq!(end, 480);
+        assert_eq!(p.played_at(t0, end), None, "still queued");
+        let mut out = Vec::new();
+        let mut t = t0;
+        while p.played_at(t, end).is_none() {
+            while p.pop_due(t, &mut out) {}
+            t += 20 * MS;
+        }
+        // Three frames released from t0 on at real time: played at t0 + 60 ms, never
+        // before, whatever the lead.
+        let at = p.played_at(t, end).unwrap();
+        assert_eq!(at, t0 + 60 * MS);
+        assert_eq!(
+            p.played_at(t, 160),
+            Some(at - 40 * MS),
+            "the first frame earlier"
+        );
+    }
+
     fn run_ticks(p: &mut Pacer, from: Instant, ticks: u32) -> (usize, Instant) {
         let mut out = Vec::new();
         let mut n = 0;

@@ -18,6 +18,7 @@ use crate::telephony::{PlayoutMarks, TelephonyAction};
 
 use super::ending::Goodbye;
 use super::marks::Marks;
+use super::provider_marks::ProviderMarks;
 use super::{CallEngine, EndReason, Output};
 
 /// Late audio is remembered for this many interrupted items.
@@ -49,6 +50,8 @@ pub(super) struct Downstream {
     /// The side's played-position reports, when it has them.
     playout: Option<PlayoutMarks>,
     marks: Option<Marks>,
+    /// The provider's own marks, waiting for their audio to play.
+    provider_marks: ProviderMarks,
 }
 
 fn new_pacer(
@@ -81,6 +84,7 @@ impl Downstream {
             pacer: new_pacer(lead, config, call, playout),
             playout,
             marks: new_marks(playout, call),
+            provider_marks: ProviderMarks::default(),
             converted: Vec::new(),
             frame: Vec::new(),
             interrupted: VecDeque::new(),
@@ -95,10 +99,21 @@ impl Downstream {
     }
 }
 
+impl Downstream {
+    /// When the oldest provider mark will have played (`None`: none pending, or its
+    /// audio is still queued and the release timer will wake the engine first).
+    pub fn next_mark_played(&self, now: Instant) -> Option<Instant> {
+        let position = self.provider_marks.next()?;
+        self.pacer.played_at(now, position).map(|at| at.max(now))
+    }
+}
+
 impl CallEngine {
     /// The metadata changed the call's format before any audio flowed: the playback
     /// side (pacer, telephony encoder, assistant→caller transcoder) follows it.
     pub(super) fn rebuild_playback(&mut self, call: AudioFormat) {
+        // Positions restart with the new pacer: what marks wait for is gone.
+        self.answer_all_marks();
         self.down.pacer = new_pacer(self.down.lead, &self.config, call, self.down.playout);
         if let Some(marks) = self.down.marks.as_mut() {
             marks.restart();
@@ -157,6 +172,7 @@ impl CallEngine {
                 }
             }
             ProviderEvent::SpeechStarted => self.on_speech_started(now),
+            ProviderEvent::Mark(name) => self.on_provider_mark(name),
             ProviderEvent::ResponseDone => {
                 self.record.assistant_turn_done();
                 if self.goodbye == Goodbye::Saying {
@@ -385,6 +401,43 @@ impl CallEngine {
         }
     }
 
+    /// The provider placed a mark after the audio it sent so far.
+    fn on_provider_mark(&mut self, name: String) {
+        let position = self.down.pacer.pushed_total();
+        if let Some(early) = self.down.provider_marks.push(name, position) {
+            if self.down.provider_marks.answered_early == 1 {
+                warn!(
+                    max = super::provider_marks::MAX_PENDING,
+                    "provider sends marks far ahead of playback: the oldest answered early"
+                );
+            }
+            self.outputs
+                .push_back(Output::Provider(ProviderCommand::MarkPlayed(early)));
+        }
+    }
+
+    /// Answers every provider mark whose audio has played by `now`.
+    pub(super) fn answer_marks(&mut self, now: Instant) {
+        while let Some(position) = self.down.provider_marks.next() {
+            match self.down.pacer.played_at(now, position) {
+                Some(at) if at <= now => {}
+                _ => break,
+            }
+            if let Some(name) = self.down.provider_marks.pop() {
+                self.outputs
+                    .push_back(Output::Provider(ProviderCommand::MarkPlayed(name)));
+            }
+        }
+    }
+
+    fn answer_all_marks(&mut self) {
+        let names: Vec<String> = self.down.provider_marks.drain().collect();
+        for name in names {
+            self.outputs
+                .push_back(Output::Provider(ProviderCommand::MarkPlayed(name)));
+        }
+    }
+
     /// A side that batches frames sends what it holds once the reply is fully released
     /// (waiting for more would hold its last words back). True if a batch was pending.
     fn flush_partial_batch(&mut self) -> bool {
@@ -406,6 +459,9 @@ impl CallEngine {
             return false;
         }
         let flushed = self.down.pacer.flush(now);
+        // The audio the provider's marks waited for is gone: they are answered now, in
+        // order (as Twilio does at a `clear`).
+        self.answer_all_marks();
         if let Some(marks) = self.down.marks.as_mut() {
             marks.void(self.down.pacer.released_total());
         }

@@ -48,6 +48,7 @@ mod fallback;
 mod input;
 mod marks;
 mod output;
+mod provider_marks;
 mod stats;
 mod tools;
 mod upstream;
@@ -56,6 +57,8 @@ mod upstream;
 mod guard_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_provider_marks;
 
 pub use end_reason::EndReason;
 pub use input::{Input, LookupDone, ToolDone};
@@ -262,6 +265,7 @@ impl CallEngine {
             return self.end(reason);
         }
         self.release_due(now);
+        self.answer_marks(now);
         self.guard_tick(now, false);
         self.check_played_out(now);
     }
@@ -309,6 +313,9 @@ impl CallEngine {
         }
         if let Some(release) = self.down.pacer.next_release(now) {
             at = at.min(release);
+        }
+        if let Some(played) = self.down.next_mark_played(now) {
+            at = at.min(played);
         }
         if let Some(group_end) = self.dtmf.due() {
             at = at.min(group_end);

@@ -102,7 +102,11 @@ pub(super) fn end_of(outputs: &[Output]) -> Option<&EndReason> {
 
 /// Runs the clock from `now`, ticking whenever the engine asks, until it ends or
 /// `limit` passes. Returns every output with the time it came out.
-fn run_until_end(e: &mut CallEngine, mut now: Instant, limit: Duration) -> Vec<(Instant, Output)> {
+pub(super) fn run_until_end(
+    e: &mut CallEngine,
+    mut now: Instant,
+    limit: Duration,
+) -> Vec<(Instant, Output)> {
     let stop = now + limit;
     let mut out = Vec::new();
     while let Some(at) = e.poll_timeout(now) {

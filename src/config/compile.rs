@@ -10,7 +10,9 @@ use std::time::Duration;
 use super::business;
 use super::env_secrets::EnvSecrets;
 use super::parse::{has_scheme, int_in, ms_off_or, ms_or, named_or, non_empty, secret};
-use super::raw::{RawCall, RawConfig, RawEsl, RawFreeswitch, RawProviders, RawRoute, RawServer};
+use super::raw::{
+    RawCall, RawConfig, RawEsl, RawFreeswitch, RawMediaStreams, RawProviders, RawRoute, RawServer,
+};
 use super::*;
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -467,6 +469,43 @@ fn providers(raw: RawProviders, secrets: &EnvSecrets) -> Result<ProvidersConfig>
         openai,
         gemini,
         elevenlabs,
+        media_streams: media_streams(raw.media_streams)?,
+    })
+}
+
+/// `[providers.media_streams]`: the URL is checked only when given (a route using the
+/// kind without one is refused by the credential check); header names and values must
+/// be sendable, so a typo fails at startup instead of on every call.
+fn media_streams(m: RawMediaStreams) -> Result<MediaStreamsConfig> {
+    let url = match m
+        .url
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+    {
+        Some(u) => ws_url("providers.media_streams.url", Some(u), String::new())?,
+        None => String::new(),
+    };
+    let mut headers = Vec::new();
+    for (name, value) in m.headers.unwrap_or_default() {
+        let key = format!("providers.media_streams.headers.{name}");
+        if tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(ConfigError::invalid(
+                key.clone(),
+                "is not a valid HTTP header name",
+            ));
+        }
+        if tokio_tungstenite::tungstenite::http::HeaderValue::from_str(&value).is_err() {
+            return Err(ConfigError::invalid(
+                key,
+                "has characters not allowed in an HTTP header value",
+            ));
+        }
+        headers.push((name, value));
+    }
+    Ok(MediaStreamsConfig {
+        url,
+        token: secret(m.token, &None),
+        headers,
     })
 }
 

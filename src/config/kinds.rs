@@ -17,6 +17,9 @@ pub enum ProviderKind {
     OpenAi,
     Gemini,
     ElevenLabs,
+    /// Any backend speaking the Twilio Media Streams protocol (a Pipecat bot, ...):
+    /// voicebridge plays Twilio's part toward it.
+    MediaStreams,
 }
 
 /// What must be configured before a provider can connect.
@@ -84,7 +87,7 @@ const API_KEY: Credential = Credential {
 };
 
 /// In [`ProviderKind`] declaration order (a test checks it), so a kind is its index.
-const KINDS: [KindInfo; 4] = [
+const KINDS: [KindInfo; 5] = [
     KindInfo {
         kind: ProviderKind::Echo,
         name: "echo",
@@ -129,6 +132,22 @@ const KINDS: [KindInfo; 4] = [
         default_price: NO_PRICE,
         interruption: Interruption::ProviderOnly,
     },
+    KindInfo {
+        kind: ProviderKind::MediaStreams,
+        name: "media_streams",
+        // No key: the backend is the operator's own (an optional bearer token).
+        api_key_env: None,
+        // The backend's bot decides what it says.
+        can_say: false,
+        section: "providers.media_streams",
+        credential: Some(Credential {
+            field: "url",
+            what: "a backend URL",
+        }),
+        default_price: NO_PRICE,
+        // It cuts its reply with `clear` when it decides to.
+        interruption: Interruption::ProviderOnly,
+    },
 ];
 
 impl ProviderKind {
@@ -139,6 +158,7 @@ impl ProviderKind {
         ProviderKind::OpenAi,
         ProviderKind::Gemini,
         ProviderKind::ElevenLabs,
+        ProviderKind::MediaStreams,
     ];
 
     /// This kind's row of the table.
@@ -216,7 +236,12 @@ mod tests {
 
     #[test]
     fn every_networked_kind_has_a_key_variable_and_a_credential() {
-        for kind in ProviderKind::ALL {
+        // A Twilio-protocol backend is the operator's own: a URL, no key variable.
+        let keyless = [ProviderKind::MediaStreams];
+        for kind in ProviderKind::ALL
+            .into_iter()
+            .filter(|k| !keyless.contains(k))
+        {
             let info = kind.info();
             assert_eq!(
                 info.api_key_env.is_some(),
@@ -227,5 +252,10 @@ mod tests {
         assert_eq!(ProviderKind::Gemini.api_key_env(), Some("GEMINI_API_KEY"));
         assert!(ProviderKind::OpenAi.info().can_say);
         assert!(!ProviderKind::ElevenLabs.info().can_say);
+        let ms = ProviderKind::MediaStreams.info();
+        assert_eq!(
+            (ms.api_key_env, ms.credential.map(|c| c.field)),
+            (None, Some("url"))
+        );
     }
 }

@@ -98,6 +98,7 @@ pub(crate) struct RawPrices {
     pub openai: RawPrice,
     pub gemini: RawPrice,
     pub elevenlabs: RawPrice,
+    pub media_streams: RawPrice,
 }
 
 impl RawPrices {
@@ -108,6 +109,7 @@ impl RawPrices {
             ProviderKind::OpenAi => &self.openai,
             ProviderKind::Gemini => &self.gemini,
             ProviderKind::ElevenLabs => &self.elevenlabs,
+            ProviderKind::MediaStreams => &self.media_streams,
         }
     }
 }
@@ -236,6 +238,7 @@ pub(crate) struct RawProviders {
     pub openai: RawOpenAi,
     pub gemini: RawGemini,
     pub elevenlabs: RawElevenLabs,
+    pub media_streams: RawMediaStreams,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -274,6 +277,14 @@ pub(crate) struct RawElevenLabs {
     pub agent_id: Option<String>,
     pub api_key: Option<String>,
     pub signed_url_endpoint: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawMediaStreams {
+    pub url: Option<String>,
+    pub token: Option<String>,
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// One `[[routes]]` entry: a name plus optional overrides of `[call]` and of the

@@ -76,7 +76,8 @@ pub async fn run(config: EchoConfig, call_format: AudioFormat, mut ends: Provide
             | ProviderCommand::Context(_)
             | ProviderCommand::Say(_)
             | ProviderCommand::ToolResult(_)
-            | ProviderCommand::Dtmf(_) => {}
+            | ProviderCommand::Dtmf(_)
+            | ProviderCommand::MarkPlayed(_) => {}
             ProviderCommand::Close => break,
         }
     }

@@ -31,6 +31,7 @@ pub mod echo;
 pub mod elevenlabs;
 pub mod error_codes;
 pub mod gemini;
+pub mod media_streams;
 pub mod openai;
 pub mod template;
 pub mod ws;
@@ -100,6 +101,10 @@ pub enum ProviderEvent {
     SpeechStopped,
     /// The provider finished generating the current response.
     ResponseDone,
+    /// A name placed in the assistant audio stream (a Twilio-protocol backend's `mark`):
+    /// the engine answers [`ProviderCommand::MarkPlayed`] once the audio sent before it
+    /// has been played to the caller (or dropped by a barge-in).
+    Mark(String),
     /// The model calls a function; the call runs it and answers with
     /// [`ProviderCommand::ToolResult`] carrying the same `id`.
     ToolCall(ToolCall),
@@ -144,6 +149,8 @@ pub enum ProviderCommand {
     /// The caller pressed these keys (one group: `0-9 * # A-D`): tell the model, in its
     /// own protocol, so "press 1 for sales" and "type your account number" work.
     Dtmf(String),
+    /// The audio before this [`ProviderEvent::Mark`] has been played (or flushed).
+    MarkPlayed(String),
     /// Close the provider connection politely.
     Close,
 }
@@ -217,6 +224,9 @@ pub fn spawn(config: &Config, route: &Route, call_format: AudioFormat) -> Provid
         ProviderKind::ElevenLabs => {
             tokio::spawn(elevenlabs::run(config, route, ends).in_current_span())
         }
+        ProviderKind::MediaStreams => {
+            tokio::spawn(media_streams::run(config, route, ends).in_current_span())
+        }
     };
     ProviderHandle {
         name: kind.name(),
@@ -234,6 +244,7 @@ pub async fn check(config: &Config, route: &Route) -> Result<String, String> {
         ProviderKind::OpenAi => openai::check(config, route).await,
         ProviderKind::ElevenLabs => elevenlabs::check(config, route).await,
         ProviderKind::Gemini => gemini::check(config, route).await,
+        ProviderKind::MediaStreams => media_streams::check(config, route).await,
     }
 }
 

@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -81,6 +81,17 @@ pub async fn connect(
     headers: &[(&'static str, String)],
     secrets: &[&str],
 ) -> Result<ProviderWs, ConnectError> {
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    connect_with(url, &headers, secrets).await
+}
+
+/// [`connect`] with header names known only at run time (a backend's configured
+/// extra headers).
+pub async fn connect_with(
+    url: &str,
+    headers: &[(&str, &str)],
+    secrets: &[&str],
+) -> Result<ProviderWs, ConnectError> {
     let shown = crate::redact::url(url);
     let mut request = url
         .into_client_request()
@@ -93,7 +104,9 @@ pub async fn connect(
             url: shown.clone(),
             reason: format!("header {name} has characters not allowed in HTTP"),
         })?;
-        request.headers_mut().insert(*name, value);
+        let name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad_header_name(&shown, name))?;
+        request.headers_mut().insert(name, value);
     }
     let config = WebSocketConfig::default()
         // Allocated up front per connection: provider messages are a few KiB, a larger
@@ -126,6 +139,13 @@ pub async fn connect(
             // tungstenite's text may quote the URL it was given.
             reason: redact(&crate::redact::scrub(&e.to_string(), url), secrets),
         }),
+    }
+}
+
+fn bad_header_name(url: &str, name: &str) -> ConnectError {
+    ConnectError::BadUrl {
+        url: url.to_owned(),
+        reason: format!("{name:?} is not a valid HTTP header name"),
     }
 }
 

@@ -12,5 +12,6 @@ pub mod fake_twilio;
 pub mod http;
 pub mod mock_elevenlabs;
 pub mod mock_gemini;
+pub mod mock_media_streams;
 pub mod mock_openai;
 pub mod webhook_server;

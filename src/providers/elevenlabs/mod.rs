@@ -424,7 +424,10 @@ impl Live {
             }
             ProviderCommand::Cancel => debug!("elevenlabs: cancel has no equivalent: ignored"),
             // The agent cannot be told what to say; the session does not ask.
-            ProviderCommand::Context(_) | ProviderCommand::Say(_) => {}
+            // It never sends marks, so none come back.
+            ProviderCommand::Context(_)
+            | ProviderCommand::Say(_)
+            | ProviderCommand::MarkPlayed(_) => {}
             ProviderCommand::ToolResult(r) => return self.on_tool_result(r).await,
             ProviderCommand::Dtmf(digits) => {
                 if !self.ready {

@@ -483,6 +483,8 @@ impl Gemini {
                 debug!(%item, played_ms, "gemini: no truncate in this protocol (the server stopped at the interruption)");
             }
             Some(ProviderCommand::Cancel) => debug!("gemini: cancel ignored"),
+            // It never sends marks, so none come back.
+            Some(ProviderCommand::MarkPlayed(_)) => {}
             Some(ProviderCommand::Say(text)) => {
                 let msg = wire::instruct(
                     &self.s.model,

@@ -256,6 +256,8 @@ impl Connection {
                 info!(item = %item, audio_end_ms = played_ms, "OpenAI: truncating the interrupted item");
                 self.send_json(&wire::truncate(&item, played_ms)).await
             }
+            // It never sends marks, so none come back.
+            ProviderCommand::MarkPlayed(_) => Ok(()),
             ProviderCommand::Cancel => {
                 // With server VAD and interrupt_response=true the server cancels the
                 // response itself on speech_started, so the session never needs this
