@@ -170,6 +170,9 @@ async fn ulaw_passthrough_signed_url_greeting_turn_and_pings() {
     let (_, got) = call.close().await;
     let summary = daemon.wait_call_end(id).await;
 
+    // The daemon's summary can be logged before the mock has read our Close frame.
+    mock.wait("the client's Close", |s| s.client_closed.is_some())
+        .await;
     assert_mock_clean(&mock);
     assert_no_secrets(&daemon);
     mock.recorded(|s| {
