@@ -340,8 +340,19 @@ impl<L: TelephonyLeg> CallTask<L> {
         let slots = (guard, budget);
         let hangup = reason.hangup();
         // The provider first: it must stop billing even if the telephony side is slow
-        // to close.
-        let _ = provider.commands.try_send(ProviderCommand::Close);
+        // to close. Its events are no longer read: dropping their receiver unblocks a
+        // provider waiting for room there (it takes that as the end); a provider whose
+        // command queue is full gets no Close but sees the queue end after its backlog.
+        let providers::ProviderHandle {
+            name: provider_name,
+            commands,
+            events,
+            task: provider_task,
+        } = provider;
+        drop(events);
+        if commands.try_send(ProviderCommand::Close).is_err() {
+            drop(commands);
+        }
         leg.close(&hangup).await;
         // Tool calls still running are of no use any more.
         tools.abort_all();
@@ -351,7 +362,7 @@ impl<L: TelephonyLeg> CallTask<L> {
         }
         leg.release_channel(&hangup);
         engine.flush_metrics();
-        call_metrics::call_ended(&route_name, provider.name, reason.tag());
+        call_metrics::call_ended(&route_name, provider_name, reason.tag());
         call_metrics::esl_dropped(leg.control_dropped());
         drop(slots);
         if let Some(records) = records.as_ref().filter(|r| r.is_enabled()) {
@@ -362,7 +373,7 @@ impl<L: TelephonyLeg> CallTask<L> {
         // hang-up (libwsc `disconnect()`) blocks until it sees the TCP close, and must
         // not wait for the provider's own close (up to 500 ms) below.
         drop(leg);
-        let mut task = provider.task;
+        let mut task = provider_task;
         if tokio::time::timeout(CLOSE_WAIT, &mut task).await.is_err() {
             task.abort();
             warn!("provider did not close within 1 s: aborted");
@@ -375,7 +386,7 @@ impl<L: TelephonyLeg> CallTask<L> {
             ($level:ident) => {
                 $level!(
                     route = %route_name,
-                    provider = provider.name,
+                    provider = provider_name,
                     duration_ms,
                     fs_messages_in = s.fs_messages_in,
                     fs_bytes_in = s.fs_bytes_in,

@@ -58,6 +58,15 @@ impl FloodGuard {
         self.hot >= HOT_WINDOWS
     }
 
+    /// Whether the current window has already received more than `RATIO` windows'
+    /// worth of audio: more than any legitimate burst (a reply or a network hiccup's
+    /// backlog), so whatever comes on top is not worth decoding. Dropping it keeps a
+    /// flooding peer from spending the CPU other calls need while the run of hot
+    /// windows that ends its call builds up; the audio is still counted.
+    pub fn window_full(&self) -> bool {
+        self.audio_us > WINDOW.as_micros() as u64 * RATIO
+    }
+
     /// Seconds of audio received in the run of hot windows.
     pub fn flood_audio(&self) -> Duration {
         Duration::from_micros(self.hot_audio_us)
@@ -114,6 +123,20 @@ mod tests {
             "{:?}",
             g.flood_audio()
         );
+    }
+
+    #[test]
+    fn a_window_is_full_past_ten_seconds_of_audio_and_empties_with_the_next() {
+        let t0 = Instant::now();
+        let mut g = FloodGuard::new();
+        // 60 s of audio every 10 ms: the window fills in its first 2 ticks.
+        assert!(!g.on_audio(t0, 9_000 * MS));
+        assert!(!g.window_full(), "9 s of audio in a window is a burst");
+        assert!(!g.on_audio(t0 + 10 * MS, 2_000 * MS));
+        assert!(g.window_full(), "11 s of audio in under a second");
+        // A new window starts empty (the first message of it counts).
+        assert!(!g.on_audio(t0 + WINDOW, 20 * MS));
+        assert!(!g.window_full());
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub struct AsteriskLeg {
     /// Asterisk sends one frame per 20 ms: far more, second after second, is a broken
     /// or hostile peer, and the call ends.
     flood: FloodGuard,
+    /// Caller audio dropped unread because its window was already far over real time.
+    flood_dropped: Duration,
     /// We ended the call for bad input on a working socket (the engine's `Error` event
     /// means a lost connection, after which nothing is sent): `close` still hangs up.
     bad_input: Option<&'static str>,
@@ -93,6 +95,7 @@ impl AsteriskLeg {
             dropped: 0,
             format,
             flood: FloodGuard::new(),
+            flood_dropped: Duration::ZERO,
             bad_input: None,
             pending_out: VecDeque::new(),
         }
@@ -122,11 +125,20 @@ impl AsteriskLeg {
                 if self.flood.on_audio(std::time::Instant::now(), audio) {
                     self.bad_input = Some("caller audio flood");
                     return Some(TelephonyEvent::Error(format!(
-                        "caller audio floods: {} ms in {} s, over {}x real time",
+                        "caller audio floods: {} ms in {} s, over {}x real time \
+                         ({} ms of it dropped unprocessed)",
                         self.flood.flood_audio().as_millis(),
                         (flood::WINDOW * flood::HOT_WINDOWS).as_secs(),
-                        flood::RATIO
+                        flood::RATIO,
+                        self.flood_dropped.as_millis()
                     )));
+                }
+                if self.flood.window_full() {
+                    // Read (so the flood is measured and the socket keeps moving) but
+                    // not decoded: a busy daemon must not fall behind on this call's
+                    // socket, or on the others, while the flood builds up.
+                    self.flood_dropped += audio;
+                    return None;
                 }
                 if self.start.is_none() {
                     self.hold_early(data);
