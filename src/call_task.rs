@@ -62,75 +62,98 @@ struct CallTask<L> {
 
 /// Runs the call to its end on the telephony side `leg`, as built by the side's
 /// accept path. Never panics on input; always closes both sides.
-pub async fn run<L: TelephonyLeg>(mut leg: L, setup: CallSetup) {
-    let CallSetup {
-        call_id,
-        route,
-        config,
-        peer: _,
-        guard,
-        budget,
-        stop,
-        records,
-    } = setup;
-    let pinned = leg.pinned_format();
-    let channels = pinned.channels.unwrap_or(route.channels);
-    let call_format = crate::audio::AudioFormat::new(
-        pinned.codec.unwrap_or(route.codec),
-        pinned.rate.unwrap_or(route.sample_rate),
-    );
-    if let Err(reason) = call::check_format(call_format) {
-        error!(reason = %reason, "call refused");
-        // Our Close with the reason (an error close); the channel is left as it is.
-        leg.close(&reason.hangup()).await;
-        return;
-    }
-    leg.start();
-    // Connect the provider now, in parallel with the first audio, to save first-turn latency.
-    let provider = providers::spawn(&config, &route, call_format);
-    guard.update(|e| e.provider = provider.name);
-    info!(
-        provider = provider.name,
-        format = %call_format,
-        channels = %channels,
-        playback = ?route.playback,
-        "call started"
-    );
-    let route_name = route.name.clone();
-    let setup = EngineSetup {
-        call_id,
-        route,
-        config: Arc::clone(&config),
-        request_codec: pinned.codec,
-        request_rate: pinned.rate,
-        request_channels: pinned.channels,
-        provider: provider.name,
-        frames_per_message: leg.frames_per_message(),
-        pacer_lead: leg.pacer_lead(),
-        can_transfer: leg.can_transfer(),
-        marks: leg.playout_marks(),
-    };
-    let mut engine = CallEngine::new(setup, Instant::now());
-    if !records.as_ref().is_some_and(|r| r.is_enabled()) {
-        engine.without_record();
-    }
-    let mut task = CallTask {
-        engine,
-        leg,
-        provider,
-        config,
-        route_name,
-        call_format,
-        guard,
-        tools: JoinSet::new(),
-        lookup: None,
-        records,
+pub async fn run<L: TelephonyLeg>(leg: L, setup: CallSetup) {
+    // Set up synchronously, so none of the setup's locals takes room in this future
+    // (which lives as long as the call).
+    let (mut task, stop, budget) = match CallTask::prepare(leg, setup) {
+        Ok(prepared) => prepared,
+        Err((mut leg, hangup)) => {
+            // Our Close with the reason (an error close); the channel is left as it is.
+            Box::pin(leg.close(&hangup)).await;
+            return;
+        }
     };
     let reason = task.run_loop(&stop).await;
-    task.finish(reason, budget).await;
+    // Boxed: the close and the summary are most of this future's size (≈ 10 KB), and
+    // inline they would be reserved for the whole call rather than for its last second.
+    Box::pin(task.finish(reason, budget)).await;
 }
 
+/// What the call task needs besides itself: the shutdown token and the budget ticket.
+type Prepared<L> = (
+    CallTask<L>,
+    CancellationToken,
+    Option<crate::budget::Ticket>,
+);
+
 impl<L: TelephonyLeg> CallTask<L> {
+    /// Everything before the first event: the format check, the provider's start, the
+    /// engine. `Err` is a refused call, with the Close to send.
+    fn prepare(mut leg: L, setup: CallSetup) -> Result<Prepared<L>, (L, crate::telephony::Hangup)> {
+        let CallSetup {
+            call_id,
+            route,
+            config,
+            peer: _,
+            guard,
+            budget,
+            stop,
+            records,
+        } = setup;
+        let pinned = leg.pinned_format();
+        let channels = pinned.channels.unwrap_or(route.channels);
+        let call_format = crate::audio::AudioFormat::new(
+            pinned.codec.unwrap_or(route.codec),
+            pinned.rate.unwrap_or(route.sample_rate),
+        );
+        if let Err(reason) = call::check_format(call_format) {
+            error!(reason = %reason, "call refused");
+            return Err((leg, reason.hangup()));
+        }
+        leg.start();
+        // Connect the provider now, in parallel with the first audio, to save first-turn latency.
+        let provider = providers::spawn(&config, &route, call_format);
+        guard.update(|e| e.provider = provider.name);
+        info!(
+            provider = provider.name,
+            format = %call_format,
+            channels = %channels,
+            playback = ?route.playback,
+            "call started"
+        );
+        let route_name = route.name.clone();
+        let setup = EngineSetup {
+            call_id,
+            route,
+            config: Arc::clone(&config),
+            request_codec: pinned.codec,
+            request_rate: pinned.rate,
+            request_channels: pinned.channels,
+            provider: provider.name,
+            frames_per_message: leg.frames_per_message(),
+            pacer_lead: leg.pacer_lead(),
+            can_transfer: leg.can_transfer(),
+            marks: leg.playout_marks(),
+        };
+        let mut engine = CallEngine::new(setup, Instant::now());
+        if !records.as_ref().is_some_and(|r| r.is_enabled()) {
+            engine.without_record();
+        }
+        let task = CallTask {
+            engine,
+            leg,
+            provider,
+            config,
+            route_name,
+            call_format,
+            guard,
+            tools: JoinSet::new(),
+            lookup: None,
+            records,
+        };
+        Ok((task, stop, budget))
+    }
+
     async fn run_loop(&mut self, stop: &CancellationToken) -> EndReason {
         // Created once: `cancelled()` registers a waiter under the token's lock, too
         // costly to redo on every wake-up of every call (it showed in the profile).

@@ -45,8 +45,11 @@ use upgrade::{Accepted, Side};
 /// 100 ms is 19 200 bytes) and the metadata at most 8 KiB, so anything near this is
 /// garbage; the cap keeps a hostile frame from growing memory.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
-/// Eagerly allocated per connection by tungstenite: keep it small, frames are small.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Eagerly allocated per connection by tungstenite, and zeroed up to this much before
+/// every read attempt (including the one that finds nothing): keep it near the size of
+/// a telephony frame (320–640 bytes of L16, a ~400-byte Twilio `media` JSON); a larger
+/// message simply takes more reads.
+const READ_BUFFER_BYTES: usize = 1024;
 /// A peer that stops reading gets an error instead of an unbounded write buffer.
 const MAX_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
 /// Pause after a failed accept (e.g. out of file descriptors) so we do not spin.
@@ -242,6 +245,8 @@ async fn handle_connection(
         route,
         admitted,
     } = accepted;
+    // Each side's call is boxed: this future then holds only the handshake, and a call
+    // reserves the size of its own side's future rather than the largest side's.
     match side {
         Side::Freeswitch(request) => {
             let leg = FreeswitchLeg::new(
@@ -252,10 +257,19 @@ async fn handle_connection(
                 config.freeswitch.esl_chunk,
                 shared.esl.clone(),
             );
-            run_call(&shared, config, route, admitted, peer, handshake_ms, leg).await;
+            Box::pin(run_call(
+                &shared,
+                config,
+                route,
+                admitted,
+                peer,
+                handshake_ms,
+                leg,
+            ))
+            .await;
         }
         Side::MediaStreams(path) => {
-            media_streams::run(
+            Box::pin(media_streams::run(
                 &shared,
                 config,
                 route,
@@ -264,12 +278,21 @@ async fn handle_connection(
                 handshake_ms,
                 ws,
                 path,
-            )
+            ))
             .await;
         }
         Side::Asterisk(request) => {
             let leg = AsteriskLeg::new(ws, &route, request);
-            run_call(&shared, config, route, admitted, peer, handshake_ms, leg).await;
+            Box::pin(run_call(
+                &shared,
+                config,
+                route,
+                admitted,
+                peer,
+                handshake_ms,
+                leg,
+            ))
+            .await;
         }
     }
 }
@@ -296,10 +319,69 @@ pub(crate) async fn run_call<L: TelephonyLeg>(
         stop: shared.shutdown.stop.clone(),
         records: shared.records.clone(),
     };
-    async move {
-        info!(%peer, handshake_ms = format!("{handshake_ms:.2}"), "call accepted");
-        call_task::run(leg, setup).await;
+    span.in_scope(|| info!(%peer, handshake_ms = format!("{handshake_ms:.2}"), "call accepted"));
+    call_task::run(leg, setup).instrument(span).await;
+}
+
+#[cfg(test)]
+mod future_sizes {
+    //! A call's futures live as long as the call, so their size is memory per call:
+    //! these bounds catch a large one-off future (a connect, a close) landing inline
+    //! again. Debug builds lay futures out larger than release; the bounds are loose.
+    use super::*;
+    use crate::config::Config;
+    use crate::providers::{self, ProviderChannels};
+
+    fn size_of_output<A, B, C, Fut>(_: impl FnOnce(A, B, C) -> Fut) -> usize {
+        std::mem::size_of::<Fut>()
     }
-    .instrument(span)
-    .await;
+
+    #[test]
+    fn a_calls_futures_stay_small() {
+        let sizes = [
+            (
+                "connection (handshake)",
+                size_of_output(
+                    |a: Arc<Shared>, b: TcpStream, c: (SocketAddr, PendingGuard)| {
+                        handle_connection(a, b, c.0, c.1)
+                    },
+                ),
+                8 * 1024,
+            ),
+            (
+                "FreeSWITCH call",
+                size_of_output(|a: FreeswitchLeg, b, _: ()| call_task::run(a, b)),
+                14 * 1024,
+            ),
+            (
+                "Asterisk call",
+                size_of_output(|a: AsteriskLeg, b, _: ()| call_task::run(a, b)),
+                14 * 1024,
+            ),
+            (
+                "OpenAI provider",
+                size_of_output(
+                    |a: &'static Config, b: &'static Route, c: ProviderChannels| {
+                        providers::openai::run(a, b, c)
+                    },
+                ),
+                8 * 1024,
+            ),
+            (
+                "ElevenLabs provider",
+                size_of_output(
+                    |a: &'static Config, b: &'static Route, c: ProviderChannels| {
+                        providers::elevenlabs::run(a, b, c)
+                    },
+                ),
+                10 * 1024,
+            ),
+        ];
+        for (what, size, bound) in sizes {
+            assert!(
+                size <= bound,
+                "{what}: a {size}-byte future (bound {bound})"
+            );
+        }
+    }
 }
