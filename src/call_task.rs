@@ -333,7 +333,9 @@ impl<L: TelephonyLeg> CallTask<L> {
                 let (result, outcome, took) =
                     tools::run_webhook(&spec, &call, &info, &secret, max_body).await;
                 let error = result.error_message().map(str::to_owned);
-                let _ = commands.send(ProviderCommand::ToolResult(result)).await;
+                let _ = commands
+                    .send(ProviderCommand::ToolResult(Box::new(result)))
+                    .await;
                 ToolDone {
                     id: call.id,
                     name: call.name,

@@ -163,7 +163,7 @@ impl CallEngine {
                 self.record.caller_turn_ended(now);
                 self.on_speech_stopped();
             }
-            ProviderEvent::ToolCall(call) => self.on_tool_call(now, call),
+            ProviderEvent::ToolCall(call) => self.on_tool_call(now, *call),
             ProviderEvent::ToolCancelled(ids) => {
                 for id in &ids {
                     info!(tool_call_id = %id, "tool call cancelled by the provider");

@@ -280,11 +280,11 @@ fn max_duration_without_a_goodbye_ends_at_once() {
 }
 
 fn tool_call(name: &str, args: serde_json::Value) -> Input {
-    Input::Provider(ProviderEvent::ToolCall(ToolCall {
+    Input::Provider(ProviderEvent::ToolCall(Box::new(ToolCall {
         id: format!("{name}-1"),
         name: name.to_owned(),
         arguments: args,
-    }))
+    })))
 }
 
 #[test]

@@ -83,7 +83,9 @@ impl CallEngine {
                 self.record
                     .tool_finished(&call.id, "busy", Duration::ZERO, result.error_message());
                 self.outputs
-                    .push_back(Output::Provider(ProviderCommand::ToolResult(result)));
+                    .push_back(Output::Provider(ProviderCommand::ToolResult(Box::new(
+                        result,
+                    ))));
             }
             Resolved::Webhook(spec) => {
                 info!(tool = %call.name, tool_call_id = %call.id, "tool call: asking the webhook");
@@ -170,7 +172,9 @@ impl CallEngine {
         self.record
             .tool_finished(&call.id, outcome, Duration::ZERO, result.error_message());
         self.outputs
-            .push_back(Output::Provider(ProviderCommand::ToolResult(result)));
+            .push_back(Output::Provider(ProviderCommand::ToolResult(Box::new(
+                result,
+            ))));
     }
 
     pub(super) fn on_tool_done(&mut self, done: Result<ToolDone, String>) {

@@ -107,7 +107,7 @@ pub enum ProviderEvent {
     Mark(String),
     /// The model calls a function; the call runs it and answers with
     /// [`ProviderCommand::ToolResult`] carrying the same `id`.
-    ToolCall(ToolCall),
+    ToolCall(Box<ToolCall>),
     /// The provider withdrew these calls (Gemini, on barge-in): their results are not
     /// wanted any more.
     ToolCancelled(Vec<String>),
@@ -144,8 +144,9 @@ pub enum ProviderCommand {
     Say(String),
     /// Call metadata arrived (or it was decided none will come); template variables.
     Context(Arc<CallContext>),
-    /// The answer to a [`ProviderEvent::ToolCall`].
-    ToolResult(ToolResult),
+    /// The answer to a [`ProviderEvent::ToolCall`]. Boxed: it is rare and large, and
+    /// every slot of the command queue is the size of the largest variant.
+    ToolResult(Box<ToolResult>),
     /// The caller pressed these keys (one group: `0-9 * # A-D`): tell the model, in its
     /// own protocol, so "press 1 for sales" and "type your account number" work.
     Dtmf(String),
@@ -251,4 +252,16 @@ pub async fn check(config: &Config, route: &Route) -> Result<String, String> {
 /// Whether the provider can be told to say a given text (the goodbye).
 pub fn can_say(kind: ProviderKind) -> bool {
     kind.info().can_say
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// tokio's channels allocate their slots 32 at a time, each the size of the largest
+    /// variant: the rare large ones (tool calls and results) stay boxed.
+    #[test]
+    fn queue_slots_stay_small() {
+        assert!(std::mem::size_of::<ProviderCommand>() <= 48);
+        assert!(std::mem::size_of::<ProviderEvent>() <= 64);
+    }
 }

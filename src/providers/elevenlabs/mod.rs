@@ -428,7 +428,7 @@ impl Live {
             ProviderCommand::Context(_)
             | ProviderCommand::Say(_)
             | ProviderCommand::MarkPlayed(_) => {}
-            ProviderCommand::ToolResult(r) => return self.on_tool_result(r).await,
+            ProviderCommand::ToolResult(r) => return self.on_tool_result(*r).await,
             ProviderCommand::Dtmf(digits) => {
                 if !self.ready {
                     return None;
@@ -657,11 +657,12 @@ impl Live {
                 info!(tool = %name, tool_call_id = %id, "elevenlabs: client tool call");
                 self.turns.on_tool_call();
                 self.calls.insert(id.clone());
-                self.outbox.push_back(ProviderEvent::ToolCall(ToolCall {
-                    id,
-                    name,
-                    arguments: parameters,
-                }));
+                self.outbox
+                    .push_back(ProviderEvent::ToolCall(Box::new(ToolCall {
+                        id,
+                        name,
+                        arguments: parameters,
+                    })));
             }
             ServerEvent::Error {
                 code,

@@ -493,7 +493,7 @@ impl Gemini {
                 self.send_active(Message::Text(msg.into())).await;
             }
             Some(ProviderCommand::Context(_)) => debug!("gemini: second context ignored"),
-            Some(ProviderCommand::ToolResult(r)) => self.on_tool_result(r).await,
+            Some(ProviderCommand::ToolResult(r)) => self.on_tool_result(*r).await,
             Some(ProviderCommand::Dtmf(digits)) => {
                 // A user text turn, in the form the model's generation takes (as the
                 // greeting); the model answers it like a spoken turn.
@@ -659,11 +659,11 @@ impl Gemini {
                     wire_id: f.id,
                 },
             );
-            self.emit(ProviderEvent::ToolCall(ToolCall {
+            self.emit(ProviderEvent::ToolCall(Box::new(ToolCall {
                 id,
                 name: f.name,
                 arguments: f.args,
-            }))
+            })))
             .await?;
         }
         Ok(())

@@ -55,7 +55,6 @@ pub struct Turns {
     pub(super) awaiting_answer: bool,
     pub(super) expired: bool,
     tools: ToolTurns,
-    decode_buf: Vec<u8>,
     /// The server cancels its reply on the caller's speech (`interrupt_response`);
     /// false when voicebridge decides barge-ins and sends `response.cancel` itself.
     server_interrupts: bool,
@@ -100,7 +99,6 @@ impl Turns {
             awaiting_answer: false,
             expired: false,
             tools: ToolTurns::default(),
-            decode_buf: Vec::with_capacity(8 * 1024),
             server_interrupts: true,
             dtmf_items: 0,
         }
@@ -293,11 +291,11 @@ impl Turns {
         // result asks for the next answer.
         self.awaiting_answer = false;
         self.tools.open.push(id.clone());
-        out.push(ProviderEvent::ToolCall(ToolCall {
+        out.push(ProviderEvent::ToolCall(Box::new(ToolCall {
             id,
             name,
             arguments,
-        }));
+        })));
     }
 
     /// The `conversation.item.create` carrying a function's result. Sent at once even
@@ -337,14 +335,16 @@ impl Turns {
             debug!("response.output_audio.delta without item_id or delta: ignored");
             return;
         };
-        self.decode_buf.clear();
-        if let Err(e) = base64::engine::general_purpose::STANDARD
-            .decode_vec(delta.as_bytes(), &mut self.decode_buf)
+        // Decoded into a buffer of its own that becomes the event's `Bytes` as it is:
+        // no copy, and no decode buffer kept for the whole call.
+        let mut decoded = Vec::with_capacity(delta.len() / 4 * 3 + 3);
+        if let Err(e) =
+            base64::engine::general_purpose::STANDARD.decode_vec(delta.as_bytes(), &mut decoded)
         {
             warn!(error = %e, "OpenAI audio delta is not valid base64: dropped");
             return;
         }
-        if self.decode_buf.is_empty() {
+        if decoded.is_empty() {
             return;
         }
         self.awaiting_answer = false;
@@ -358,7 +358,7 @@ impl Turns {
         };
         out.push(ProviderEvent::Audio {
             item,
-            data: Bytes::copy_from_slice(&self.decode_buf),
+            data: Bytes::from(decoded),
         });
     }
 

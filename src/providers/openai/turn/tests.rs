@@ -204,7 +204,7 @@ fn function_calls_become_tool_calls_and_not_audio() {
     assert_eq!(
         out.iter()
             .map(|e| match e {
-                ProviderEvent::ToolCall(c) => c.clone(),
+                ProviderEvent::ToolCall(c) => (**c).clone(),
                 other => panic!("only tool calls expected, got {other:?}"),
             })
             .collect::<Vec<_>>(),
