@@ -47,10 +47,23 @@ impl ByteFifo {
     /// fewer are queued.
     #[inline]
     pub(crate) fn take_into(&mut self, n: usize, out: &mut Vec<u8>) -> bool {
+        self.take_with(n, |front| out.extend_from_slice(front))
+    }
+
+    /// Appends whatever `fill` pushes onto the buffer (bytes computed in place).
+    #[inline]
+    pub(crate) fn extend_with(&mut self, fill: impl FnOnce(&mut Vec<u8>)) {
+        fill(&mut self.buf);
+    }
+
+    /// Hands exactly `n` bytes from the front to `take` and drops them; false (and
+    /// nothing taken) if fewer are queued.
+    #[inline]
+    pub(crate) fn take_with(&mut self, n: usize, take: impl FnOnce(&[u8])) -> bool {
         if self.len() < n {
             return false;
         }
-        out.extend_from_slice(&self.buf[self.read..self.read + n]);
+        take(&self.buf[self.read..self.read + n]);
         self.read += n;
         if self.read == self.buf.len() {
             self.clear();

@@ -49,6 +49,26 @@ fn table_index(sample: i16, shift: u32, entries: usize) -> usize {
     ((sample >> shift) as i32 + (entries / 2) as i32) as usize
 }
 
+/// The code of one sample, in `law` (μ-law or A-law; L16 is not a law).
+#[inline]
+pub fn encode_sample(law: super::Codec, sample: i16) -> u8 {
+    match law {
+        super::Codec::Pcma => {
+            ALAW_ENCODE[table_index(sample, ALAW_SHIFT, ALAW_ENTRIES) & (ALAW_ENTRIES - 1)]
+        }
+        _ => ULAW_ENCODE[table_index(sample, ULAW_SHIFT, ULAW_ENTRIES) & (ULAW_ENTRIES - 1)],
+    }
+}
+
+/// The sample of one code, in `law` (μ-law or A-law).
+#[inline]
+pub fn decode_sample(law: super::Codec, code: u8) -> i16 {
+    match law {
+        super::Codec::Pcma => decode_alaw(code),
+        _ => decode_ulaw(code),
+    }
+}
+
 /// Appends the μ-law encoding of `input` to `out`.
 pub fn ulaw_encode(input: &[i16], out: &mut Vec<u8>) {
     let table: &[u8; ULAW_ENTRIES] = &ULAW_ENCODE;
@@ -304,6 +324,22 @@ mod tests {
         // G.711 segment tables (8 segments x 16 steps): μ-law 36.7 dB, A-law 37.2 dB.
         assert!((u - 36.7).abs() <= 1.5, "μ-law SNR {u}");
         assert!((a - 37.2).abs() <= 1.5, "A-law SNR {a}");
+    }
+
+    /// What the companded playback store relies on: a decoded code encodes back to a
+    /// code that decodes to the same sample, for every code of both laws.
+    #[test]
+    fn decoded_codes_encode_back_to_the_same_sample() {
+        for law in [super::super::Codec::Pcmu, super::super::Codec::Pcma] {
+            for code in 0..=255u8 {
+                let sample = decode_sample(law, code);
+                assert_eq!(
+                    decode_sample(law, encode_sample(law, sample)),
+                    sample,
+                    "{law:?} code {code:#04x}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod frame;
 pub mod g711;
 pub mod pacer;
 pub mod pcm;
+mod playback_store;
 pub mod resample;
 pub mod signal;
 pub mod speech;

@@ -27,12 +27,12 @@
 //! also holds releases while more than that is released beyond the last report (a far
 //! end that stopped playing stops our release too).
 
-use super::fifo::ByteFifo;
+use super::playback_store::PlaybackStore;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{AudioFormat, FRAME_MS};
+use super::{AudioFormat, Codec, FRAME_MS};
 
 /// An assistant item / response id.
 pub type ItemId = Arc<str>;
@@ -99,7 +99,7 @@ pub struct Pacer {
     frame_bytes: usize,
     lead: Duration,
     /// Queued audio; bytes before `read` are already released.
-    buf: ByteFifo,
+    buf: PlaybackStore,
     /// Which item each queued byte belongs to, in order; sums to `buf.len() - read`.
     queued: VecDeque<Run>,
     /// The most recently released bytes (about `lead` plus a frame of them), to know
@@ -135,7 +135,7 @@ impl Pacer {
             frame_bytes,
             lead: lead.max(FRAME),
             // Grown by the first reply, not up front: most of a call is not a reply.
-            buf: ByteFifo::new(0, COMPACT_AT),
+            buf: PlaybackStore::new(COMPACT_AT),
             queued: VecDeque::with_capacity(8),
             recent: VecDeque::with_capacity(8),
             recent_bytes: 0,
@@ -168,6 +168,16 @@ impl Pacer {
 
     pub fn format(&self) -> AudioFormat {
         self.format
+    }
+
+    /// The audio pushed from now on is decoded G.711 of `law` (the provider's output,
+    /// at this pacer's rate), or `None`: no longer. With L16 playback the queue then
+    /// keeps the codes, half the memory, and gives back exactly the same L16. Ignored
+    /// for G.711 playback, which is one byte a sample already.
+    pub fn source_law(&mut self, law: Option<Codec>) {
+        if self.format.codec == Codec::L16 {
+            self.buf.hold_as(law);
+        }
     }
 
     /// Bytes released since the start: the position a mark sent now stands for.
@@ -583,6 +593,39 @@ mod tests {
         assert!(l16.pop_due(t0, &mut out));
         assert_eq!(out.len(), 320);
         assert!(out[10..].iter().all(|&b| b == 0));
+    }
+
+    /// A pacer told its L16 is decoded μ-law releases the same frames, partial last
+    /// frame and silence padding included, and accounts the same milliseconds.
+    #[test]
+    fn decoded_g711_is_released_unchanged_when_held_as_codes() {
+        let t0 = Instant::now();
+        let a = id("a");
+        let codes: Vec<u8> = (0..1234u32).map(|i| (i * 13 % 256) as u8).collect();
+        let mut samples = Vec::new();
+        crate::audio::g711::ulaw_decode(&codes, &mut samples);
+        let mut l16 = Vec::new();
+        crate::audio::pcm::samples_to_l16(&samples, &mut l16);
+        let mut plain = Pacer::new(AudioFormat::l16(8000), 60 * MS);
+        let mut packed = Pacer::new(AudioFormat::l16(8000), 60 * MS);
+        packed.source_law(Some(Codec::Pcmu));
+        for p in [&mut plain, &mut packed] {
+            p.push(&a, &l16[..1000]);
+            p.push(&a, &l16[1000..]);
+            p.finish();
+        }
+        assert_eq!(plain.queued_ms(), packed.queued_ms());
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        let mut t = t0;
+        while plain.has_frame() {
+            assert!(plain.pop_due(t, &mut x));
+            assert!(packed.pop_due(t, &mut y));
+            t += FRAME;
+        }
+        assert!(!packed.has_frame());
+        assert_eq!(x, y);
+        assert_eq!(&y[..l16.len()], &l16[..]);
+        assert_eq!(plain.released_ms(&a), packed.released_ms(&a));
     }
 
     #[test]

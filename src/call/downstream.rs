@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, error, info, warn};
 
-use crate::audio::{AudioFormat, ItemId, Pacer, Transcoder};
+use crate::audio::{AudioFormat, Codec, ItemId, Pacer, Transcoder};
 use crate::call_metrics;
 use crate::config::Config;
 use crate::providers::{CallContext, ProviderCommand, ProviderEvent};
@@ -67,6 +67,13 @@ fn new_pacer(
     }
 }
 
+/// The law of `output` when what the pacer gets is exactly its decoded samples (G.711
+/// at the pacer's rate): the pacer may then keep the codes (half the memory).
+fn decoded_law(output: AudioFormat, pacer: AudioFormat) -> Option<Codec> {
+    (matches!(output.codec, Codec::Pcmu | Codec::Pcma) && output.rate == pacer.rate)
+        .then_some(output.codec)
+}
+
 fn new_marks(playout: Option<PlayoutMarks>, call: AudioFormat) -> Option<Marks> {
     playout.map(|p| Marks::new(call.bytes_per_sec() as u64 * p.every.as_millis() as u64 / 1000))
 }
@@ -115,6 +122,9 @@ impl CallEngine {
         // Positions restart with the new pacer: what marks wait for is gone.
         self.answer_all_marks();
         self.down.pacer = new_pacer(self.down.lead, &self.config, call, self.down.playout);
+        if let Some(output) = self.down.output_format {
+            self.down.pacer.source_law(decoded_law(output, call));
+        }
         if let Some(marks) = self.down.marks.as_mut() {
             marks.restart();
         }
@@ -147,6 +157,8 @@ impl CallEngine {
                         "assistant audio {output} cannot be played to a {call} call: {e}"
                     ))
                 })?);
+                let law = decoded_law(output, self.down.pacer.format());
+                self.down.pacer.source_law(law);
                 if self.up.reframer.is_some() {
                     self.ensure_upstream_transcoder();
                     if self.up.transcoder.is_none() {
