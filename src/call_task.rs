@@ -76,12 +76,13 @@ pub async fn run<L: TelephonyLeg>(leg: L, setup: CallSetup) {
     let reason = task.run_loop(&stop).await;
     // Boxed: the close and the summary are most of this future's size (≈ 10 KB), and
     // inline they would be reserved for the whole call rather than for its last second.
-    Box::pin(task.finish(reason, budget)).await;
+    Box::pin((*task).finish(reason, budget)).await;
 }
 
-/// What the call task needs besides itself: the shutdown token and the budget ticket.
+/// The call task (boxed: moved through `prepare`'s result, it would otherwise be
+/// reserved twice in the call's future), the shutdown token and the budget ticket.
 type Prepared<L> = (
-    CallTask<L>,
+    Box<CallTask<L>>,
     CancellationToken,
     Option<crate::budget::Ticket>,
 );
@@ -139,7 +140,7 @@ impl<L: TelephonyLeg> CallTask<L> {
         if !records.as_ref().is_some_and(|r| r.is_enabled()) {
             engine.without_record();
         }
-        let task = CallTask {
+        let task = Box::new(CallTask {
             engine,
             leg,
             provider,
@@ -150,7 +151,7 @@ impl<L: TelephonyLeg> CallTask<L> {
             tools: JoinSet::new(),
             lookup: None,
             records,
-        };
+        });
         Ok((task, stop, budget))
     }
 
