@@ -254,7 +254,32 @@ impl Pacer {
             self.buf.extend(&data[..take]);
             append_run(&mut self.queued, &Some(item.clone()), take);
         }
-        let dropped = data.len() - take;
+        self.count_dropped(data.len() - take)
+    }
+
+    /// [`push`](Self::push) of G.711 `codes` of `law` for an L16 pacer at 8 kHz, each
+    /// code one sample: kept as they are when the queue holds that law (see
+    /// [`source_law`](Self::source_law)), so they are never decoded twice.
+    pub fn push_codes(&mut self, item: &ItemId, law: Codec, codes: &[u8]) -> u64 {
+        if codes.is_empty() {
+            return 0;
+        }
+        let room = self.max_queued.saturating_sub(self.queued_bytes()) / 2;
+        let take = codes.len().min(room);
+        if take > 0 {
+            self.buf.extend_codes(law, &codes[..take]);
+            append_run(&mut self.queued, &Some(item.clone()), take * 2);
+        }
+        self.count_dropped((codes.len() - take) * 2)
+    }
+
+    /// The queue keeps codes of this law (pushed with [`push_codes`](Self::push_codes)).
+    pub fn held_law(&self) -> Option<Codec> {
+        self.buf.law()
+    }
+
+    /// Counts `dropped` bytes of overflow; returns the whole frames not yet reported.
+    fn count_dropped(&mut self, dropped: usize) -> u64 {
         if dropped == 0 {
             return 0;
         }
@@ -614,18 +639,29 @@ mod tests {
             p.push(&a, &l16[1000..]);
             p.finish();
         }
+        // The codes themselves, never decoded on the way in.
+        let mut coded = Pacer::new(AudioFormat::l16(8000), 60 * MS);
+        coded.source_law(Some(Codec::Pcmu));
+        assert_eq!(coded.held_law(), Some(Codec::Pcmu));
+        coded.push_codes(&a, Codec::Pcmu, &codes[..700]);
+        coded.push_codes(&a, Codec::Pcmu, &codes[700..]);
+        coded.finish();
         assert_eq!(plain.queued_ms(), packed.queued_ms());
-        let (mut x, mut y) = (Vec::new(), Vec::new());
+        assert_eq!(plain.queued_ms(), coded.queued_ms());
+        let (mut x, mut y, mut z) = (Vec::new(), Vec::new(), Vec::new());
         let mut t = t0;
         while plain.has_frame() {
             assert!(plain.pop_due(t, &mut x));
             assert!(packed.pop_due(t, &mut y));
+            assert!(coded.pop_due(t, &mut z));
             t += FRAME;
         }
-        assert!(!packed.has_frame());
+        assert!(!packed.has_frame() && !coded.has_frame());
         assert_eq!(x, y);
+        assert_eq!(x, z);
         assert_eq!(&y[..l16.len()], &l16[..]);
         assert_eq!(plain.released_ms(&a), packed.released_ms(&a));
+        assert_eq!(plain.released_ms(&a), coded.released_ms(&a));
     }
 
     #[test]

@@ -68,6 +68,23 @@ impl PlaybackStore {
         }
     }
 
+    /// Appends `law` codes of audio (one L16 sample each): kept as they are when the
+    /// store holds that law, else decoded.
+    pub(crate) fn extend_codes(&mut self, law: Codec, codes: &[u8]) {
+        if self.law == Some(law) {
+            self.fifo.extend(codes);
+        } else {
+            let mut l16 = Vec::with_capacity(codes.len() * 2);
+            decode_into(law, codes, &mut l16);
+            self.extend(&l16);
+        }
+    }
+
+    /// The law the store keeps codes of, if any.
+    pub(crate) fn law(&self) -> Option<Codec> {
+        self.law
+    }
+
     /// Appends `n` bytes of codec silence (`byte` is the pacer codec's silence byte).
     pub(crate) fn pad(&mut self, n: usize, byte: u8) {
         match self.law {
@@ -84,17 +101,23 @@ impl PlaybackStore {
     pub(crate) fn take_into(&mut self, n: usize, out: &mut Vec<u8>) -> bool {
         match self.law {
             None => self.fifo.take_into(n, out),
-            Some(law) => self.fifo.take_with(n / 2, |codes| {
-                out.reserve(codes.len() * 2);
-                for &code in codes {
-                    out.extend_from_slice(&g711::decode_sample(law, code).to_le_bytes());
-                }
-            }),
+            Some(law) => self
+                .fifo
+                .take_with(n / 2, |codes| decode_into(law, codes, out)),
         }
     }
 
     pub(crate) fn clear(&mut self) {
         self.fifo.clear();
+    }
+}
+
+/// Appends the L16 of `codes` to `out`.
+fn decode_into(law: Codec, codes: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + codes.len() * 2, 0);
+    for (pair, &code) in out[start..].chunks_exact_mut(2).zip(codes) {
+        pair.copy_from_slice(&g711::decode_sample(law, code).to_le_bytes());
     }
 }
 
@@ -127,6 +150,33 @@ mod tests {
             assert_eq!(b, audio, "{law:?}");
             assert_eq!(packed.len(), 0);
         }
+    }
+
+    #[test]
+    fn codes_go_in_as_they_are_or_decoded() {
+        let codes: Vec<u8> = (0..=255u8).collect();
+        let l16 = decoded_codes(Codec::Pcmu, &codes);
+        for held in [Some(Codec::Pcmu), None, Some(Codec::Pcma)] {
+            let mut store = PlaybackStore::new(1024);
+            store.hold_as(held);
+            store.extend_codes(Codec::Pcmu, &codes);
+            assert_eq!(store.len(), 512);
+            let mut out = Vec::new();
+            assert!(store.take_into(512, &mut out));
+            if held == Some(Codec::Pcma) {
+                // Re-held as A-law: the samples are A-law's nearest, not μ-law's exact.
+                assert_eq!(out.len(), 512);
+            } else {
+                assert_eq!(out, l16, "{held:?}");
+            }
+        }
+    }
+
+    fn decoded_codes(law: Codec, codes: &[u8]) -> Vec<u8> {
+        codes
+            .iter()
+            .flat_map(|&c| g711::decode_sample(law, c).to_le_bytes())
+            .collect()
     }
 
     #[test]

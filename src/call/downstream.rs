@@ -308,9 +308,19 @@ impl CallEngine {
         let Some(transcoder) = self.down.transcoder.as_mut() else {
             return Ok(());
         };
-        self.down.converted.clear();
-        transcoder.process(data, &mut self.down.converted);
-        self.queue_converted(&item);
+        match self.down.pacer.held_law() {
+            // The queue keeps the provider's own G.711 codes (decoded, they are exactly
+            // what the transcoder would give: see `decoded_law`): nothing to convert.
+            Some(law) if law == transcoder.from().codec => {
+                let overflow = self.down.pacer.push_codes(&item, law, data);
+                self.count_overflow(overflow);
+            }
+            _ => {
+                self.down.converted.clear();
+                transcoder.process(data, &mut self.down.converted);
+                self.queue_converted(&item);
+            }
+        }
         self.down.last_item = Some(item);
         self.down.reply_done = false;
         Ok(())
@@ -338,6 +348,11 @@ impl CallEngine {
             return;
         }
         let overflow = self.down.pacer.push(item, &self.down.converted);
+        self.count_overflow(overflow);
+    }
+
+    /// `overflow` frames of assistant audio did not fit the playback queue.
+    fn count_overflow(&mut self, overflow: u64) {
         if overflow > 0 {
             if self.stats.playback_overflow == 0 {
                 warn!(
