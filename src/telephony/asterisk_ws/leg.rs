@@ -11,7 +11,6 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -42,8 +41,8 @@ const MARK_EVERY: Duration = Duration::from_millis(100);
 
 /// The Asterisk side of one call.
 pub struct AsteriskLeg {
-    sink: SplitSink<Ws, Message>,
-    stream: SplitStream<Ws>,
+    /// Not split: reads and writes happen in turn on the call's task.
+    ws: Ws,
     request: AsteriskRequest,
     /// The format our commands are written in: the one `MEDIA_START` came in.
     control: ControlFormat,
@@ -78,10 +77,8 @@ pub struct AsteriskLeg {
 impl AsteriskLeg {
     pub fn new(ws: Ws, route: &Route, request: AsteriskRequest) -> AsteriskLeg {
         let format = AudioFormat::new(route.codec, route.sample_rate);
-        let (sink, stream) = ws.split();
         AsteriskLeg {
-            sink,
-            stream,
+            ws,
             request,
             control: ControlFormat::Json,
             start: None,
@@ -309,13 +306,13 @@ impl AsteriskLeg {
         if self.pending_out.is_empty() {
             return Ok(());
         }
-        let sink = &mut self.sink;
+        let ws = &mut self.ws;
         let pending = &mut self.pending_out;
         let send = async move {
             while let Some(msg) = pending.pop_front() {
-                sink.feed(msg).await?;
+                ws.feed(msg).await?;
             }
-            sink.flush().await
+            ws.flush().await
         };
         match tokio::time::timeout(WRITE_STALL, send).await {
             Ok(Ok(())) => Ok(()),
@@ -373,13 +370,13 @@ impl TelephonyLeg for AsteriskLeg {
         }
         let msg = match self.early_deadline {
             Some(deadline) => tokio::select! {
-                msg = self.stream.next() => msg,
+                msg = self.ws.next() => msg,
                 _ = tokio::time::sleep_until(deadline) => {
                     self.give_up_waiting();
                     return self.queued.pop_front();
                 }
             },
-            None => self.stream.next().await,
+            None => self.ws.next().await,
         };
         self.event(msg)
     }
@@ -453,7 +450,7 @@ impl TelephonyLeg for AsteriskLeg {
         let Some(frame) = close_frame(hangup) else {
             return;
         };
-        close_handshake(&mut self.sink, &mut self.stream, frame).await;
+        close_handshake(&mut self.ws, frame).await;
     }
 
     fn release_channel(&mut self, _hangup: &Hangup) {}

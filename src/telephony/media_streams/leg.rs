@@ -16,7 +16,6 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -62,8 +61,8 @@ pub enum StartError {
 
 /// The carrier side of one call.
 pub struct MediaStreamsLeg {
-    sink: SplitSink<Ws, Message>,
-    stream: SplitStream<Ws>,
+    /// Not split: reads and writes happen in turn on the call's task.
+    ws: Ws,
     carrier: Carrier,
     /// What `start` said; its stream id goes into every Twilio message we send.
     start: Start,
@@ -85,10 +84,8 @@ pub struct MediaStreamsLeg {
 impl MediaStreamsLeg {
     /// The leg of an accepted upgrade; `lead` is the route's playback lead.
     pub fn new(ws: Ws, carrier: Carrier, lead: Duration) -> MediaStreamsLeg {
-        let (sink, stream) = ws.split();
         MediaStreamsLeg {
-            sink,
-            stream,
+            ws,
             carrier,
             start: Start::default(),
             format: AudioFormat::new(Codec::Pcmu, 8000),
@@ -106,7 +103,7 @@ impl MediaStreamsLeg {
     pub async fn await_start(&mut self) -> Result<(), StartError> {
         let read = async {
             for _ in 0..MAX_BEFORE_START {
-                let text = match self.stream.next().await {
+                let text = match self.ws.next().await {
                     None | Some(Err(_)) => return Err(StartError::Closed),
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Close(_))) => return Err(StartError::Closed),
@@ -346,7 +343,7 @@ impl TelephonyLeg for MediaStreamsLeg {
         if let Some(e) = self.queued.pop_front() {
             return Some(e);
         }
-        let msg = self.stream.next().await;
+        let msg = self.ws.next().await;
         self.event(msg)
     }
 
@@ -375,14 +372,14 @@ impl TelephonyLeg for MediaStreamsLeg {
                 return Ok(());
             }
         };
-        self.sink.feed(msg).await.map_err(error_event)
+        self.ws.feed(msg).await.map_err(error_event)
     }
 
     async fn flush(&mut self) -> Result<(), TelephonyEvent> {
         if !std::mem::take(&mut self.fed) {
             return Ok(());
         }
-        match tokio::time::timeout(WRITE_STALL, self.sink.flush()).await {
+        match tokio::time::timeout(WRITE_STALL, self.ws.flush()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(error_event(e)),
             Err(_) => Err(TelephonyEvent::Error(format!(
@@ -403,7 +400,7 @@ impl TelephonyLeg for MediaStreamsLeg {
             None => return,
             Some(frame) => frame,
         };
-        close_handshake(&mut self.sink, &mut self.stream, frame).await;
+        close_handshake(&mut self.ws, frame).await;
     }
 
     fn release_channel(&mut self, _hangup: &Hangup) {}
@@ -424,7 +421,7 @@ pub async fn refuse(leg: &mut MediaStreamsLeg, why: &str) {
         code: CloseCode::Policy,
         reason: reason.into(),
     };
-    close_handshake(&mut leg.sink, &mut leg.stream, Some(frame)).await;
+    close_handshake(&mut leg.ws, Some(frame)).await;
 }
 
 #[cfg(test)]
