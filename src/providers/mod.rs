@@ -1,7 +1,7 @@
 //! The one interface every AI provider sits behind.
 //!
 //! A provider runs in its own task and talks to the call only through two bounded
-//! channels: [`ProviderCommand`]s in, normalised [`ProviderEvent`]s out. The call engine never
+//! queues ([`queue`]): [`ProviderCommand`]s in, normalised [`ProviderEvent`]s out. The call engine never
 //! sees a provider's JSON and a provider never sees FreeSWITCH, so a slow provider cannot
 //! stall the caller's audio.
 //!
@@ -33,6 +33,7 @@ pub mod error_codes;
 pub mod gemini;
 pub mod media_streams;
 pub mod openai;
+pub mod queue;
 pub mod template;
 pub mod ws;
 
@@ -40,7 +41,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -180,24 +180,24 @@ pub struct CallContext {
 /// The call task's end of a running provider.
 pub struct ProviderHandle {
     pub name: &'static str,
-    pub commands: mpsc::Sender<ProviderCommand>,
-    pub events: mpsc::Receiver<ProviderEvent>,
+    pub commands: queue::Sender<ProviderCommand>,
+    pub events: queue::Receiver<ProviderEvent>,
     pub task: JoinHandle<()>,
 }
 
 /// The provider's end: where it reads commands and sends events.
 pub struct ProviderChannels {
-    pub commands: mpsc::Receiver<ProviderCommand>,
-    pub events: mpsc::Sender<ProviderEvent>,
+    pub commands: queue::Receiver<ProviderCommand>,
+    pub events: queue::Sender<ProviderEvent>,
 }
 
 fn channels() -> (
-    mpsc::Sender<ProviderCommand>,
-    mpsc::Receiver<ProviderEvent>,
+    queue::Sender<ProviderCommand>,
+    queue::Receiver<ProviderEvent>,
     ProviderChannels,
 ) {
-    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CAPACITY);
-    let (ev_tx, ev_rx) = mpsc::channel(EVENT_CAPACITY);
+    let (cmd_tx, cmd_rx) = queue::bounded(COMMAND_CAPACITY);
+    let (ev_tx, ev_rx) = queue::bounded(EVENT_CAPACITY);
     (
         cmd_tx,
         ev_rx,
@@ -257,8 +257,8 @@ pub fn can_say(kind: ProviderKind) -> bool {
 mod tests {
     use super::*;
 
-    /// tokio's channels allocate their slots 32 at a time, each the size of the largest
-    /// variant: the rare large ones (tool calls and results) stay boxed.
+    /// A queued message takes the size of the largest variant, and a burst of replies
+    /// fills hundreds of slots: the rare large ones (tool calls and results) stay boxed.
     #[test]
     fn queue_slots_stay_small() {
         assert!(std::mem::size_of::<ProviderCommand>() <= 48);

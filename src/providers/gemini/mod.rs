@@ -45,9 +45,9 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::time::Duration;
 
+use super::queue;
 use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -358,7 +358,7 @@ struct Gemini {
     s: Settings,
     instructions: String,
     greeting: String,
-    events: mpsc::Sender<ProviderEvent>,
+    events: queue::Sender<ProviderEvent>,
     /// The connection caller audio goes to; `None` only while a dropped connection is
     /// being resumed.
     active: Option<Conn>,
@@ -418,7 +418,7 @@ async fn resumed(
 }
 
 impl Gemini {
-    async fn run(mut self, mut commands: mpsc::Receiver<ProviderCommand>) {
+    async fn run(mut self, mut commands: queue::Receiver<ProviderCommand>) {
         let mut ping = ws::ping_timer();
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         loop {

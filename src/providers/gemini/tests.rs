@@ -5,7 +5,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::*;
 
-fn gemini(events: mpsc::Sender<ProviderEvent>, timeout: Duration) -> Gemini {
+fn gemini(events: queue::Sender<ProviderEvent>, timeout: Duration) -> Gemini {
     Gemini {
         s: Settings {
             url: "ws://127.0.0.1:1/x".into(),
@@ -54,7 +54,7 @@ fn audio(samples: usize) -> String {
     )
 }
 
-fn drain(rx: &mut mpsc::Receiver<ProviderEvent>) -> Vec<String> {
+fn drain(rx: &mut queue::Receiver<ProviderEvent>) -> Vec<String> {
     let mut out = Vec::new();
     while let Ok(e) = rx.try_recv() {
         out.push(match e {
@@ -77,7 +77,7 @@ fn drain(rx: &mut mpsc::Receiver<ProviderEvent>) -> Vec<String> {
 
 #[tokio::test]
 async fn turns_interruptions_transcripts_and_usage() {
-    let (tx, mut rx) = mpsc::channel(64);
+    let (tx, mut rx) = queue::bounded(64);
     let mut g = gemini(tx, Duration::ZERO);
     let msgs = [
         r#"{"setupComplete":{}}"#.to_owned(),
@@ -124,7 +124,7 @@ async fn turns_interruptions_transcripts_and_usage() {
 
 #[tokio::test]
 async fn watchdog_arms_on_caller_transcription_only_between_turns() {
-    let (tx, _rx) = mpsc::channel(64);
+    let (tx, _rx) = queue::bounded(64);
     let mut g = gemini(tx, Duration::from_secs(5));
     g.ready = true;
     let caller = r#"{"serverContent":{"inputTranscription":{"text":"hello"}}}"#;
@@ -142,7 +142,7 @@ async fn watchdog_arms_on_caller_transcription_only_between_turns() {
 
 #[tokio::test]
 async fn tool_calls_cancellations_and_results() {
-    let (tx, mut rx) = mpsc::channel(64);
+    let (tx, mut rx) = queue::bounded(64);
     let mut g = gemini(tx, Duration::from_secs(5));
     g.ready = true;
     let caller = r#"{"serverContent":{"inputTranscription":{"text":"book it"}}}"#;
@@ -202,7 +202,7 @@ async fn tool_calls_cancellations_and_results() {
 
 #[tokio::test]
 async fn tool_calls_on_a_retired_connection_are_not_run() {
-    let (tx, mut rx) = mpsc::channel(64);
+    let (tx, mut rx) = queue::bounded(64);
     let mut g = gemini(tx, Duration::ZERO);
     let call = r#"{"toolCall":{"functionCalls":[{"id":"fc_1","name":"t","args":{}}]}}"#;
     assert!(g.on_message(call, true).await.is_ok());
@@ -212,7 +212,7 @@ async fn tool_calls_on_a_retired_connection_are_not_run() {
 
 #[tokio::test]
 async fn resumption_handles_only_when_resumable() {
-    let (tx, _rx) = mpsc::channel(64);
+    let (tx, _rx) = queue::bounded(64);
     let mut g = gemini(tx, Duration::ZERO);
     let upd = |h: &str, r: bool| {
         format!(r#"{{"sessionResumptionUpdate":{{"newHandle":"{h}","resumable":{r}}}}}"#)
