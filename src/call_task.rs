@@ -31,7 +31,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Everything the server learned while accepting the call (besides its telephony leg).
 pub struct CallSetup {
     pub call_id: String,
-    pub route: Route,
+    pub route: Arc<Route>,
     pub config: Arc<Config>,
     pub peer: SocketAddr,
     pub guard: CallGuard,
@@ -254,7 +254,7 @@ impl<L: TelephonyLeg> CallTask<L> {
 
     /// Replaces the failed provider with the route's next one (the engine decided).
     /// The old task is aborted: it has failed, and nothing of it is waited for.
-    fn switch_provider(&mut self, route: &Route) {
+    fn switch_provider(&mut self, route: &Arc<Route>) {
         let next = providers::spawn(&self.config, route, self.call_format);
         let old = std::mem::replace(&mut self.provider, next);
         old.task.abort();

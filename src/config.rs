@@ -76,9 +76,9 @@ pub struct Config {
     /// Carrier Media Streams (`/twilio/...`, `/telnyx/...`): the Twilio signature check.
     pub twilio: TwilioConfig,
     /// The `call` route, kept apart so it exists by construction.
-    default_route: Route,
+    default_route: Arc<Route>,
     /// The other `[[routes]]`, in file order.
-    extra_routes: Vec<Route>,
+    extra_routes: Vec<Arc<Route>>,
     /// Things noticed while loading that are worth a startup warning (see `warnings()`).
     load_notes: Vec<String>,
 }
@@ -451,17 +451,17 @@ impl Config {
     }
 
     /// The route called `name`; `"call"` ([`DEFAULT_ROUTE`]) always exists.
-    pub fn route(&self, name: &str) -> Option<&Route> {
+    pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
         self.routes().find(|r| r.name == name)
     }
 
     /// The `call` route, used when the URL path names none.
-    pub fn default_route(&self) -> &Route {
+    pub fn default_route(&self) -> &Arc<Route> {
         &self.default_route
     }
 
     /// All routes, `call` first, then the other `[[routes]]` in file order.
-    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
         std::iter::once(&self.default_route).chain(&self.extra_routes)
     }
 

@@ -47,7 +47,7 @@ fn secs(s: u64) -> Duration {
 
 fn route(name: &str, max_calls: u64, max_minutes: u64) -> Route {
     let config = Config::from_toml_str("", std::iter::empty()).unwrap();
-    let mut r = config.default_route().clone();
+    let mut r = Route::clone(config.default_route());
     r.name = name.to_owned();
     r.call.daily_max_calls = max_calls;
     r.call.daily_max_minutes = max_minutes;

@@ -9,6 +9,7 @@
 //! before.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::warn;
@@ -72,12 +73,13 @@ impl CallEngine {
         self.down.output_format = None;
         self.down.transcoder = None;
         self.up.transcoder = None;
-        self.route.call.provider = next;
+        // Copy-on-write: the config's route stays as it is for the other calls.
+        Arc::make_mut(&mut self.route).call.provider = next;
         self.provider = next.name();
         // The new provider's own interruption rules; its greeting is protected anew.
         self.guard = BargeGuard::new(&self.route.call);
         self.outputs
-            .push_back(Output::SwitchProvider(Box::new(self.route.clone())));
+            .push_back(Output::SwitchProvider(self.route.clone()));
         if self.fallback.context_given {
             let vars = self.vars.clone();
             self.provide_context(vars);

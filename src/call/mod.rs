@@ -78,7 +78,7 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Everything the engine needs to know at the start of a call.
 pub struct EngineSetup {
     pub call_id: String,
-    pub route: Route,
+    pub route: Arc<Route>,
     pub config: Arc<Config>,
     /// The inbound format the telephony side pinned (`None`: the route's, or metadata's).
     pub request_codec: Option<Codec>,
@@ -121,7 +121,7 @@ pub fn check_format(format: AudioFormat) -> Result<(), EndReason> {
 /// One call's state. See the module doc for the run loop.
 pub struct CallEngine {
     call_id: String,
-    route: Route,
+    route: Arc<Route>,
     config: Arc<Config>,
     provider: &'static str,
     can_transfer: bool,

@@ -34,7 +34,7 @@ pub enum Output {
     },
     /// The provider failed before the caller heard it: stop it and connect this route's
     /// next provider (`route.call.provider`) for the same call; its events follow.
-    SwitchProvider(Box<crate::config::Route>),
+    SwitchProvider(std::sync::Arc<crate::config::Route>),
     /// The call is over; nothing follows.
     End(EndReason),
 }

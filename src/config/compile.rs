@@ -38,7 +38,7 @@ pub(crate) fn compile(raw: RawConfig, secrets: &EnvSecrets, notes: Vec<String>) 
     let prices = business::prices(raw.prices)?;
     let budgets = business::budgets(raw.budgets);
     let audiosocket = super::audiosocket::listeners(raw.audiosocket, |name| {
-        name == DEFAULT_ROUTE || extra_routes.iter().any(|r: &Route| r.name == name)
+        name == DEFAULT_ROUTE || extra_routes.iter().any(|r| r.name == name)
     })?;
     let twilio = super::carriers::twilio(raw.twilio, secrets)?;
 
@@ -515,7 +515,7 @@ fn routes(
     raw: &[RawRoute],
     call: &CallConfig,
     fs: &FreeswitchConfig,
-) -> Result<(Route, Vec<Route>)> {
+) -> Result<(Arc<Route>, Vec<Arc<Route>>)> {
     let mut seen: HashMap<&str, usize> = HashMap::new();
     let mut default_route = None;
     let mut extra = Vec::new();
@@ -546,14 +546,20 @@ fn routes(
         }
         let route = resolve(&at, name, r, call, fs)?;
         if name == DEFAULT_ROUTE {
-            default_route = Some(route);
+            default_route = Some(Arc::new(route));
         } else {
-            extra.push(route);
+            extra.push(Arc::new(route));
         }
     }
     let default_route = match default_route {
         Some(route) => route,
-        None => resolve("call", DEFAULT_ROUTE, &RawRoute::default(), call, fs)?,
+        None => Arc::new(resolve(
+            "call",
+            DEFAULT_ROUTE,
+            &RawRoute::default(),
+            call,
+            fs,
+        )?),
     };
     Ok((default_route, extra))
 }

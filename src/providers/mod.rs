@@ -213,7 +213,7 @@ fn channels() -> (
 ///
 /// Returns at once: connecting happens inside the provider's task, which reports
 /// `Ready` or `Closed`.
-pub fn spawn(config: &Config, route: &Route, call_format: AudioFormat) -> ProviderHandle {
+pub fn spawn(config: &Config, route: &Arc<Route>, call_format: AudioFormat) -> ProviderHandle {
     let (commands, events, ends) = channels();
     let kind = route.call.provider;
     let task = match kind {

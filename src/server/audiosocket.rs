@@ -189,7 +189,7 @@ fn decide(
     config: &Config,
     listener: &AudioSocketListener,
     call_id: String,
-) -> Result<(crate::config::Route, admit::Admitted), Rejection> {
+) -> Result<(Arc<crate::config::Route>, admit::Admitted), Rejection> {
     let route = config.route(&listener.route).ok_or_else(|| {
         // Only after a reload that removed the route the listener names.
         Rejection::failed(

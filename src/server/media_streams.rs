@@ -112,7 +112,7 @@ fn unauthorized(why: &str) -> Rejection {
 pub(super) async fn run(
     shared: &Shared,
     config: Arc<Config>,
-    route: Route,
+    route: Arc<Route>,
     admitted: Admitted,
     peer: SocketAddr,
     handshake_ms: f64,
@@ -157,7 +157,7 @@ fn readmit(
     config: &Config,
     name: &str,
     first: Admitted,
-) -> Result<(Route, Admitted), Rejection> {
+) -> Result<(Arc<Route>, Admitted), Rejection> {
     let Admitted { guard, budget, .. } = first;
     budget.cancel();
     drop(guard);

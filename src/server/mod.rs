@@ -315,7 +315,7 @@ async fn accept(
 pub(crate) async fn run_call<L: TelephonyLeg>(
     shared: &Shared,
     config: Arc<Config>,
-    route: Route,
+    route: Arc<Route>,
     admitted: Admitted,
     peer: SocketAddr,
     handshake_ms: f64,
@@ -374,7 +374,7 @@ mod future_sizes {
             (
                 "OpenAI provider",
                 size_of_output(
-                    |a: &'static Config, b: &'static Route, c: ProviderChannels| {
+                    |a: &'static Config, b: &'static Arc<Route>, c: ProviderChannels| {
                         providers::openai::run(a, b, c)
                     },
                 ),
@@ -383,7 +383,7 @@ mod future_sizes {
             (
                 "ElevenLabs provider",
                 size_of_output(
-                    |a: &'static Config, b: &'static Route, c: ProviderChannels| {
+                    |a: &'static Config, b: &'static Arc<Route>, c: ProviderChannels| {
                         providers::elevenlabs::run(a, b, c)
                     },
                 ),

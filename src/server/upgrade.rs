@@ -13,6 +13,8 @@ use super::admit::{self, Admitted};
 use super::rejection::Rejection;
 use super::Shared;
 use crate::admission;
+use std::sync::Arc;
+
 use crate::config::{Config, Route};
 use crate::telephony::asterisk_ws::AsteriskRequest;
 use crate::telephony::freeswitch::StreamRequest;
@@ -34,7 +36,7 @@ pub(crate) enum Side {
 /// What the upgrade callback decided for an accepted call.
 pub(crate) struct Accepted {
     pub side: Side,
-    pub route: Route,
+    pub route: Arc<Route>,
     pub admitted: Admitted,
 }
 
@@ -80,7 +82,7 @@ pub(crate) fn find_route<'c>(
     config: &'c Config,
     name: &str,
     path: &str,
-) -> Result<&'c Route, Rejection> {
+) -> Result<&'c Arc<Route>, Rejection> {
     config.route(name).ok_or_else(|| {
         Rejection::failed(
             StatusCode::NOT_FOUND,

@@ -76,13 +76,13 @@ impl From<SetupError> for ProviderEvent {
 /// the session closes it or the agent hangs up.
 pub fn run(
     config: &Config,
-    route: &Route,
+    route: &Arc<Route>,
     ends: ProviderChannels,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     serve(config.providers.elevenlabs.clone(), route.clone(), ends)
 }
 
-async fn serve(config: ElevenLabsConfig, route: Route, mut ends: ProviderChannels) {
+async fn serve(config: ElevenLabsConfig, route: Arc<Route>, mut ends: ProviderChannels) {
     let mut context: Option<Arc<CallContext>> = None;
     let mut socket: Option<ProviderWs> = None;
     let connecting = open(&config);

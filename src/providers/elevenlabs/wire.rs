@@ -301,7 +301,7 @@ mod tests {
 
     fn route(toml: &str) -> Route {
         let c = Config::from_toml_str(toml, Vec::<(String, String)>::new()).unwrap();
-        c.default_route().clone()
+        Route::clone(c.default_route())
     }
 
     #[test]

@@ -66,7 +66,7 @@ enum Exit {
 
 struct Connection {
     cfg: OpenAiConfig,
-    route: Route,
+    route: Arc<Route>,
     response_timeout: Duration,
     ends: ProviderChannels,
     sink: Sink,
@@ -85,13 +85,13 @@ struct Connection {
 /// closes it or the socket ends.
 pub fn run(
     config: &Config,
-    route: &Route,
+    route: &Arc<Route>,
     ends: ProviderChannels,
 ) -> impl Future<Output = ()> + Send + 'static {
     serve(config.providers.openai.clone(), route.clone(), ends)
 }
 
-async fn serve(cfg: OpenAiConfig, route: Route, mut ends: ProviderChannels) {
+async fn serve(cfg: OpenAiConfig, route: Arc<Route>, mut ends: ProviderChannels) {
     let url = endpoint(&cfg);
     let shown = crate::redact::url(&url);
     let key = cfg.api_key.expose().to_owned();
