@@ -34,6 +34,7 @@ pub mod gemini;
 pub mod media_streams;
 pub mod openai;
 pub mod queue;
+pub mod socket;
 pub mod template;
 pub mod ws;
 

@@ -6,21 +6,21 @@
 //! keepalive ping period, the setup and close timeouts, the split socket types, a send
 //! that gives up on a stalled peer, and the polite close (our Close, then the echo).
 
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 
-pub type ProviderWs = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use super::socket::{self, ProviderStream};
+
+pub type ProviderWs = WebSocketStream<ProviderStream>;
 /// The write half of a provider socket.
 pub type Sink = SplitSink<ProviderWs, Message>;
 /// The read half of a provider socket.
@@ -120,12 +120,10 @@ pub async fn connect_with(
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
     // Boxed: connect + TLS + upgrade is an 11 KB future; inline, every provider's
     // future would reserve it for the whole call instead of the first few milliseconds.
-    let attempt = Box::pin(tokio_tungstenite::connect_async_tls_with_config(
-        request,
-        Some(config),
-        true,
-        tls_connector(),
-    ));
+    let attempt = Box::pin(async move {
+        let stream = socket::open(&request).await.map_err(socket_error)?;
+        tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await
+    });
     match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
         Err(_) => Err(ConnectError::Timeout { url: shown }),
         Ok(Ok((ws, _response))) => Ok(ws),
@@ -153,40 +151,20 @@ pub async fn connect_with(
     }
 }
 
-/// The TLS client setup every provider connection shares, built on first use: without
-/// it tokio-tungstenite reads and parses the system's root certificates again for every
-/// call (a few milliseconds of CPU at each call's start). `None` (no usable roots, or
-/// rustls refused the setup) leaves it to tokio-tungstenite, whose own error then
-/// names the problem on each connect.
-fn tls_connector() -> Option<Connector> {
-    static TLS: OnceLock<Option<Arc<rustls::ClientConfig>>> = OnceLock::new();
-    TLS.get_or_init(|| {
-        let loaded = rustls_native_certs::load_native_certs();
-        let mut roots = rustls::RootCertStore::empty();
-        let (added, ignored) = roots.add_parsable_certificates(loaded.certs);
-        if added == 0 {
-            tracing::warn!(
-                ignored,
-                errors = loaded.errors.len(),
-                "no usable system root certificates for wss:// providers"
-            );
-            return None;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        match rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-        {
-            Ok(builder) => Some(Arc::new(
-                builder.with_root_certificates(roots).with_no_client_auth(),
-            )),
-            Err(e) => {
-                tracing::warn!(error = %e, "TLS setup for wss:// providers refused");
-                None
-            }
-        }
-    })
-    .clone()
-    .map(Connector::Rustls)
+/// In tungstenite's terms, as its own connect reported them (one error type for the
+/// whole connect).
+fn socket_error(e: socket::StreamError) -> tungstenite::Error {
+    use tungstenite::error::{TlsError, UrlError};
+    match e {
+        socket::StreamError::NoHost => tungstenite::Error::Url(UrlError::NoHostName),
+        socket::StreamError::Scheme => tungstenite::Error::Url(UrlError::UnsupportedUrlScheme),
+        socket::StreamError::ServerName(_) => tungstenite::Error::Tls(TlsError::InvalidDnsName),
+        socket::StreamError::Io(e) => tungstenite::Error::Io(e),
+        e @ socket::StreamError::NoRoots => tungstenite::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            e.to_string(),
+        )),
+    }
 }
 
 fn bad_header_name(url: &str, name: &str) -> ConnectError {
@@ -347,28 +325,5 @@ mod tests {
         assert_eq!(frame.reason.as_str(), "call ended");
         // Our side read the echo, so nothing is left to read.
         assert!(stream.next().await.is_none());
-    }
-
-    /// Every wss:// connection gets the same TLS setup: the system's roots are read once
-    /// per process, not once per call.
-    #[test]
-    fn the_tls_setup_is_built_once_and_shared() {
-        let started = std::time::Instant::now();
-        let first = tls_connector();
-        let built = started.elapsed();
-        let started = std::time::Instant::now();
-        let second = tls_connector();
-        eprintln!(
-            "TLS setup: first {built:?}, then {:?} (roots {})",
-            started.elapsed(),
-            if first.is_some() { "found" } else { "missing" }
-        );
-        match (first, second) {
-            (Some(Connector::Rustls(a)), Some(Connector::Rustls(b))) => {
-                assert!(Arc::ptr_eq(&a, &b), "one ClientConfig for every connection")
-            }
-            (None, None) => {} // No system roots on this machine: tokio-tungstenite's path.
-            _ => panic!("the TLS setup changed between two connections"),
-        }
     }
 }
