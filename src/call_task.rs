@@ -7,6 +7,7 @@
 //! so a new side reuses it as is.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,21 +63,28 @@ struct CallTask<L> {
 
 /// Runs the call to its end on the telephony side `leg`, as built by the side's
 /// accept path. Never panics on input; always closes both sides.
-pub async fn run<L: TelephonyLeg>(leg: L, setup: CallSetup) {
-    // Set up synchronously, so none of the setup's locals takes room in this future
-    // (which lives as long as the call).
-    let (mut task, stop, budget) = match CallTask::prepare(leg, setup) {
-        Ok(prepared) => prepared,
-        Err((mut leg, hangup)) => {
-            // Our Close with the reason (an error close); the channel is left as it is.
-            Box::pin(leg.close(&hangup)).await;
-            return;
+///
+/// The setup (format check, provider start, engine) runs now, synchronously, in the
+/// caller's span: the returned future holds only the boxed call task, not `leg` and
+/// `setup` as well (an `async fn` keeps its arguments' room for its whole life, and
+/// this future lives as long as the call).
+pub fn run<L: TelephonyLeg>(leg: L, setup: CallSetup) -> impl Future<Output = ()> + Send {
+    let prepared = CallTask::prepare(leg, setup).map_err(|(leg, hangup)| (Box::new(leg), hangup));
+    async move {
+        match prepared {
+            Ok((mut task, stop, budget)) => {
+                let reason = task.run_loop(&stop).await;
+                // Boxed: the close and the summary are most of this future's size
+                // (≈ 10 KB), and inline they would be reserved for the whole call rather
+                // than for its last second.
+                Box::pin((*task).finish(reason, budget)).await;
+            }
+            Err((mut leg, hangup)) => {
+                // Our Close with the reason (an error close); the channel is left as it is.
+                Box::pin(leg.close(&hangup)).await;
+            }
         }
-    };
-    let reason = task.run_loop(&stop).await;
-    // Boxed: the close and the summary are most of this future's size (≈ 10 KB), and
-    // inline they would be reserved for the whole call rather than for its last second.
-    Box::pin((*task).finish(reason, budget)).await;
+    }
 }
 
 /// The call task (boxed: moved through `prepare`'s result, it would otherwise be
