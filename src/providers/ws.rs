@@ -23,8 +23,45 @@ use super::socket::{self, ProviderStream};
 pub type ProviderWs = WebSocketStream<ProviderStream>;
 /// The write half of a provider socket.
 pub type Sink = SplitSink<ProviderWs, Message>;
-/// The read half of a provider socket.
-pub type Stream = SplitStream<ProviderWs>;
+
+/// Splits a provider socket into its write half and its read half (see [`Stream`]).
+pub fn split(socket: ProviderWs) -> (Sink, Stream) {
+    let (sink, inner) = socket.split();
+    (sink, Stream { inner, last: None })
+}
+
+/// The read half of a provider socket. It keeps the last message it gave out until the
+/// next one has been read, which is what lets the socket's read buffer shrink again.
+///
+/// tungstenite reads into one buffer and hands each message out as a slice of it;
+/// when that buffer runs out of room and nothing else refers to it, it grows it in
+/// place and keeps it, so after one large message (the session echo with instructions
+/// and tool schemas, a few KiB) every call held a buffer that size for good (8 KiB per
+/// call under the load test, heaptrack). While a message it handed out is still
+/// alive, it takes a fresh buffer of its read size instead, and the old one goes when
+/// that message is dropped. A message is a refcounted slice, so holding one is free.
+pub struct Stream {
+    inner: SplitStream<ProviderWs>,
+    last: Option<Message>,
+}
+
+impl futures_util::Stream for Stream {
+    type Item = Result<Message, tungstenite::Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let item = std::task::ready!(this.inner.poll_next_unpin(cx));
+        // Only now, with the next message read, may the previous one's buffer go.
+        this.last = match &item {
+            Some(Ok(m)) => Some(m.clone()),
+            _ => None,
+        };
+        std::task::Poll::Ready(item)
+    }
+}
 /// What one read of the socket gives (`None`: it ended without a Close).
 pub type Incoming = Option<Result<Message, tungstenite::Error>>;
 
@@ -312,7 +349,7 @@ mod tests {
             seen
         });
         let socket = connect(&format!("ws://{addr}/"), &[], &[]).await.unwrap();
-        let (mut sink, mut stream) = socket.split();
+        let (mut sink, mut stream) = split(socket);
         send(&mut sink, Message::text("hello")).await.unwrap();
         close_politely(&mut sink, Some(&mut stream), "call ended").await;
         let seen = peer.await.unwrap();

@@ -112,7 +112,7 @@ async fn serve(config: ElevenLabsConfig, route: Arc<Route>, mut ends: ProviderCh
     let (Some(socket), Some(context)) = (socket, context) else {
         return;
     };
-    let (mut sink, stream) = socket.split();
+    let (mut sink, stream) = ws::split(socket);
     let init = wire::initiation(&route, &context.vars);
     debug!(
         overrides = %init.get("conversation_config_override").map(|v| v.to_string()).unwrap_or_default(),

@@ -290,7 +290,7 @@ async fn serve(s: Settings, ends: ProviderChannels) {
     if !s.tools_dropped.is_empty() {
         debug!(keywords = ?s.tools_dropped, "gemini: tool parameter keywords outside Gemini's schema subset left out");
     }
-    let (sink, stream) = ws.split();
+    let (sink, stream) = ws::split(ws);
     let mut g = Gemini {
         events,
         active: Some(Conn {
@@ -836,7 +836,7 @@ impl Gemini {
             self.retiring = Some(old);
             self.retire_deadline = Instant::now() + RETIRE_WAIT;
         }
-        let (sink, stream) = ws.split();
+        let (sink, stream) = ws::split(ws);
         self.active = Some(Conn {
             sink,
             stream,

@@ -86,7 +86,7 @@ async fn serve(config: MediaStreamsConfig, mut ends: ProviderChannels) {
     let (Some(socket), Some(context)) = (socket, context) else {
         return;
     };
-    let (sink, stream) = socket.split();
+    let (sink, stream) = ws::split(socket);
     let state = turn::Stream::new(wire::Sids::new(), std::time::Instant::now());
     let mut live = Live {
         sink,

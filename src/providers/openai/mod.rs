@@ -131,7 +131,7 @@ async fn serve(cfg: OpenAiConfig, route: Arc<Route>, mut ends: ProviderChannels)
         connect_ms = started.elapsed().as_millis() as u64,
         "OpenAI connected"
     );
-    let (sink, stream) = socket.split();
+    let (sink, stream) = ws::split(socket);
     let opened = Instant::now();
     let mut conn = Connection {
         response_timeout: route.call.response_timeout,
@@ -509,7 +509,7 @@ pub async fn check(config: &Config, route: &Route) -> Result<String, String> {
     let socket = ws::connect(&url, &headers, &[key])
         .await
         .map_err(|e| e.to_string())?;
-    let (mut sink, mut stream) = socket.split();
+    let (mut sink, mut stream) = ws::split(socket);
     let ctx = CallContext {
         call_id: "check".to_owned(),
         route: route.name.clone(),
