@@ -24,3 +24,4 @@ pub mod telephony;
 pub mod text_cap;
 pub mod tools;
 pub mod webhook;
+pub mod ws_read;

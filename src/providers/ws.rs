@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use super::socket::{self, ProviderStream};
+use crate::ws_read::LastMessage;
 
 pub type ProviderWs = WebSocketStream<ProviderStream>;
 /// The write half of a provider socket.
@@ -27,22 +28,20 @@ pub type Sink = SplitSink<ProviderWs, Message>;
 /// Splits a provider socket into its write half and its read half (see [`Stream`]).
 pub fn split(socket: ProviderWs) -> (Sink, Stream) {
     let (sink, inner) = socket.split();
-    (sink, Stream { inner, last: None })
+    (
+        sink,
+        Stream {
+            inner,
+            last: LastMessage::default(),
+        },
+    )
 }
 
-/// The read half of a provider socket. It keeps the last message it gave out until the
-/// next one has been read, which is what lets the socket's read buffer shrink again.
-///
-/// tungstenite reads into one buffer and hands each message out as a slice of it;
-/// when that buffer runs out of room and nothing else refers to it, it grows it in
-/// place and keeps it, so after one large message (the session echo with instructions
-/// and tool schemas, a few KiB) every call held a buffer that size for good (8 KiB per
-/// call under the load test, heaptrack). While a message it handed out is still
-/// alive, it takes a fresh buffer of its read size instead, and the old one goes when
-/// that message is dropped. A message is a refcounted slice, so holding one is free.
+/// The read half of a provider socket: keeps the last message it gave out until the
+/// next one has been read, so the read buffer can shrink again ([`crate::ws_read`]).
 pub struct Stream {
     inner: SplitStream<ProviderWs>,
-    last: Option<Message>,
+    last: LastMessage,
 }
 
 impl futures_util::Stream for Stream {
@@ -54,11 +53,7 @@ impl futures_util::Stream for Stream {
     ) -> std::task::Poll<Option<Self::Item>> {
         let this = self.get_mut();
         let item = std::task::ready!(this.inner.poll_next_unpin(cx));
-        // Only now, with the next message read, may the previous one's buffer go.
-        this.last = match &item {
-            Some(Ok(m)) => Some(m.clone()),
-            _ => None,
-        };
+        this.last.keep(&item);
         std::task::Poll::Ready(item)
     }
 }

@@ -23,6 +23,7 @@ use crate::telephony::freeswitch::leg::{close_frame, close_handshake, error_even
 use crate::telephony::{
     Hangup, Metadata, PinnedFormat, PlayoutMarks, TelephonyAction, TelephonyEvent, TelephonyLeg,
 };
+use crate::ws_read::LastMessage;
 
 use super::control::{self, Command, ControlFormat, Event, MediaStart};
 use super::playout::{Out, Playout};
@@ -43,6 +44,8 @@ const MARK_EVERY: Duration = Duration::from_millis(100);
 pub struct AsteriskLeg {
     /// Not split: reads and writes happen in turn on the call's task.
     ws: Ws,
+    /// The last message read, kept until the next ([`crate::ws_read`]).
+    last_read: LastMessage,
     request: AsteriskRequest,
     /// The format our commands are written in: the one `MEDIA_START` came in.
     control: ControlFormat,
@@ -79,6 +82,7 @@ impl AsteriskLeg {
         let format = AudioFormat::new(route.codec, route.sample_rate);
         AsteriskLeg {
             ws,
+            last_read: LastMessage::default(),
             request,
             control: ControlFormat::Json,
             start: None,
@@ -103,6 +107,7 @@ impl AsteriskLeg {
         &mut self,
         msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
     ) -> Option<TelephonyEvent> {
+        self.last_read.keep(&msg);
         let msg = match msg {
             None => return Some(TelephonyEvent::Gone),
             Some(Err(e)) => return Some(error_event(e)),

@@ -24,6 +24,7 @@ use crate::config::{PlaybackMode, Route};
 use crate::telephony::{
     Hangup, HangupCause, PinnedFormat, TelephonyAction, TelephonyEvent, TelephonyLeg,
 };
+use crate::ws_read::LastMessage;
 
 use super::esl::{ChannelEvent, ChannelEvents, Esl, PlayEvent};
 use super::request::StreamRequest;
@@ -41,6 +42,8 @@ pub struct FreeswitchLeg {
     /// Not split: reads and writes happen in turn on the call's task, so the halves'
     /// lock (`BiLock`, ~2 % of the daemon's CPU at 300 calls) would buy nothing.
     ws: Ws,
+    /// The last message read, kept until the next ([`crate::ws_read`]).
+    last_read: LastMessage,
     /// With ESL: this channel's events, key presses and `esl_files` plays (taken up by `start`).
     channel_events: Option<ChannelEvents>,
     call_id: String,
@@ -83,6 +86,7 @@ impl FreeswitchLeg {
         let esl = esl.filter(|_| request.call_id.is_some());
         FreeswitchLeg {
             ws,
+            last_read: LastMessage::default(),
             channel_events: None,
             call_id,
             mode,
@@ -108,6 +112,7 @@ impl FreeswitchLeg {
         &mut self,
         msg: Option<Result<Message, tungstenite::Error>>,
     ) -> Option<TelephonyEvent> {
+        self.last_read.keep(&msg);
         let msg = match msg {
             None => return Some(TelephonyEvent::Gone),
             Some(Err(e)) => return Some(error_event(e)),

@@ -27,6 +27,7 @@ use crate::telephony::freeswitch::leg::{close_frame, close_handshake, error_even
 use crate::telephony::{
     Hangup, Metadata, PinnedFormat, PlayoutMarks, TelephonyAction, TelephonyEvent, TelephonyLeg,
 };
+use crate::ws_read::LastMessage;
 
 use super::reorder::Reorder;
 use super::wire::{self, Inbound, Start};
@@ -63,6 +64,8 @@ pub enum StartError {
 pub struct MediaStreamsLeg {
     /// Not split: reads and writes happen in turn on the call's task.
     ws: Ws,
+    /// The last message read, kept until the next ([`crate::ws_read`]).
+    last_read: LastMessage,
     carrier: Carrier,
     /// What `start` said; its stream id goes into every Twilio message we send.
     start: Start,
@@ -86,6 +89,7 @@ impl MediaStreamsLeg {
     pub fn new(ws: Ws, carrier: Carrier, lead: Duration) -> MediaStreamsLeg {
         MediaStreamsLeg {
             ws,
+            last_read: LastMessage::default(),
             carrier,
             start: Start::default(),
             format: AudioFormat::new(Codec::Pcmu, 8000),
@@ -170,6 +174,7 @@ impl MediaStreamsLeg {
         &mut self,
         msg: Option<Result<Message, tungstenite::Error>>,
     ) -> Option<TelephonyEvent> {
+        self.last_read.keep(&msg);
         let msg = match msg {
             None => return Some(TelephonyEvent::Gone),
             Some(Err(e)) => return Some(error_event(e)),
