@@ -326,8 +326,8 @@ impl CallEngine {
         Ok(())
     }
 
-    /// The reply is complete: what the resampler still holds of it (up to 20 ms, and
-    /// its filter delay) is queued now, behind the rest of the reply, so no fragment of
+    /// The reply is complete: what the resampler still holds of it (its filter delay,
+    /// ≈ 2.4 ms) is queued now, behind the rest of the reply, so no fragment of
     /// it is heard at the start of the next one.
     fn flush_reply_tail(&mut self) {
         let (Some(transcoder), Some(item)) =

@@ -837,8 +837,8 @@ fn a_replys_resampled_tail_is_played_with_it_not_at_the_start_of_the_next() {
             output: l16_24k,
         }),
     );
-    // Reply a: 1010 ms of quiet speech ending with 10 ms of a loud 1 kHz marker, in
-    // pieces that leave a partial 20 ms chunk in the resampler.
+    // Reply a: 1010 ms of quiet speech ending with 10 ms of a loud 1 kHz marker: its
+    // last ms wait in the resampler (its filter delay) until the reply's end flushes them.
     let mut reply = signal::sine(24000, 300.0, -40.0, 24000);
     reply.extend(signal::sine(24000, 1000.0, -1.0, 240));
     let bytes: Vec<u8> = reply.iter().flat_map(|s| s.to_le_bytes()).collect();

@@ -675,7 +675,7 @@ impl Conn {
             }
         };
         // G.711 passes through in exact 20 ms frames. PCM16 24 kHz comes out of a
-        // resampler, whose first outputs are a few samples short of 20 ms (its priming
+        // resampler, whose first outputs are a few samples short of 20 ms (its filter
         // delay): whole 16-bit samples, at most one frame, is what the wire requires.
         let frame = self.format.bytes_per_ms() * 20;
         let ok = match self.format {
