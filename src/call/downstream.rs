@@ -244,17 +244,16 @@ impl CallEngine {
 
     /// Gives the provider the template variables it sets itself up with.
     pub(super) fn provide_context(&mut self, vars: std::collections::BTreeMap<String, String>) {
-        self.vars = vars.clone();
         self.fallback.context_given = true;
-        let context = CallContext {
+        // One copy, shared with the provider (the goodbye and a fallback read it here).
+        let context = Arc::new(CallContext {
             call_id: self.call_id.clone(),
             route: self.route.name.clone(),
             vars,
-        };
+        });
+        self.context = Some(context.clone());
         self.outputs
-            .push_back(Output::Provider(ProviderCommand::Context(Arc::new(
-                context,
-            ))));
+            .push_back(Output::Provider(ProviderCommand::Context(context)));
     }
 
     fn on_assistant_audio(

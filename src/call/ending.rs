@@ -67,7 +67,9 @@ impl CallEngine {
     pub(super) fn on_deadline(&mut self, now: Instant) -> Result<(), EndReason> {
         match self.goodbye {
             Goodbye::NotSaid if self.can_say_goodbye() => {
-                let text = providers::template::render(&self.route.call.goodbye, &self.vars);
+                let empty = Default::default();
+                let vars = self.context.as_ref().map_or(&empty, |c| &c.vars);
+                let text = providers::template::render(&self.route.call.goodbye, vars);
                 info!(goodbye = %text, "max_duration_secs reached: saying goodbye before hanging up");
                 self.outputs
                     .push_back(Output::Provider(ProviderCommand::Say(text)));

@@ -18,6 +18,7 @@ use super::barge_guard::BargeGuard;
 use super::{CallEngine, EndReason, Output};
 use crate::call_metrics;
 use crate::config::ProviderKind;
+use crate::providers::ProviderCommand;
 
 /// The route's fallback providers not tried yet.
 #[derive(Debug, Default)]
@@ -80,9 +81,9 @@ impl CallEngine {
         self.guard = BargeGuard::new(&self.route.call);
         self.outputs
             .push_back(Output::SwitchProvider(self.route.clone()));
-        if self.fallback.context_given {
-            let vars = self.vars.clone();
-            self.provide_context(vars);
+        if let Some(context) = self.context.clone().filter(|_| self.fallback.context_given) {
+            self.outputs
+                .push_back(Output::Provider(ProviderCommand::Context(context)));
         }
         Ok(())
     }

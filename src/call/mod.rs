@@ -37,6 +37,7 @@ use crate::audio::{AudioFormat, Codec, FloodGuard};
 use crate::call_metrics::Traffic;
 use crate::call_record::{self, RecordBuilder};
 use crate::config::{Config, Route};
+use crate::providers::CallContext;
 use crate::telephony::PlayoutMarks;
 
 mod barge_guard;
@@ -133,7 +134,7 @@ pub struct CallEngine {
     provider_input: Option<AudioFormat>,
     context_sent: bool,
     /// The template variables the provider was set up with (for the goodbye).
-    vars: BTreeMap<String, String>,
+    context: Option<Arc<CallContext>>,
     goodbye: Goodbye,
     /// The end timer: max duration, then the goodbye / end-action waits.
     deadline: Instant,
@@ -197,7 +198,7 @@ impl CallEngine {
             down,
             provider_input: None,
             context_sent: false,
-            vars: BTreeMap::new(),
+            context: None,
             goodbye: Goodbye::NotSaid,
             metadata_deadline: now + METADATA_WAIT,
             next_housekeeping: now + HOUSEKEEPING,
