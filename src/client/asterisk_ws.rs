@@ -230,7 +230,11 @@ pub async fn run(args: &CallArgs) -> Result<AsteriskSummary, CallError> {
             .headers_mut()
             .insert(http::header::AUTHORIZATION, value);
     }
-    let connect = tokio_tungstenite::connect_async_with_config(request, None, true);
+    let connect = tokio_tungstenite::connect_async_with_config(
+        request,
+        Some(crate::client::core::ws_config()),
+        true,
+    );
     let mut ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
         Err(_) => return Err(CallError::HandshakeTimeout { url }),
         Ok(Err(tungstenite::Error::Http(resp))) => {

@@ -70,7 +70,11 @@ pub async fn call(
         }
     }
     // `true`: Nagle off; 20 ms frames must not wait for each other.
-    let connect = tokio_tungstenite::connect_async_with_config(request, None, true);
+    let connect = tokio_tungstenite::connect_async_with_config(
+        request,
+        Some(crate::client::core::ws_config()),
+        true,
+    );
     let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
         Err(_) => return CallResult::failed("handshake timeout".into()),
         Ok(Err(tungstenite::Error::Http(resp))) => {

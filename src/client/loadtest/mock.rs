@@ -187,7 +187,9 @@ async fn connection(tcp: TcpStream, run: Arc<Run>, cfg: Arc<MockConfig>) {
         problems: Vec::new(),
         decoded: Vec::with_capacity(1024),
     };
-    match tokio_tungstenite::accept_async(tcp).await {
+    match tokio_tungstenite::accept_async_with_config(tcp, Some(crate::client::core::ws_config()))
+        .await
+    {
         Ok(ws) => conn.serve(ws).await,
         Err(e) => conn.problem(format!("handshake failed: {e}")),
     }

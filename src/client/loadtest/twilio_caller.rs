@@ -86,7 +86,11 @@ pub async fn call(
     let url = format!("{}/twilio/{}", cfg.base, cfg.route);
     let connect = tokio::time::timeout(
         Duration::from_secs(1),
-        tokio_tungstenite::connect_async(url.as_str()),
+        tokio_tungstenite::connect_async_with_config(
+            url.as_str(),
+            Some(crate::client::core::ws_config()),
+            true,
+        ),
     )
     .await;
     let ws = match connect {
