@@ -6,16 +6,16 @@
 #
 #   scripts/loadtest_row.sh <format: pcmu|pcm24> <calls> [daemon binary] [extra loadtest args...]
 #
-# The daemon binary defaults to target/release/voicebridge; the load test always runs
-# from target/release/voicebridge, so two daemon builds can be compared with the same
-# load generator. HOLD_SECS (default 10) sets the hold, URL the load test's --url
+# The daemon binary defaults to target/release/voicebridge; the load test runs from
+# $CLIENT (default target/release/voicebridge), so two daemon builds can be compared with
+# the same load generator, and a long run is not disturbed by a rebuild. HOLD_SECS (default 10) sets the hold, URL the load test's --url
 # (URL=127.0.0.1:19692 with --protocol audiosocket). Run it on an otherwise idle machine (CPU figures are per core).
 set -euo pipefail
 format=${1:?format: pcmu or pcm24}
 calls=${2:?number of calls}
 daemon=${3:-target/release/voicebridge}
 shift $(( $# >= 3 ? 3 : $# ))
-client=target/release/voicebridge
+client=${CLIENT:-target/release/voicebridge}
 out=${OUT:-lt-$format-$calls.json}
 config=$(mktemp --suffix .toml)   # the built-in defaults, overridden below
 # An AudioSocket listener on 19692 for `--protocol audiosocket` (with URL=127.0.0.1:19692);
