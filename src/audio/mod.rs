@@ -13,6 +13,7 @@ pub mod pacer;
 pub mod pcm;
 mod playback_store;
 pub mod resample;
+pub mod scratch;
 pub mod signal;
 pub mod speech;
 pub mod transcode;

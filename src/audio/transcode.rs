@@ -3,11 +3,12 @@
 //! The session should not care whether a provider wants L16/24k, L16/16k or G.711, so it
 //! holds one [`Transcoder`] per direction and feeds it whatever bytes arrive. Equal
 //! formats are copied, PCMU<->PCMA uses the G.711 direct tables, everything else goes
-//! linear -> (resample) -> encode with all scratch buffers reused.
+//! linear -> (resample) -> encode through the thread's scratch buffers
+//! ([`super::scratch`]), so a transcoder holds only its resampler's state.
 
 use std::time::Duration;
 
-use super::{g711, pcm, AudioError, AudioFormat, Codec, Resampler};
+use super::{g711, pcm, scratch, AudioError, AudioFormat, Codec, Resampler};
 
 #[derive(Debug)]
 enum Path {
@@ -25,14 +26,21 @@ pub struct Transcoder {
     path: Path,
     /// First byte of an L16 sample whose second byte is in the next message.
     carry: Option<u8>,
-    linear_in: Vec<i16>,
-    linear_out: Vec<i16>,
 }
 
 fn check(format: AudioFormat) -> Result<(), AudioError> {
     match format.codec {
         Codec::Pcmu | Codec::Pcma if format.rate != 8000 => Err(AudioError::Unsupported(format)),
         _ => Ok(()),
+    }
+}
+
+/// Appends `samples` encoded as `codec` to `out`.
+fn encode(codec: Codec, samples: &[i16], out: &mut Vec<u8>) {
+    match codec {
+        Codec::L16 => pcm::samples_to_l16(samples, out),
+        Codec::Pcmu => g711::ulaw_encode(samples, out),
+        Codec::Pcma => g711::alaw_encode(samples, out),
     }
 }
 
@@ -57,8 +65,6 @@ impl Transcoder {
             to,
             path,
             carry: None,
-            linear_in: Vec::new(),
-            linear_out: Vec::new(),
         })
     }
 
@@ -85,37 +91,32 @@ impl Transcoder {
             Path::UlawToAlaw => g711::ulaw_to_alaw(input, out),
             Path::AlawToUlaw => g711::alaw_to_ulaw(input, out),
             Path::Linear(resampler) => {
-                self.linear_in.clear();
+                let mut linear_in = scratch::linear_in();
                 match self.from.codec {
                     Codec::L16 => {
                         let mut rest = input;
                         if let (Some(first), Some((&second, tail))) =
                             (self.carry, rest.split_first())
                         {
-                            self.linear_in.push(i16::from_le_bytes([first, second]));
+                            linear_in.push(i16::from_le_bytes([first, second]));
                             self.carry = None;
                             rest = tail;
                         }
-                        pcm::l16_to_samples(rest, &mut self.linear_in);
+                        pcm::l16_to_samples(rest, &mut linear_in);
                         if rest.len() % 2 == 1 {
                             self.carry = rest.last().copied();
                         }
                     }
-                    Codec::Pcmu => g711::ulaw_decode(input, &mut self.linear_in),
-                    Codec::Pcma => g711::alaw_decode(input, &mut self.linear_in),
+                    Codec::Pcmu => g711::ulaw_decode(input, &mut linear_in),
+                    Codec::Pcma => g711::alaw_decode(input, &mut linear_in),
                 }
-                let samples = match resampler {
+                match resampler {
                     Some(r) => {
-                        self.linear_out.clear();
-                        r.process(&self.linear_in, &mut self.linear_out);
-                        &self.linear_out
+                        let mut linear_out = scratch::linear_out();
+                        r.process(&linear_in, &mut linear_out);
+                        encode(self.to.codec, &linear_out, out);
                     }
-                    None => &self.linear_in,
-                };
-                match self.to.codec {
-                    Codec::L16 => pcm::samples_to_l16(samples, out),
-                    Codec::Pcmu => g711::ulaw_encode(samples, out),
-                    Codec::Pcma => g711::alaw_encode(samples, out),
+                    None => encode(self.to.codec, &linear_in, out),
                 }
             }
         }
@@ -128,13 +129,9 @@ impl Transcoder {
     pub fn flush(&mut self, out: &mut Vec<u8>) {
         self.carry = None;
         if let Path::Linear(Some(r)) = &mut self.path {
-            self.linear_out.clear();
-            r.flush(&mut self.linear_out);
-            match self.to.codec {
-                Codec::L16 => pcm::samples_to_l16(&self.linear_out, out),
-                Codec::Pcmu => g711::ulaw_encode(&self.linear_out, out),
-                Codec::Pcma => g711::alaw_encode(&self.linear_out, out),
-            }
+            let mut linear_out = scratch::linear_out();
+            r.flush(&mut linear_out);
+            encode(self.to.codec, &linear_out, out);
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, error, info, warn};
 
-use crate::audio::{AudioFormat, Codec, ItemId, Pacer, Transcoder};
+use crate::audio::{scratch, AudioFormat, Codec, ItemId, Pacer, Transcoder};
 use crate::call_metrics;
 use crate::config::Config;
 use crate::providers::{CallContext, ProviderCommand, ProviderEvent};
@@ -28,8 +28,6 @@ const MAX_INTERRUPTED: usize = 8;
 pub(super) struct Downstream {
     pub transcoder: Option<Transcoder>,
     pub pacer: Pacer,
-    converted: Vec<u8>,
-    frame: Vec<u8>,
     /// Items interrupted by barge-in: their late audio is dropped.
     interrupted: VecDeque<ItemId>,
     /// The item whose audio went into the transcoder last (its tail is flushed at the
@@ -92,8 +90,6 @@ impl Downstream {
             playout,
             marks: new_marks(playout, call),
             provider_marks: ProviderMarks::default(),
-            converted: Vec::new(),
-            frame: Vec::new(),
             interrupted: VecDeque::new(),
             last_item: None,
             generated: VecDeque::new(),
@@ -315,9 +311,9 @@ impl CallEngine {
                 self.count_overflow(overflow);
             }
             _ => {
-                self.down.converted.clear();
-                transcoder.process(data, &mut self.down.converted);
-                self.queue_converted(&item);
+                let mut converted = scratch::converted();
+                transcoder.process(data, &mut converted);
+                self.queue_converted(&item, &converted);
             }
         }
         self.down.last_item = Some(item);
@@ -334,19 +330,19 @@ impl CallEngine {
         else {
             return;
         };
-        self.down.converted.clear();
-        transcoder.flush(&mut self.down.converted);
+        let mut converted = scratch::converted();
+        transcoder.flush(&mut converted);
         if !self.down.interrupted.contains(&item) {
-            self.queue_converted(&item);
+            self.queue_converted(&item, &converted);
         }
     }
 
     /// Queues the converted audio of `item` for playback; an overflow is counted.
-    fn queue_converted(&mut self, item: &ItemId) {
-        if self.down.converted.is_empty() {
+    fn queue_converted(&mut self, item: &ItemId, converted: &[u8]) {
+        if converted.is_empty() {
             return;
         }
-        let overflow = self.down.pacer.push(item, &self.down.converted);
+        let overflow = self.down.pacer.push(item, converted);
         self.count_overflow(overflow);
     }
 
@@ -366,7 +362,7 @@ impl CallEngine {
     /// Releases every frame that is due at `now`, as one batch of `Play` actions.
     pub(super) fn release_due(&mut self, now: Instant) {
         let mut sent = 0;
-        let mut frame = std::mem::take(&mut self.down.frame);
+        let mut frame = scratch::frame();
         loop {
             frame.clear();
             if !self.down.pacer.pop_due(now, &mut frame) {
@@ -384,7 +380,7 @@ impl CallEngine {
                 sent += 1;
             }
         }
-        self.down.frame = frame;
+        drop(frame);
         let reply_end = self.down.reply_done && !self.down.pacer.has_frame();
         if reply_end && self.flush_partial_batch() {
             sent += 1;

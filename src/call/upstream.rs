@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{info, warn};
 
-use crate::audio::{AudioFormat, Channels, Codec, Reframer, Transcoder};
+use crate::audio::{scratch, AudioFormat, Channels, Codec, Reframer, Transcoder};
 use crate::providers::{self, ProviderCommand};
 use crate::telephony::{Metadata, TelephonyEvent};
 
@@ -41,8 +41,6 @@ pub(super) struct Upstream {
     pub transcoder: Option<Transcoder>,
     /// Frames (call format) waiting for the provider to be ready.
     pub pending: VecDeque<Bytes>,
-    pub frame: Vec<u8>,
-    pub out: Vec<u8>,
     /// Frames the provider's full queue refused (the first one is logged).
     pub provider_drops: u64,
     metadata_seen: bool,
@@ -90,7 +88,7 @@ impl CallEngine {
             self.up.reframer = Some(Reframer::new(self.inbound.mono(), self.inbound.channels));
             self.ensure_upstream_transcoder();
         }
-        let mut frame = std::mem::take(&mut self.up.frame);
+        let mut frame = scratch::frame();
         if let Some(reframer) = self.up.reframer.as_mut() {
             reframer.push(data);
         }
@@ -105,7 +103,6 @@ impl CallEngine {
             self.guard_frame(now, &frame);
             self.forward_frame(&frame);
         }
-        self.up.frame = frame;
     }
 
     /// Builds the caller→provider transcoder once both ends are known: the provider's
@@ -134,12 +131,12 @@ impl CallEngine {
             self.up.pending.push_back(Bytes::copy_from_slice(frame));
             return;
         };
-        self.up.out.clear();
-        transcoder.process(frame, &mut self.up.out);
-        if self.up.out.is_empty() {
+        let mut out = scratch::converted();
+        transcoder.process(frame, &mut out);
+        if out.is_empty() {
             return;
         }
-        let payload = Bytes::copy_from_slice(&self.up.out);
+        let payload = Bytes::copy_from_slice(&out);
         self.stats.frames_to_provider += 1;
         self.stats.bytes_to_provider += payload.len() as u64;
         self.outputs
