@@ -7,6 +7,7 @@
 //! codes: a fixed set per provider), so the series count stays bounded too.
 
 mod trim;
+pub mod upkeep;
 
 use std::time::Duration;
 

@@ -124,6 +124,12 @@ pub async fn serve(source: ConfigSource) -> ExitCode {
         let listen = b.local_addr().map(|a| a.to_string()).unwrap_or_default();
         info!(%listen, route = b.route(), "AudioSocket listening (plain TCP, no TLS)");
     }
+    // Without it, histogram samples pile up until someone scrapes /metrics.
+    tokio::spawn(call_metrics::upkeep::run(
+        metrics.clone(),
+        call_metrics::upkeep::EVERY,
+        shutdown.stop.clone(),
+    ));
     let admin = tokio::spawn(admin::serve(
         admin_listener,
         Arc::clone(&registry),
