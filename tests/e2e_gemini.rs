@@ -363,7 +363,11 @@ async fn go_away_resumes_on_a_new_connection_without_a_gap() {
     let caller = signal(8000, 8.0, 13);
     let talker = talk(&call, caller.clone());
     mock.wait_ready(1).await;
-    call.wait_received(29).await;
+    // The whole greeting: 0.6 s is 30 frames, and the resampler's flushed tail (its
+    // 2.4 ms delay) one more. Starting the answer before the last of them has played
+    // would count them as its first samples, 320 samples off (on a fast machine the
+    // answer's first delta can come while they are still paced).
+    call.wait_received(31).await;
 
     // A 5 s answer, sent only a little faster than real time so the playback queue
     // stays short: a stall in the switch would be heard.
