@@ -224,6 +224,10 @@ pub struct CallConfig {
     /// Barge-in guard: the provider's "caller started speaking" flushes playback only
     /// after this much continuous caller speech; zero: at once.
     pub barge_in_min: Duration,
+    /// Caller audio per message to the provider: one 20 ms frame (the default, least
+    /// delay) or several, which saves a socket write per frame (CPU) and delays what the
+    /// provider hears by up to this less 20 ms.
+    pub uplink_chunk: Duration,
     /// The greeting may be cut by the caller.
     pub greeting_interruptible: bool,
     /// The last words (the goodbye, the reply before `end_call`) may be cut.
@@ -672,6 +676,7 @@ impl Default for CallConfig {
             dtmf: DtmfMode::ToModel,
             dtmf_group: Duration::from_millis(1000),
             barge_in_min: Duration::ZERO,
+            uplink_chunk: Duration::from_millis(20),
             greeting_interruptible: true,
             goodbye_interruptible: true,
             fallback: Vec::new(),

@@ -486,6 +486,38 @@ fn esl_chunk_ms() {
 }
 
 #[test]
+fn uplink_chunk_ms() {
+    let c = load("", &[]);
+    assert_eq!(
+        c.default_route().call.uplink_chunk,
+        Duration::from_millis(20)
+    );
+    let c = load(
+        "[call]\nuplink_chunk_ms = 60\n[[routes]]\nname = \"a\"\n[[routes]]\nname = \"b\"\nuplink_chunk_ms = 20\n",
+        &[],
+    );
+    let chunk = |name: &str| c.route(name).map(|r| r.call.uplink_chunk);
+    assert_eq!(chunk("call"), Some(Duration::from_millis(60)));
+    assert_eq!(
+        chunk("a"),
+        Some(Duration::from_millis(60)),
+        "inherited from [call]"
+    );
+    assert_eq!(chunk("b"), Some(Duration::from_millis(20)));
+    let c = load("", &[("VOICEBRIDGE__CALL__UPLINK_CHUNK_MS", "40")]);
+    assert_eq!(
+        c.default_route().call.uplink_chunk,
+        Duration::from_millis(40)
+    );
+    for bad in ["0", "10", "30", "120", "-20"] {
+        let e = fail("", &[("VOICEBRIDGE__CALL__UPLINK_CHUNK_MS", bad)]);
+        assert_names(&e, "call.uplink_chunk_ms", &["20, 40, 60, 80 or 100"]);
+    }
+    let e = fail("[[routes]]\nname = \"a\"\nuplink_chunk_ms = 50\n", &[]);
+    assert_names(&e, "routes[0].uplink_chunk_ms", &["whole 20 ms frames"]);
+}
+
+#[test]
 fn bad_playback_lead() {
     for bad in ["0", "10", "70", "1020", "-20"] {
         let e = fail("", &[("VOICEBRIDGE__FREESWITCH__PLAYBACK_LEAD_MS", bad)]);

@@ -88,6 +88,36 @@ async fn ended(call: Call) -> common::call::Collected {
         .expect("reader task")
 }
 
+/// `uplink_chunk_ms = 60`: the caller's audio reaches OpenAI three frames per append
+/// (the mock refuses any other size), all of it, in order, encoded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uplink_chunks_carry_three_frames_per_append() {
+    let mut options = MockOptions::new(MockFormat::Pcmu, KEY);
+    options.frames_per_append = 3;
+    let mock = MockOpenAi::start(options).await;
+    let daemon = start_daemon(&config("pcmu", "uplink_chunk_ms = 60"), &env(&mock.url())).await;
+    let call = connect(&daemon, "oai-chunk-1").await;
+    // 2 s: 100 frames, 33 whole chunks (the last frame waits for its chunk).
+    let caller = speech_like(8000, 2.0, 5);
+    send_paced(&call.writer, &caller, 8000, 1).await;
+    let expected = {
+        let mut b = Vec::new();
+        g711::ulaw_encode(&caller[..99 * 160], &mut b);
+        b
+    };
+    mock.wait("33 chunks of caller audio", |s| {
+        s.caller_bytes.len() >= expected.len()
+    })
+    .await;
+    let (outcome, got) = call.close().await;
+    assert!(outcome.echoed);
+    assert!(got.error.is_none(), "{:?}", got.error);
+    assert_no_problems(&mock);
+    let (appends, caller_bytes) = mock.with(|s| (s.appends, s.caller_bytes.clone()));
+    assert_eq!(appends, 33, "one append per 60 ms");
+    assert_eq!(caller_bytes, expected, "every frame once, in order");
+}
+
 /// G.711 passthrough: an L16 8 kHz call and `audio/pcmu`. The greeting, then the doc's
 /// whole typical turn; audio must be exact both ways (encoded once, decoded once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

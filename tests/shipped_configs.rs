@@ -189,6 +189,7 @@ fn default_toml_ships_every_key() {
         "call.goodbye_interruptible",
         "call.fallback",
         "call.silence_reprompt_ms",
+        "call.uplink_chunk_ms",
         "webhooks.secret",
         "webhooks.max_response_kb",
         "webhooks.max_tool_calls_in_flight",

@@ -74,6 +74,7 @@ impl CallEngine {
         self.down.output_format = None;
         self.down.transcoder = None;
         self.up.transcoder = None;
+        self.up.drop_chunk();
         // Copy-on-write: the config's route stays as it is for the other calls.
         Arc::make_mut(&mut self.route).call.provider = next;
         self.provider = next.name();

@@ -60,6 +60,8 @@ mod guard_tests;
 mod tests;
 #[cfg(test)]
 mod tests_provider_marks;
+#[cfg(test)]
+mod tests_uplink;
 
 pub use end_reason::EndReason;
 pub use input::{Input, LookupDone, ToolDone};

@@ -11,6 +11,7 @@ use crate::providers::Usage;
 pub struct Stats {
     pub fs_messages_in: u64,
     pub fs_bytes_in: u64,
+    /// Caller audio messages to the provider: one per frame, or per `uplink_chunk_ms`.
     pub frames_to_provider: u64,
     pub bytes_to_provider: u64,
     pub frames_dropped: u64,

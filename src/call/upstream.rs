@@ -1,6 +1,7 @@
 //! Caller → provider: the telephony side's events, the inbound format (URL pins, then
 //! metadata before the first audio), reframing to exact 20 ms, transcoding to the
-//! provider's input, and the bounded queue that holds audio until the provider is ready.
+//! provider's input, the bounded queue that holds audio until the provider is ready,
+//! and, with `uplink_chunk_ms` above 20, several frames gathered into one message.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -43,7 +44,19 @@ pub(super) struct Upstream {
     pub pending: VecDeque<Bytes>,
     /// Frames the provider's full queue refused (the first one is logged).
     pub provider_drops: u64,
+    /// `uplink_chunk_ms` above 20: converted frames gathered into one provider message,
+    /// and how many it holds (allocated at the first frame, kept at the chunk's size).
+    chunk: Vec<u8>,
+    chunk_frames: usize,
     metadata_seen: bool,
+}
+
+impl Upstream {
+    /// Forgets a partly gathered chunk (it is in a failed provider's input format).
+    pub fn drop_chunk(&mut self) {
+        self.chunk.clear();
+        self.chunk_frames = 0;
+    }
 }
 
 impl CallEngine {
@@ -136,7 +149,21 @@ impl CallEngine {
         if out.is_empty() {
             return;
         }
-        let payload = Bytes::copy_from_slice(&out);
+        let per_chunk = (self.route.call.uplink_chunk.as_millis() / 20).max(1) as usize;
+        let payload = if per_chunk == 1 {
+            Bytes::copy_from_slice(&out)
+        } else {
+            let up = &mut self.up;
+            up.chunk.extend_from_slice(&out);
+            up.chunk_frames += 1;
+            if up.chunk_frames < per_chunk {
+                return;
+            }
+            up.chunk_frames = 0;
+            let payload = Bytes::copy_from_slice(&up.chunk);
+            up.chunk.clear();
+            payload
+        };
         self.stats.frames_to_provider += 1;
         self.stats.bytes_to_provider += payload.len() as u64;
         self.outputs

@@ -337,6 +337,10 @@ fn call(raw: RawCall) -> Result<CallConfig> {
             2000,
             d.barge_in_min,
         )?,
+        uplink_chunk: match raw.uplink_chunk_ms {
+            None => d.uplink_chunk,
+            Some(v) => uplink_chunk("call.uplink_chunk_ms", v)?,
+        },
         greeting_interruptible: raw
             .greeting_interruptible
             .unwrap_or(d.greeting_interruptible),
@@ -650,6 +654,10 @@ fn resolve(
                 2000,
                 call.barge_in_min,
             )?,
+            uplink_chunk: match r.uplink_chunk_ms {
+                None => call.uplink_chunk,
+                Some(v) => uplink_chunk(&key("uplink_chunk_ms"), v)?,
+            },
             greeting_interruptible: r
                 .greeting_interruptible
                 .unwrap_or(call.greeting_interruptible),
@@ -837,6 +845,21 @@ fn lead(key: &str, v: i64) -> Result<Duration> {
         return Err(ConfigError::invalid(
             key,
             format!("{v} is not allowed: must be a multiple of 20 (one frame) from 20 to 1000 ms"),
+        ));
+    }
+    Ok(Duration::from_millis(v.unsigned_abs()))
+}
+
+/// Caller audio per provider message: whole 20 ms frames, at most 100 ms (beyond that
+/// the delay before the provider hears the caller would be felt in every turn).
+fn uplink_chunk(key: &str, v: i64) -> Result<Duration> {
+    if !(20..=100).contains(&v) || v % 20 != 0 {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "{v} is not allowed: must be 20, 40, 60, 80 or 100 ms (whole 20 ms frames; \
+                 20 sends every frame at once)"
+            ),
         ));
     }
     Ok(Duration::from_millis(v.unsigned_abs()))

@@ -224,6 +224,8 @@ pub(crate) struct RawCall {
     pub dtmf_group_ms: Option<i64>,
     #[serde(deserialize_with = "int")]
     pub barge_in_min_ms: Option<i64>,
+    #[serde(deserialize_with = "int")]
+    pub uplink_chunk_ms: Option<i64>,
     pub greeting_interruptible: Option<bool>,
     pub goodbye_interruptible: Option<bool>,
     pub fallback: Option<Vec<String>>,
@@ -319,6 +321,8 @@ pub(crate) struct RawRoute {
     pub dtmf_group_ms: Option<i64>,
     #[serde(deserialize_with = "int")]
     pub barge_in_min_ms: Option<i64>,
+    #[serde(deserialize_with = "int")]
+    pub uplink_chunk_ms: Option<i64>,
     pub greeting_interruptible: Option<bool>,
     pub goodbye_interruptible: Option<bool>,
     pub fallback: Option<Vec<String>>,

@@ -115,6 +115,8 @@ pub struct MockOptions {
     /// Answer the client's Close (false: a provider that never does; the connection
     /// is then left alone, neither read nor written, until the client drops it).
     pub answer_close: bool,
+    /// 20 ms frames per caller append the daemon must send (its `uplink_chunk_ms` / 20).
+    pub frames_per_append: usize,
 }
 
 impl MockOptions {
@@ -130,6 +132,7 @@ impl MockOptions {
             burst_ms: 100,
             burst_every: Duration::from_millis(25),
             answer_close: true,
+            frames_per_append: 1,
         }
     }
 }
@@ -674,18 +677,20 @@ impl Conn {
                 return;
             }
         };
-        // G.711 passes through in exact 20 ms frames. PCM16 24 kHz comes out of a
-        // resampler, whose first outputs are a few samples short of 20 ms (its filter
-        // delay): whole 16-bit samples, at most one frame, is what the wire requires.
-        let frame = self.format.bytes_per_ms() * 20;
+        // G.711 passes through in exact 20 ms frames (or exactly `frames_per_append` of
+        // them). PCM16 24 kHz comes out of a resampler, whose first outputs are a few
+        // samples short of 20 ms (its filter delay): whole 16-bit samples, at most one
+        // frame (or chunk), is what the wire requires.
+        let frame = self.format.bytes_per_ms() * 20 * self.shared.options.frames_per_append;
         let ok = match self.format {
             MockFormat::Pcmu | MockFormat::Pcma => bytes.len() == frame,
             MockFormat::Pcm24 => bytes.len() % 2 == 0 && !bytes.is_empty() && bytes.len() <= frame,
         };
         if !ok {
             self.shared.problem(format!(
-                "append of {} bytes; a 20 ms frame of {:?} is {frame}",
+                "append of {} bytes; {} frame(s) of 20 ms of {:?} are {frame}",
                 bytes.len(),
+                self.shared.options.frames_per_append,
                 self.format
             ));
         }

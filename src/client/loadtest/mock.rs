@@ -60,12 +60,17 @@ impl Fmt {
         }
     }
 
-    /// Largest append the format allows (one 20 ms frame).
-    fn max_append(self) -> usize {
+    /// One 20 ms frame, in bytes.
+    fn frame_bytes(self) -> usize {
         match self {
             Fmt::Pcmu | Fmt::Pcma => 160,
             Fmt::Pcm24 => 960,
         }
+    }
+
+    /// Largest append the daemon sends: `uplink_chunk_ms` (at most 100 ms) of audio.
+    fn max_append(self) -> usize {
+        self.frame_bytes() * 5
     }
 
     fn from_session(v: &Value) -> Option<Fmt> {
@@ -363,8 +368,11 @@ impl Conn {
             }
         }
         if let Some(link) = &self.link {
+            // In 20 ms frames, so that they compare with the frames sent whatever the
+            // daemon's `uplink_chunk_ms`.
+            let frames = self.decoded.len().div_ceil(fmt.frame_bytes()) as u64;
             link.appends
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                .fetch_add(frames, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

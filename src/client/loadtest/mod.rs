@@ -217,7 +217,7 @@ pub struct CallLink {
     /// Barge-ins the mock sent, and when it sent the latest `speech_started`.
     barge_no: AtomicU64,
     barge_ns: AtomicU64,
-    /// Appends the mock received for this call.
+    /// Audio the mock received in this call's appends, in 20 ms frames.
     appends: AtomicU64,
 }
 

@@ -84,6 +84,8 @@ pub struct Report {
     pub mock_unlinked: u64,
     pub mock_problems: Vec<String>,
     pub frames_sent: u64,
+    /// Caller audio the mock received, in 20 ms frames (the daemon may send several per
+    /// append: `uplink_chunk_ms`).
     pub appends_received: u64,
     pub playback_frames: u64,
     pub calls_without_audio: usize,
@@ -175,7 +177,7 @@ pub fn render(r: &Report) -> String {
     }
     let _ = writeln!(
         s,
-        "frames sent / appends     {} / {}",
+        "frames sent / appended    {} / {}",
         r.frames_sent, r.appends_received
     );
     let _ = writeln!(
